@@ -1,0 +1,181 @@
+//! GitHub and GitHub Enterprise Server commit statuses.
+//!
+//! `POST /repos/{owner}/{repo}/statuses/{sha}`; descriptions are cut to 140
+//! characters (GitHub answers 422 past that).
+
+use crate::git_url::{GitUrl, GitUrlError};
+use crate::http::{self, sensitive_header};
+use crate::{CommitStatus, Notifier, NotifyError, State, text};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+pub const NAME: &str = "github";
+pub const DESCRIPTION_LIMIT: usize = 140;
+const API_VERSION: &str = "2022-11-28";
+
+/// `owner/repo` from any form of GitHub remote URL.
+pub fn repo_path(url: &GitUrl) -> Result<(String, String), GitUrlError> {
+    match url.repo_segments().as_slice() {
+        [owner, repo] => Ok((owner.to_string(), repo.to_string())),
+        _ => Err(GitUrlError::UnexpectedPath {
+            provider: "GitHub",
+            expected: "<owner>/<repo>",
+            got: url.segments.join("/"),
+        }),
+    }
+}
+
+/// `https://api.github.com` for github.com, `https://<host>/api/v3` for GitHub Enterprise.
+pub fn default_api_url(url: &GitUrl) -> String {
+    if crate::Provider::detect(&url.host) == Some(crate::Provider::GitHub) {
+        "https://api.github.com".to_string()
+    } else {
+        format!("{}/api/v3", url.web_origin())
+    }
+}
+
+/// Our state in GitHub's words. GitHub has no "canceled": `error` is its closest.
+pub fn state(s: State) -> &'static str {
+    match s {
+        State::Pending => "pending",
+        State::Succeeded => "success",
+        State::Failed => "failure",
+        State::Canceled => "error",
+    }
+}
+
+pub struct GitHub {
+    client: reqwest::Client,
+    statuses_url: String,
+    token: SecretString,
+    repo: String,
+}
+
+#[derive(Serialize)]
+struct CreateStatus<'a> {
+    state: &'static str,
+    context: &'a str,
+    description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_url: Option<&'a str>,
+}
+
+impl GitHub {
+    pub fn new(
+        client: reqwest::Client,
+        url: &GitUrl,
+        api_url: Option<&str>,
+        token: SecretString,
+    ) -> Result<Self, GitUrlError> {
+        let (owner, repo) = repo_path(url)?;
+        let api = api_url
+            .map(str::to_string)
+            .unwrap_or_else(|| default_api_url(url));
+        let statuses_url = format!(
+            "{}/repos/{}/{}/statuses/",
+            api.trim_end_matches('/'),
+            utf8_percent_encode(&owner, NON_ALPHANUMERIC),
+            utf8_percent_encode(&repo, NON_ALPHANUMERIC),
+        );
+        Ok(GitHub {
+            client,
+            statuses_url,
+            token,
+            repo: format!("{}/{owner}/{repo}", url.host),
+        })
+    }
+
+    fn auth(&self, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, NotifyError> {
+        let bearer = sensitive_header(&format!("Bearer {}", self.token.expose_secret()))?;
+        Ok(req
+            .header(reqwest::header::AUTHORIZATION, bearer)
+            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", API_VERSION))
+    }
+}
+
+#[async_trait::async_trait]
+impl Notifier for GitHub {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn repo(&self) -> &str {
+        &self.repo
+    }
+
+    async fn set_status(&self, status: &CommitStatus) -> Result<(), NotifyError> {
+        let body = CreateStatus {
+            state: state(status.state),
+            context: status.check.as_str(),
+            description: text::one_line_truncated(&status.description, DESCRIPTION_LIMIT),
+            target_url: status.target_url.as_deref(),
+        };
+        let req = self.auth(
+            self.client
+                .post(format!("{}{}", self.statuses_url, status.sha)),
+        )?;
+        let resp = http::send(NAME, req.json(&body)).await?;
+        if resp.is_success() {
+            Ok(())
+        } else {
+            Err(http::classify(NAME, &resp))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_path_from_every_remote_form() {
+        for input in [
+            "https://github.com/fluxcd/flux-get-started",
+            "https://github.com/fluxcd/flux-get-started.git",
+            "git@github.com:fluxcd/flux-get-started.git",
+            "ssh://git@github.com/fluxcd/flux-get-started",
+            "ssh://git@ssh.github.com:443/fluxcd/flux-get-started.git",
+        ] {
+            let url = GitUrl::parse(input).unwrap();
+            assert_eq!(
+                repo_path(&url).unwrap(),
+                ("fluxcd".to_string(), "flux-get-started".to_string()),
+                "{input}"
+            );
+        }
+        let dotted = GitUrl::parse("https://github.com/o/my.repo.name.git").unwrap();
+        assert_eq!(repo_path(&dotted).unwrap().1, "my.repo.name");
+    }
+
+    #[test]
+    fn repo_path_rejects_other_shapes() {
+        for input in ["https://github.com/only-owner", "https://github.com/a/b/c"] {
+            let url = GitUrl::parse(input).unwrap();
+            assert!(
+                matches!(repo_path(&url), Err(GitUrlError::UnexpectedPath { .. })),
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn api_base_for_github_and_enterprise() {
+        let gh = GitUrl::parse("git@github.com:o/r.git").unwrap();
+        assert_eq!(default_api_url(&gh), "https://api.github.com");
+        let ghe = GitUrl::parse("git@github.example.com:o/r.git").unwrap();
+        assert_eq!(default_api_url(&ghe), "https://github.example.com/api/v3");
+        let ghe_port = GitUrl::parse("https://github.example.com:8443/o/r").unwrap();
+        assert_eq!(
+            default_api_url(&ghe_port),
+            "https://github.example.com:8443/api/v3"
+        );
+    }
+
+    #[test]
+    fn states_map_to_github_words() {
+        let got: Vec<_> = State::ALL.iter().map(|s| state(*s)).collect();
+        assert_eq!(got, ["pending", "success", "failure", "error"]);
+    }
+}

@@ -1,0 +1,451 @@
+//! What every provider shares: the HTTP client, sending, and reading error answers.
+//!
+//! One client builder so no provider can forget the timeout, the CA bundle or the
+//! user agent; one classifier so a 503 means the same thing everywhere.
+
+use crate::error::{NotifyError, Reason, Retry};
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{RequestBuilder, StatusCode};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const USER_AGENT: &str = concat!("flux-status/", env!("CARGO_PKG_VERSION"));
+
+/// Bodies we read back are bounded: an error page or a status list, never more.
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Provider messages are quoted in logs; keep them readable.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Whole-request timeout, connect included.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Extra PEM CA bundle for self-hosted providers with a private CA.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading CA file {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CA file {path} holds no usable PEM certificate: {message}")]
+    CaCert { path: PathBuf, message: String },
+    #[error("building the HTTP client: {0}")]
+    Build(String),
+}
+
+/// The one HTTP client builder every provider uses (proxy from `HTTPS_PROXY`/`NO_PROXY`).
+pub fn client(cfg: &HttpConfig) -> Result<reqwest::Client, ClientError> {
+    // reqwest is built without a bundled crypto provider; ring is the one we ship.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .timeout(cfg.timeout)
+        .connect_timeout(cfg.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(60));
+    if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
+            path: path.clone(),
+            source,
+        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaCert {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(ClientError::CaCert {
+                path: path.clone(),
+                message: "no certificates found".into(),
+            });
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| ClientError::Build(e.to_string()))
+}
+
+/// A header value that tracing and reqwest's Debug output never print.
+pub fn sensitive_header(value: &str) -> Result<HeaderValue, NotifyError> {
+    let mut v = HeaderValue::from_str(value).map_err(|_| NotifyError {
+        provider: "http",
+        retry: Retry::Permanent,
+        reason: Reason::Invalid,
+        status: None,
+        message: "credential contains characters not allowed in an HTTP header".into(),
+        retry_after: None,
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn is_success(&self) -> bool {
+        self.status.is_success()
+    }
+
+    pub fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        provider: &'static str,
+    ) -> Result<T, NotifyError> {
+        serde_json::from_slice(&self.body).map_err(|e| NotifyError {
+            provider,
+            retry: Retry::Transient,
+            reason: Reason::UnexpectedResponse,
+            status: Some(self.status.as_u16()),
+            message: format!("response is not the expected JSON: {e}"),
+            retry_after: None,
+        })
+    }
+}
+
+/// Sends a request; only transport failures are errors here. Error answers come back
+/// as responses for the provider to read (some providers give 400s a meaning).
+pub async fn send(
+    provider: &'static str,
+    req: RequestBuilder,
+) -> Result<HttpResponse, NotifyError> {
+    let transport = |e: reqwest::Error| {
+        let reason = if e.is_timeout() {
+            Reason::Timeout
+        } else if e.is_connect() {
+            Reason::Connect
+        } else {
+            Reason::ServerError
+        };
+        NotifyError {
+            provider,
+            retry: Retry::Transient,
+            reason,
+            status: None,
+            // without_url: the URL may carry a path a user considers private; the
+            // error text itself never holds headers.
+            message: e.without_url().to_string(),
+            retry_after: None,
+        }
+    };
+    let mut resp = req.send().await.map_err(transport)?;
+    let status = resp.status();
+    let headers = std::mem::take(resp.headers_mut());
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Reads an error answer the way every provider needs it read.
+///
+/// Provider modules call this for any non-2xx answer they give no special meaning.
+pub fn classify(provider: &'static str, resp: &HttpResponse) -> NotifyError {
+    let status = resp.status.as_u16();
+    let message = error_message(&resp.body);
+    let wait = wait_from_headers(&resp.headers, SystemTime::now());
+    let rate_limited = status == 429
+        || (status == 403
+            && (header_is(&resp.headers, "x-ratelimit-remaining", "0")
+                || resp.headers.contains_key("retry-after")
+                || message.to_ascii_lowercase().contains("rate limit")));
+    let (retry, reason) = if rate_limited {
+        (Retry::RateLimited, Reason::RateLimited)
+    } else {
+        match status {
+            401 => (Retry::Permanent, Reason::Unauthorized),
+            403 => (Retry::Permanent, Reason::Forbidden),
+            404 => (Retry::Permanent, Reason::NotFound),
+            408 => (Retry::Transient, Reason::Timeout),
+            409 => (Retry::Transient, Reason::Conflict),
+            400 | 422 => (Retry::Permanent, Reason::Invalid),
+            500..=599 => (Retry::Transient, Reason::ServerError),
+            _ if resp.status.is_success() => (Retry::Transient, Reason::UnexpectedResponse),
+            _ => (Retry::Permanent, Reason::ClientError),
+        }
+    };
+    NotifyError {
+        provider,
+        retry,
+        reason,
+        status: Some(status),
+        message,
+        retry_after: wait,
+    }
+}
+
+fn header_is(headers: &HeaderMap, name: &str, want: &str) -> bool {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == want)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// How long the provider asked us to wait, from any of the headers providers use:
+/// `Retry-After` (seconds or HTTP date), or an exhausted budget with its reset time
+/// (`X-RateLimit-Remaining: 0` + `X-RateLimit-Reset`, GitLab's `RateLimit-*`).
+pub fn wait_from_headers(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if let Some(v) = header_str(headers, "retry-after") {
+        if let Ok(secs) = v.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(at) = httpdate::parse_http_date(v) {
+            return Some(at.duration_since(now).unwrap_or(Duration::ZERO));
+        }
+    }
+    for (remaining, reset) in [
+        ("x-ratelimit-remaining", "x-ratelimit-reset"),
+        ("ratelimit-remaining", "ratelimit-reset"),
+    ] {
+        if header_is(headers, remaining, "0") {
+            if let Some(at) = header_str(headers, reset).and_then(|v| v.parse::<u64>().ok()) {
+                let at = UNIX_EPOCH + Duration::from_secs(at);
+                // The reset is a whole second; wait until it has fully passed.
+                return Some(
+                    at.duration_since(now).unwrap_or(Duration::ZERO) + Duration::from_secs(1),
+                );
+            }
+        }
+    }
+    None
+}
+
+/// The remaining request budget a provider reported, if it did.
+pub fn remaining_budget(headers: &HeaderMap) -> Option<u64> {
+    ["x-ratelimit-remaining", "ratelimit-remaining"]
+        .iter()
+        .find_map(|h| header_str(headers, h).and_then(|v| v.parse().ok()))
+}
+
+/// The provider's own explanation from an error body: `message` (GitHub, GitLab,
+/// Azure DevOps), GitHub's `errors[].message`, or the start of a non-JSON body.
+pub fn error_message(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => {
+            let mut parts = Vec::new();
+            match v.get("message") {
+                Some(serde_json::Value::String(s)) => parts.push(s.clone()),
+                Some(other) if !other.is_null() => parts.push(other.to_string()),
+                _ => {}
+            }
+            if let Some(errs) = v.get("errors").and_then(|e| e.as_array()) {
+                parts.extend(
+                    errs.iter()
+                        .filter_map(|e| e.get("message").and_then(|m| m.as_str()))
+                        .map(str::to_string),
+                );
+            }
+            if let Some(s) = v.get("error").and_then(|e| e.as_str()) {
+                parts.push(s.to_string());
+            }
+            if parts.is_empty() {
+                v.to_string()
+            } else {
+                parts.join(": ")
+            }
+        }
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    crate::text::one_line_truncated(&text, MAX_MESSAGE_CHARS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        HttpResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: h,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn classification_table() {
+        let cases: &[(u16, &[(&str, &str)], &str, Retry, Reason)] = &[
+            (500, &[], "", Retry::Transient, Reason::ServerError),
+            (
+                502,
+                &[],
+                "<html>bad gateway</html>",
+                Retry::Transient,
+                Reason::ServerError,
+            ),
+            (
+                503,
+                &[("retry-after", "7")],
+                "",
+                Retry::Transient,
+                Reason::ServerError,
+            ),
+            (429, &[], "", Retry::RateLimited, Reason::RateLimited),
+            (
+                403,
+                &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1")],
+                "",
+                Retry::RateLimited,
+                Reason::RateLimited,
+            ),
+            (
+                403,
+                &[],
+                r#"{"message":"You have exceeded a secondary rate limit"}"#,
+                Retry::RateLimited,
+                Reason::RateLimited,
+            ),
+            (
+                403,
+                &[("x-ratelimit-remaining", "4999")],
+                r#"{"message":"Resource not accessible by integration"}"#,
+                Retry::Permanent,
+                Reason::Forbidden,
+            ),
+            (
+                401,
+                &[],
+                r#"{"message":"Bad credentials"}"#,
+                Retry::Permanent,
+                Reason::Unauthorized,
+            ),
+            (
+                404,
+                &[],
+                r#"{"message":"Not Found"}"#,
+                Retry::Permanent,
+                Reason::NotFound,
+            ),
+            (
+                422,
+                &[],
+                r#"{"message":"Validation Failed","errors":[{"message":"description is too long"}]}"#,
+                Retry::Permanent,
+                Reason::Invalid,
+            ),
+            (
+                400,
+                &[],
+                r#"{"message":"bad"}"#,
+                Retry::Permanent,
+                Reason::Invalid,
+            ),
+            (409, &[], "", Retry::Transient, Reason::Conflict),
+            (408, &[], "", Retry::Transient, Reason::Timeout),
+            (418, &[], "", Retry::Permanent, Reason::ClientError),
+        ];
+        for (status, headers, body, retry, reason) in cases {
+            let e = classify("github", &resp(*status, headers, body));
+            assert_eq!(
+                (e.retry, e.reason),
+                (*retry, *reason),
+                "status {status} {headers:?} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_come_from_the_provider_body() {
+        assert_eq!(
+            error_message(br#"{"message":"Validation Failed","errors":[{"resource":"Status","message":"description is too long (maximum is 140 characters)"}]}"#),
+            "Validation Failed: description is too long (maximum is 140 characters)"
+        );
+        assert_eq!(
+            error_message(br#"{"message":{"name":["has already been taken"]}}"#),
+            r#"{"name":["has already been taken"]}"#
+        );
+        assert_eq!(
+            error_message(b"upstream\nconnect error"),
+            "upstream connect error"
+        );
+    }
+
+    #[test]
+    fn waits_from_every_header_form() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let h = |pairs: &[(&str, &str)]| resp(200, pairs, "").headers;
+        assert_eq!(
+            wait_from_headers(&h(&[("retry-after", "30")]), now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            wait_from_headers(
+                &h(&[(
+                    "retry-after",
+                    &httpdate::fmt_http_date(now + Duration::from_secs(12))
+                )]),
+                now
+            ),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(
+            wait_from_headers(
+                &h(&[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", "1000010")
+                ]),
+                now
+            ),
+            Some(Duration::from_secs(11))
+        );
+        assert_eq!(
+            wait_from_headers(
+                &h(&[("RateLimit-Remaining", "0"), ("RateLimit-Reset", "1000004")]),
+                now
+            ),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            wait_from_headers(
+                &h(&[
+                    ("x-ratelimit-remaining", "10"),
+                    ("x-ratelimit-reset", "1000010")
+                ]),
+                now
+            ),
+            None
+        );
+        assert_eq!(wait_from_headers(&h(&[("retry-after", "soon")]), now), None);
+    }
+}

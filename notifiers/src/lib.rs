@@ -1,0 +1,85 @@
+//! Commit-status providers for flux-status.
+//!
+//! Every provider module has the same shape: repository from a git URL, default API
+//! base, auth, request building, state mapping, error classification, reading back.
+//! What they share (HTTP client, error classification, truncation) lives once in
+//! [`http`] and [`text`]. Nothing here knows about Flux.
+
+pub mod dry_run;
+pub mod error;
+pub mod git_url;
+pub mod github;
+pub mod http;
+pub mod status;
+pub mod text;
+
+pub use error::{NotifyError, Reason, Retry};
+pub use git_url::{GitUrl, GitUrlError};
+pub use status::{Check, CommitStatus, ReadStatus, Sha, ShaError, State};
+
+use std::fmt;
+
+/// A git hosting service we can write statuses to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    GitHub,
+    GitLab,
+    AzureDevOps,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::GitHub => "github",
+            Provider::GitLab => "gitlab",
+            Provider::AzureDevOps => "azure-devops",
+        }
+    }
+
+    /// The provider a public host belongs to; self-hosted hosts need `--provider`.
+    pub fn detect(host: &str) -> Option<Provider> {
+        let host = host.to_ascii_lowercase();
+        match host.as_str() {
+            "github.com" | "www.github.com" | "ssh.github.com" => Some(Provider::GitHub),
+            "gitlab.com" | "www.gitlab.com" | "altssh.gitlab.com" => Some(Provider::GitLab),
+            "dev.azure.com" | "ssh.dev.azure.com" | "vs-ssh.visualstudio.com" => {
+                Some(Provider::AzureDevOps)
+            }
+            h if h.ends_with(".visualstudio.com") => Some(Provider::AzureDevOps),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "github" => Ok(Provider::GitHub),
+            "gitlab" => Ok(Provider::GitLab),
+            "azure-devops" | "azuredevops" | "azure" | "azdo" => Ok(Provider::AzureDevOps),
+            other => Err(format!(
+                "unknown provider {other:?} (github, gitlab, azure-devops)"
+            )),
+        }
+    }
+}
+
+/// Writes statuses to one repository.
+#[async_trait::async_trait]
+pub trait Notifier: Send + Sync {
+    /// Bounded label for logs and metrics (`github`, `dry-run`, …).
+    fn name(&self) -> &'static str;
+
+    /// The repository, printable: host and path, never credentials.
+    fn repo(&self) -> &str;
+
+    /// Writes one status. Truncation to the provider's limits happens here.
+    async fn set_status(&self, status: &CommitStatus) -> Result<(), NotifyError>;
+}

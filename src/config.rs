@@ -1,0 +1,538 @@
+//! Daemon flags (each also from an environment variable), validated into a typed
+//! [`Config`] that reports every problem at once.
+//!
+//! The original Go flux-status's flags still parse, so its Helm values keep working.
+
+use crate::credentials::{self, Credentials, SecretSource};
+use crate::delivery::DeliveryConfig;
+use clap::{ArgAction, Parser, ValueEnum};
+use notifiers::http::HttpConfig;
+use notifiers::{GitUrl, Provider};
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderChoice {
+    /// By the git URL's host: github.com, gitlab.com, dev.azure.com / *.visualstudio.com.
+    Auto,
+    Github,
+    Gitlab,
+    AzureDevops,
+}
+
+/// flux-status: writes Flux deploy results as commit statuses.
+#[derive(Parser)]
+#[command(name = "flux-status", version, about, max_term_width = 100)]
+pub struct Args {
+    /// Address for fluxd's websocket and events (and Flux v2 webhooks).
+    #[arg(long, env = "FLUX_STATUS_LISTEN", default_value = "127.0.0.1:3000", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+
+    /// Address for /metrics, /healthz and /readyz; "off" to disable.
+    #[arg(long, env = "FLUX_STATUS_OPS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub ops_listen: String,
+
+    /// The git repository Flux syncs from, as given to Flux (https, ssh or scp form).
+    #[arg(long, env = "FLUX_STATUS_GIT_URL")]
+    pub git_url: Option<String>,
+
+    /// Name of this cluster or environment; part of every check name.
+    #[arg(long, env = "FLUX_STATUS_INSTANCE", default_value = "default")]
+    pub instance: String,
+
+    /// Which provider hosts the repository.
+    #[arg(long, env = "FLUX_STATUS_PROVIDER", value_enum, default_value = "auto")]
+    pub provider: ProviderChoice,
+
+    /// Provider API base URL [default: https://api.github.com for github.com, https://<host>/api/v3 for GitHub Enterprise].
+    #[arg(long, env = "FLUX_STATUS_API_URL")]
+    pub api_url: Option<String>,
+
+    /// GitHub token. Prefer GITHUB_TOKEN or --github-token-file: a flag shows in `ps`.
+    #[arg(long, env = "GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
+
+    /// File holding the GitHub token (e.g. a mounted Secret).
+    #[arg(long, env = "FLUX_STATUS_GITHUB_TOKEN_FILE")]
+    pub github_token_file: Option<PathBuf>,
+
+    /// GitLab token. Prefer GITLAB_TOKEN or --gitlab-token-file.
+    #[arg(long, env = "GITLAB_TOKEN", hide_env_values = true)]
+    pub gitlab_token: Option<String>,
+
+    /// File holding the GitLab token.
+    #[arg(long, env = "FLUX_STATUS_GITLAB_TOKEN_FILE")]
+    pub gitlab_token_file: Option<PathBuf>,
+
+    /// Azure DevOps personal access token. Prefer AZDO_PAT or --azdo-pat-file.
+    #[arg(long, env = "AZDO_PAT", hide_env_values = true)]
+    pub azdo_pat: Option<String>,
+
+    /// File holding the Azure DevOps personal access token.
+    #[arg(long, env = "FLUX_STATUS_AZDO_PAT_FILE")]
+    pub azdo_pat_file: Option<PathBuf>,
+
+    /// Write nothing: log each status that would be written. Needs no token.
+    #[arg(long, env = "FLUX_STATUS_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Token fluxd must present (fluxd --token): `Authorization: Scope-Probe token=<token>`.
+    #[arg(long, env = "FLUX_STATUS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the token fluxd must present.
+    #[arg(long, env = "FLUX_STATUS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Also status up to N older commits of a sync's range (never on the initial sync).
+    #[arg(long, env = "FLUX_STATUS_STATUS_RANGE", default_value_t = 0)]
+    pub status_range: usize,
+
+    /// URL every status links to (e.g. a dashboard).
+    #[arg(long, env = "FLUX_STATUS_TARGET_URL")]
+    pub target_url: Option<String>,
+
+    /// Largest event body accepted; larger ones get 413. fluxd's initial sync lists the
+    /// whole history, so this is generous.
+    #[arg(long, env = "FLUX_STATUS_MAX_EVENT_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_event_bytes: usize,
+
+    /// Checks that may wait for delivery at once; beyond it events get 503 and fluxd re-sends.
+    #[arg(long, env = "FLUX_STATUS_QUEUE_CAPACITY", default_value_t = 10_000)]
+    pub queue_capacity: usize,
+
+    /// Provider writes under way at once.
+    #[arg(long, env = "FLUX_STATUS_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+
+    /// First retry delay after a failed write; doubles per attempt.
+    #[arg(long, env = "FLUX_STATUS_RETRY_INITIAL", default_value = "1s", value_parser = parse_duration)]
+    pub retry_initial: Duration,
+
+    /// Longest delay between retries.
+    #[arg(long, env = "FLUX_STATUS_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max: Duration,
+
+    /// Timeout for one provider request.
+    #[arg(long, env = "FLUX_STATUS_HTTP_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub http_timeout: Duration,
+
+    /// PEM bundle of extra CAs for self-hosted providers.
+    #[arg(long, env = "FLUX_STATUS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// On SIGTERM, how long to keep delivering before exiting.
+    #[arg(long, env = "FLUX_STATUS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    #[arg(
+        long,
+        env = "FLUX_STATUS_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+
+    /// error, warn, info, debug or trace; RUST_LOG-style directives also work.
+    #[arg(long, env = "FLUX_STATUS_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Same as --log-level=debug (flag of the original flux-status).
+    #[arg(long, env = "FLUX_STATUS_DEBUG", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", action = ArgAction::Set, default_value = "false")]
+    pub debug: bool,
+
+    /// fluxd's HTTP API, for workload polling when no websocket is connected.
+    #[arg(long, env = "FLUX_STATUS_FLUX", default_value = "localhost:3030")]
+    pub flux: String,
+
+    /// Poll workload health after each sync (flag of the original flux-status).
+    #[arg(long, env = "FLUX_STATUS_POLL_WORKLOADS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", action = ArgAction::Set, default_value = "true")]
+    pub poll_workloads: bool,
+
+    /// Time between workload polls; bare numbers are seconds.
+    #[arg(long = "poll-interval", alias = "poll-intervall", env = "FLUX_STATUS_POLL_INTERVAL",
+          default_value = "5s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Give up waiting for workloads after this long; bare numbers are seconds.
+    #[arg(long, env = "FLUX_STATUS_POLL_TIMEOUT", default_value = "360s", value_parser = parse_duration)]
+    pub poll_timeout: Duration,
+}
+
+/// `host:port`, or Go's `:port` (all interfaces) as the original flux-status took it.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse().map_err(|_| {
+        format!("invalid address {s:?} (examples: 127.0.0.1:3000, 0.0.0.0:3000, :3000)")
+    })
+}
+
+/// `20s`, `5m`, `1h`, `250ms`, `1m30s`, or a bare number of seconds (the original's flags).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let err = || format!("invalid duration {s:?} (examples: 20s, 5m, 1h, 250ms, 90)");
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+        if digits == 0 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(err()),
+        };
+        total = total.saturating_add(unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Where statuses go.
+pub enum Target {
+    DryRun {
+        git_url: GitUrl,
+        provider: Option<Provider>,
+    },
+    GitHub {
+        git_url: GitUrl,
+        api_url: Option<String>,
+        token: SecretString,
+    },
+}
+
+pub struct Config {
+    pub listen: SocketAddr,
+    pub ops_listen: Option<SocketAddr>,
+    pub instance: String,
+    pub target: Target,
+    pub upstream_token: Option<SecretString>,
+    pub status_range: usize,
+    pub target_url: Option<String>,
+    pub max_event_bytes: usize,
+    pub delivery: DeliveryConfig,
+    pub http: HttpConfig,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Args {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+
+        let instance = self.instance.trim().to_string();
+        if instance.is_empty()
+            || !instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            errors.push(format!(
+                "--instance {:?} must be letters, digits, '-', '_' or '.' (it becomes part of each check name)",
+                self.instance
+            ));
+        }
+
+        let ops_listen = match self.ops_listen.trim() {
+            "" | "off" | "none" => None,
+            s => match s.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errors.push(format!(
+                        "--ops-listen {s:?} is not an address like 0.0.0.0:8080 (or \"off\")"
+                    ));
+                    None
+                }
+            },
+        };
+
+        let git_url = match self.git_url.as_deref() {
+            None => {
+                errors.push("--git-url is required (the repository Flux syncs from)".into());
+                None
+            }
+            Some(raw) => GitUrl::parse(raw)
+                .map_err(|e| errors.push(format!("--git-url: {e}")))
+                .ok(),
+        };
+
+        let mut secret = |name: &str, source: SecretSource| match credentials::load(name, source) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        let creds = Credentials {
+            github: secret(
+                "GitHub token",
+                SecretSource::new(self.github_token, self.github_token_file, "--github-token"),
+            ),
+            gitlab: secret(
+                "GitLab token",
+                SecretSource::new(self.gitlab_token, self.gitlab_token_file, "--gitlab-token"),
+            ),
+            azdo: secret(
+                "Azure DevOps PAT",
+                SecretSource::new(self.azdo_pat, self.azdo_pat_file, "--azdo-pat"),
+            ),
+        };
+        let upstream_token = secret(
+            "fluxd token",
+            SecretSource::new(self.token, self.token_file, "--token"),
+        );
+
+        if let Some(url) = &self.api_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                errors.push(format!(
+                    "--api-url {url:?} must start with https:// or http://"
+                ));
+            }
+        }
+        if let Some(url) = &self.target_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                errors.push(format!(
+                    "--target-url {url:?} must start with https:// or http://"
+                ));
+            }
+        }
+
+        let target = git_url.and_then(|git_url| {
+            let provider = match self.provider {
+                ProviderChoice::Auto => Provider::detect(&git_url.host),
+                ProviderChoice::Github => Some(Provider::GitHub),
+                ProviderChoice::Gitlab => Some(Provider::GitLab),
+                ProviderChoice::AzureDevops => Some(Provider::AzureDevOps),
+            };
+            if self.dry_run {
+                return Some(Target::DryRun { git_url, provider });
+            }
+            match provider {
+                None => {
+                    errors.push(format!(
+                        "cannot tell which provider hosts {:?}; pass --provider github, gitlab or azure-devops (or --dry-run)",
+                        git_url.host
+                    ));
+                    None
+                }
+                Some(Provider::GitHub) => {
+                    if let Err(e) = notifiers::github::repo_path(&git_url) {
+                        errors.push(format!("--git-url: {e}"));
+                    }
+                    match creds.github {
+                        Some(token) => Some(Target::GitHub { git_url, api_url: self.api_url.clone(), token }),
+                        None => {
+                            errors.push(
+                                "GitHub needs a token: set GITHUB_TOKEN or --github-token-file (or use --dry-run)".into(),
+                            );
+                            None
+                        }
+                    }
+                }
+                Some(p) => {
+                    errors.push(format!("provider {p} is not supported yet (use --dry-run to try the rest)"));
+                    None
+                }
+            }
+        });
+
+        if self.queue_capacity == 0 {
+            errors.push("--queue-capacity must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            errors.push("--concurrency must be at least 1".into());
+        }
+        if self.retry_initial.is_zero() || self.retry_initial > self.retry_max {
+            errors.push("--retry-initial must be above zero and at most --retry-max".into());
+        }
+        if self.http_timeout.is_zero() {
+            errors.push("--http-timeout must be above zero".into());
+        }
+        if self.max_event_bytes < 1024 {
+            errors.push("--max-event-bytes must be at least 1024".into());
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        let Some(target) = target else {
+            return Err(ConfigError(vec!["no target repository configured".into()]));
+        };
+        Ok(Config {
+            listen: self.listen,
+            ops_listen,
+            instance,
+            target,
+            upstream_token,
+            status_range: self.status_range,
+            target_url: self.target_url,
+            max_event_bytes: self.max_event_bytes,
+            delivery: DeliveryConfig {
+                capacity: self.queue_capacity,
+                concurrency: self.concurrency,
+                initial_backoff: self.retry_initial,
+                max_backoff: self.retry_max,
+                ..DeliveryConfig::default()
+            },
+            http: HttpConfig {
+                timeout: self.http_timeout,
+                ca_file: self.ca_file,
+                ..HttpConfig::default()
+            },
+            shutdown_timeout: self.shutdown_timeout,
+            log_format: self.log_format,
+            log_level: if self.debug {
+                "debug".into()
+            } else {
+                self.log_level
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("flux-status").chain(list.iter().copied()))
+    }
+
+    #[test]
+    fn durations_in_every_form() {
+        for (s, want) in [
+            ("20s", 20_000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("250ms", 250),
+            ("1m30s", 90_000),
+            ("90", 90_000),
+        ] {
+            assert_eq!(parse_duration(s).unwrap().as_millis(), want, "{s}");
+        }
+        for bad in ["", "s", "5x", "-1s", "1.5s", "m5"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn original_flags_still_parse() {
+        let a = args(&[
+            "--git-url=https://github.com/o/r",
+            "--github-token=t",
+            "--gitlab-token=x",
+            "--azdo-pat=y",
+            "--flux=localhost:3030",
+            "--poll-workloads=false",
+            "--poll-intervall=10",
+            "--poll-timeout=360",
+            "--debug",
+            "--instance=dev",
+            "--listen=:3000",
+        ])
+        .unwrap();
+        assert!(!a.poll_workloads && a.debug);
+        assert_eq!(a.listen, "0.0.0.0:3000".parse().unwrap());
+        assert_eq!(a.poll_interval, Duration::from_secs(10));
+        let c = a.validate().unwrap();
+        assert_eq!(c.log_level, "debug");
+        assert!(matches!(c.target, Target::GitHub { .. }));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = args(&[
+            "--instance=bad/name",
+            "--ops-listen=nowhere",
+            "--queue-capacity=0",
+            "--api-url=ftp://x",
+        ])
+        .unwrap()
+        .validate()
+        .err()
+        .unwrap();
+        let text = err.to_string();
+        for want in [
+            "--instance",
+            "--ops-listen",
+            "--git-url is required",
+            "--queue-capacity",
+            "--api-url",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn provider_must_be_known_or_given() {
+        let err = args(&["--git-url=git@git.example.com:o/r.git", "--github-token=t"])
+            .unwrap()
+            .validate()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("pass --provider"), "{err}");
+        let ok = args(&[
+            "--git-url=git@git.example.com:o/r.git",
+            "--github-token=t",
+            "--provider=github",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert!(matches!(ok.target, Target::GitHub { .. }));
+    }
+
+    #[test]
+    fn dry_run_needs_no_token() {
+        let c = args(&["--git-url=https://github.com/o/r", "--dry-run"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(matches!(
+            c.target,
+            Target::DryRun {
+                provider: Some(Provider::GitHub),
+                ..
+            }
+        ));
+        let err = args(&["--git-url=https://github.com/o/r"])
+            .unwrap()
+            .validate()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("GitHub needs a token"), "{err}");
+    }
+}

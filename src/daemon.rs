@@ -1,0 +1,167 @@
+//! Wiring: build the notifier, bind the listeners, run until told to stop, drain.
+
+use crate::config::{Config, Target};
+use crate::delivery::Delivery;
+use crate::ingest::{self, Ingest};
+use crate::mapping::v1::V1Context;
+use crate::metrics::Metrics;
+use crate::ops::{self, Ops};
+use crate::update::RepoId;
+use notifiers::{GitUrl, Notifier};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("setting up the notifier: {0}")]
+    Notifier(String),
+}
+
+/// `host/path` of a repository, the form used in logs and as its [`RepoId`].
+fn repo_id(url: &GitUrl) -> RepoId {
+    format!("{}/{}", url.host, url.repo_segments().join("/")).into()
+}
+
+pub fn build_notifier(config: &Config) -> Result<(RepoId, Arc<dyn Notifier>), DaemonError> {
+    match &config.target {
+        Target::DryRun { git_url, .. } => {
+            let id = repo_id(git_url);
+            Ok((
+                id.clone(),
+                Arc::new(notifiers::dry_run::DryRun::new(id.to_string())),
+            ))
+        }
+        Target::GitHub {
+            git_url,
+            api_url,
+            token,
+        } => {
+            let client = notifiers::http::client(&config.http)
+                .map_err(|e| DaemonError::Notifier(e.to_string()))?;
+            let gh =
+                notifiers::github::GitHub::new(client, git_url, api_url.as_deref(), token.clone())
+                    .map_err(|e| DaemonError::Notifier(e.to_string()))?;
+            Ok((repo_id(git_url), Arc::new(gh)))
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` completes, then drains deliveries for at most
+/// `--shutdown-timeout`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let metrics = Arc::new(Metrics::new());
+    let (repo, notifier) = build_notifier(&config)?;
+    info!(provider = notifier.name(), repo = %repo, instance = %config.instance, "using notifier");
+    let delivery = Arc::new(Delivery::new(
+        HashMap::from([(repo.clone(), notifier)]),
+        metrics.clone(),
+        config.delivery.clone(),
+    ));
+
+    let stop_ingest = CancellationToken::new();
+    let ingest_state = Arc::new(Ingest {
+        metrics: metrics.clone(),
+        delivery: delivery.clone(),
+        v1: V1Context {
+            repo,
+            instance: config.instance.clone(),
+            status_range: config.status_range,
+            target_url: config.target_url.clone(),
+        },
+        upstream_token: config.upstream_token.clone(),
+        max_event_bytes: config.max_event_bytes,
+        shutdown: stop_ingest.clone(),
+    });
+    let ops_state = Arc::new(Ops {
+        metrics: metrics.clone(),
+        ready: false.into(),
+    });
+
+    let ingest_listener = bind(config.listen).await?;
+    let ingest_addr = ingest_listener.local_addr().unwrap_or(config.listen);
+    let ops_listener = match config.ops_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+
+    let stop_delivery = CancellationToken::new();
+    let delivery_task = tokio::spawn(
+        delivery
+            .clone()
+            .run(stop_delivery.clone(), config.shutdown_timeout),
+    );
+    let ingest_task = tokio::spawn(
+        axum::serve(ingest_listener, ingest::router(ingest_state))
+            .with_graceful_shutdown(stop_ingest.clone().cancelled_owned())
+            .into_future(),
+    );
+    let stop_ops = CancellationToken::new();
+    if let Some(listener) = ops_listener {
+        let addr = listener.local_addr().ok();
+        info!(addr = ?addr, "ops listening (/metrics, /healthz, /readyz)");
+        tokio::spawn(
+            axum::serve(listener, ops::router(ops_state.clone()))
+                .with_graceful_shutdown(stop_ops.clone().cancelled_owned())
+                .into_future(),
+        );
+    }
+    info!(addr = %ingest_addr, "ingest listening");
+    ops_state.ready.store(true, Ordering::Relaxed);
+
+    shutdown.await;
+    info!(
+        pending = delivery.pending(),
+        "shutting down: no longer accepting events"
+    );
+    ops_state.ready.store(false, Ordering::Relaxed);
+    stop_ingest.cancel();
+    let _ = ingest_task.await;
+    stop_delivery.cancel();
+    let undelivered = delivery_task.await.unwrap_or(0);
+    stop_ops.cancel();
+    if undelivered > 0 {
+        warn!(undelivered, "exiting with status updates not delivered");
+    } else {
+        info!("all accepted status updates delivered");
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind { addr, source })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!(signal = "SIGINT", "signal received"),
+        _ = term => info!(signal = "SIGTERM", "signal received"),
+    }
+}

@@ -1,0 +1,508 @@
+//! The pending updates, one per (repo, sha, check), and the memory of what was written.
+//!
+//! A state machine with the clock passed in, so every rule is tested without sleeping:
+//! - an update for a key already pending replaces it (coalescing: newest wins);
+//! - an update equal to what was last written for its key is not sent (dedup);
+//! - a key is in flight at most once, so writes for one check never race;
+//! - the number of pending keys is bounded; a full outbox refuses, it never drops.
+
+use crate::update::{Key, StatusUpdate};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// Replaced an older pending update for the same check.
+    Coalesced,
+    /// Equal to what is already written: nothing to do.
+    Unchanged,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("outbox is full ({capacity} pending checks)")]
+pub struct Full {
+    pub capacity: usize,
+}
+
+/// An update handed out for sending; give it back through [`Outbox::complete`].
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub update: StatusUpdate,
+    generation: u64,
+    pub attempt: u32,
+    pub accepted_at: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completion {
+    Written,
+    /// Retry no earlier than after this delay.
+    Retry(Duration),
+    /// Dropped: retrying cannot help.
+    Dropped,
+}
+
+#[derive(Debug)]
+struct Entry {
+    update: StatusUpdate,
+    generation: u64,
+    attempts: u32,
+    in_flight: bool,
+    accepted_at: Instant,
+    /// Set while the entry waits in `delayed`; a heap item whose time differs is stale.
+    due: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    entries: HashMap<Key, Entry>,
+    ready: VecDeque<Key>,
+    delayed: BinaryHeap<Reverse<(Instant, u64, KeyOrd)>>,
+    written: Written,
+    capacity: usize,
+    next_generation: u64,
+}
+
+/// BinaryHeap needs Ord; keys are ordered by an insertion counter instead.
+#[derive(Debug, PartialEq, Eq)]
+struct KeyOrd(Key);
+impl PartialOrd for KeyOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for KeyOrd {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl Outbox {
+    pub fn new(capacity: usize, written_capacity: usize) -> Self {
+        Outbox {
+            entries: HashMap::new(),
+            ready: VecDeque::new(),
+            delayed: BinaryHeap::new(),
+            written: Written::new(written_capacity),
+            capacity,
+            next_generation: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Accepts all of `updates` or none of them, so an event is never half-queued.
+    pub fn offer_all(
+        &mut self,
+        updates: Vec<StatusUpdate>,
+        now: Instant,
+    ) -> Result<Vec<Offer>, Full> {
+        let new_keys = updates
+            .iter()
+            .filter(|u| !self.entries.contains_key(&u.key()) && !self.written.matches(u))
+            .count();
+        if self.entries.len() + new_keys > self.capacity {
+            return Err(Full {
+                capacity: self.capacity,
+            });
+        }
+        Ok(updates.into_iter().map(|u| self.offer(u, now)).collect())
+    }
+
+    fn offer(&mut self, update: StatusUpdate, now: Instant) -> Offer {
+        let key = update.key();
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        if let Some(entry) = self.entries.get_mut(&key) {
+            // Keep its place and backoff: a newer state does not jump a provider outage.
+            entry.update = update;
+            entry.generation = generation;
+            return Offer::Coalesced;
+        }
+        if self.written.matches(&update) {
+            return Offer::Unchanged;
+        }
+        self.entries.insert(
+            key.clone(),
+            Entry {
+                update,
+                generation,
+                attempts: 0,
+                in_flight: false,
+                accepted_at: now,
+                due: None,
+            },
+        );
+        self.ready.push_back(key);
+        Offer::Queued
+    }
+
+    /// The next update due for sending whose repository `paused` does not hold back.
+    /// `paused` returns when a repository's notifier may send again, if it is paused.
+    pub fn next_ready(
+        &mut self,
+        now: Instant,
+        paused: impl Fn(&Key) -> Option<Instant>,
+    ) -> (Option<Lease>, usize) {
+        self.promote_due(now);
+        let mut deduplicated = 0;
+        while let Some(key) = self.ready.pop_front() {
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            if entry.in_flight {
+                continue;
+            }
+            if let Some(until) = paused(&key) {
+                entry.due = Some(until);
+                self.delayed
+                    .push(Reverse((until, entry.generation, KeyOrd(key))));
+                continue;
+            }
+            if self.written.matches(&entry.update) {
+                self.entries.remove(&key);
+                deduplicated += 1;
+                continue;
+            }
+            entry.in_flight = true;
+            let lease = Lease {
+                update: entry.update.clone(),
+                generation: entry.generation,
+                attempt: entry.attempts + 1,
+                accepted_at: entry.accepted_at,
+            };
+            return (Some(lease), deduplicated);
+        }
+        (None, deduplicated)
+    }
+
+    fn promote_due(&mut self, now: Instant) {
+        while let Some(Reverse((at, _, _))) = self.delayed.peek() {
+            if *at > now {
+                break;
+            }
+            if let Some(Reverse((at, _, KeyOrd(key)))) = self.delayed.pop() {
+                if let Some(entry) = self.entries.get_mut(&key) {
+                    if entry.due == Some(at) {
+                        entry.due = None;
+                        self.ready.push_back(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the earliest delayed update becomes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.delayed.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    pub fn complete(&mut self, lease: &Lease, outcome: Completion, now: Instant) {
+        let key = lease.update.key();
+        let Some(entry) = self.entries.get_mut(&key) else {
+            return;
+        };
+        entry.in_flight = false;
+        let superseded = entry.generation != lease.generation;
+        match outcome {
+            Completion::Written => {
+                self.written.insert(key.clone(), &lease.update);
+                if superseded {
+                    entry.attempts = 0;
+                    self.ready.push_back(key);
+                } else {
+                    self.entries.remove(&key);
+                }
+            }
+            Completion::Retry(delay) => {
+                entry.attempts += 1;
+                entry.due = Some(now + delay);
+                self.delayed
+                    .push(Reverse((now + delay, entry.generation, KeyOrd(key))));
+            }
+            Completion::Dropped => {
+                if superseded {
+                    // The newer state may well be accepted (another description, say).
+                    entry.attempts = 0;
+                    self.ready.push_back(key);
+                } else {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Age of the oldest pending update.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.entries.values().map(|e| e.accepted_at).min()
+    }
+
+    /// Everything still pending, for the shutdown report.
+    pub fn pending(&self) -> impl Iterator<Item = &StatusUpdate> {
+        self.entries.values().map(|e| &e.update)
+    }
+}
+
+/// What was last written per key, bounded: the oldest memories go first.
+#[derive(Debug)]
+struct Written {
+    map: HashMap<Key, (notifiers::State, String, Option<String>)>,
+    order: VecDeque<Key>,
+    capacity: usize,
+}
+
+impl Written {
+    fn new(capacity: usize) -> Self {
+        Written {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn matches(&self, u: &StatusUpdate) -> bool {
+        self.map.get(&u.key()).is_some_and(|(state, desc, url)| {
+            *state == u.status.state && *desc == u.status.description && *url == u.status.target_url
+        })
+    }
+
+    fn insert(&mut self, key: Key, u: &StatusUpdate) {
+        let value = (
+            u.status.state,
+            u.status.description.clone(),
+            u.status.target_url.clone(),
+        );
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+            while self.map.len() > self.capacity {
+                match self.order.pop_front() {
+                    Some(old) => {
+                        self.map.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notifiers::{Check, CommitStatus, Sha, State};
+
+    fn update(sha_byte: char, check: &str, state: State) -> StatusUpdate {
+        StatusUpdate {
+            repo: "r".into(),
+            status: CommitStatus {
+                sha: Sha::parse(&sha_byte.to_string().repeat(40)).unwrap(),
+                check: Check::new(check),
+                state,
+                description: format!("{state}"),
+                target_url: None,
+            },
+        }
+    }
+
+    fn no_pause(_: &Key) -> Option<Instant> {
+        None
+    }
+
+    #[test]
+    fn newest_state_per_check_wins() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 10);
+        let offers = ob
+            .offer_all(
+                vec![
+                    update('a', "c", State::Pending),
+                    update('a', "c", State::Failed),
+                    update('a', "c", State::Succeeded),
+                ],
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            offers,
+            vec![Offer::Queued, Offer::Coalesced, Offer::Coalesced]
+        );
+        let (lease, _) = ob.next_ready(now, no_pause);
+        assert_eq!(lease.unwrap().update.status.state, State::Succeeded);
+        assert!(
+            ob.next_ready(now, no_pause).0.is_none(),
+            "one write per check"
+        );
+    }
+
+    #[test]
+    fn written_state_is_not_written_again() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 10);
+        ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+            .unwrap();
+        let lease = ob.next_ready(now, no_pause).0.unwrap();
+        ob.complete(&lease, Completion::Written, now);
+        assert!(ob.is_empty());
+        assert_eq!(
+            ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+                .unwrap(),
+            vec![Offer::Unchanged]
+        );
+        assert_eq!(
+            ob.offer_all(vec![update('a', "c", State::Failed)], now)
+                .unwrap(),
+            vec![Offer::Queued]
+        );
+    }
+
+    #[test]
+    fn update_arriving_in_flight_is_sent_after_the_flight() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 10);
+        ob.offer_all(vec![update('a', "c", State::Pending)], now)
+            .unwrap();
+        let first = ob.next_ready(now, no_pause).0.unwrap();
+        ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+            .unwrap();
+        assert!(
+            ob.next_ready(now, no_pause).0.is_none(),
+            "never two writes for one check at once"
+        );
+        ob.complete(&first, Completion::Written, now);
+        let second = ob.next_ready(now, no_pause).0.unwrap();
+        assert_eq!(second.update.status.state, State::Succeeded);
+    }
+
+    #[test]
+    fn flipping_back_to_the_written_state_costs_no_write() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 10);
+        ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+            .unwrap();
+        let l = ob.next_ready(now, no_pause).0.unwrap();
+        ob.complete(&l, Completion::Written, now);
+        ob.offer_all(
+            vec![
+                update('a', "c", State::Failed),
+                update('a', "c", State::Succeeded),
+            ],
+            now,
+        )
+        .unwrap();
+        let (lease, deduplicated) = ob.next_ready(now, no_pause);
+        assert!(lease.is_none());
+        assert_eq!(deduplicated, 1);
+        assert!(ob.is_empty());
+    }
+
+    #[test]
+    fn retries_wait_for_their_delay() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 10);
+        ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+            .unwrap();
+        let l = ob.next_ready(now, no_pause).0.unwrap();
+        ob.complete(&l, Completion::Retry(Duration::from_secs(2)), now);
+        assert!(
+            ob.next_ready(now + Duration::from_secs(1), no_pause)
+                .0
+                .is_none()
+        );
+        assert_eq!(ob.next_due(), Some(now + Duration::from_secs(2)));
+        let again = ob
+            .next_ready(now + Duration::from_secs(2), no_pause)
+            .0
+            .unwrap();
+        assert_eq!(again.attempt, 2);
+    }
+
+    #[test]
+    fn dropped_updates_leave_unless_superseded() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 10);
+        ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+            .unwrap();
+        let l = ob.next_ready(now, no_pause).0.unwrap();
+        ob.complete(&l, Completion::Dropped, now);
+        assert!(ob.is_empty());
+
+        ob.offer_all(vec![update('b', "c", State::Pending)], now)
+            .unwrap();
+        let l = ob.next_ready(now, no_pause).0.unwrap();
+        ob.offer_all(vec![update('b', "c", State::Succeeded)], now)
+            .unwrap();
+        ob.complete(&l, Completion::Dropped, now);
+        assert_eq!(
+            ob.next_ready(now, no_pause).0.unwrap().update.status.state,
+            State::Succeeded
+        );
+    }
+
+    #[test]
+    fn paused_repositories_are_held_back() {
+        let now = Instant::now();
+        let until = now + Duration::from_secs(30);
+        let mut ob = Outbox::new(10, 10);
+        ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+            .unwrap();
+        assert!(ob.next_ready(now, |_| Some(until)).0.is_none());
+        assert_eq!(ob.next_due(), Some(until));
+        assert!(ob.next_ready(until, no_pause).0.is_some());
+    }
+
+    #[test]
+    fn full_outbox_refuses_whole_events() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(2, 10);
+        ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+            .unwrap();
+        let err = ob
+            .offer_all(
+                vec![
+                    update('b', "c", State::Succeeded),
+                    update('c', "c", State::Succeeded),
+                ],
+                now,
+            )
+            .unwrap_err();
+        assert_eq!(err, Full { capacity: 2 });
+        assert_eq!(ob.len(), 1, "nothing of the refused event was queued");
+        // Coalescing into an existing key needs no room.
+        assert_eq!(
+            ob.offer_all(vec![update('a', "c", State::Failed)], now)
+                .unwrap(),
+            vec![Offer::Coalesced]
+        );
+    }
+
+    #[test]
+    fn written_memory_is_bounded() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 2);
+        for c in ['a', 'b', 'c'] {
+            ob.offer_all(vec![update(c, "x", State::Succeeded)], now)
+                .unwrap();
+            let l = ob.next_ready(now, no_pause).0.unwrap();
+            ob.complete(&l, Completion::Written, now);
+        }
+        // 'a' was forgotten first, so it is written again; 'c' is remembered.
+        assert_eq!(
+            ob.offer_all(vec![update('a', "x", State::Succeeded)], now)
+                .unwrap(),
+            vec![Offer::Queued]
+        );
+        assert_eq!(
+            ob.offer_all(vec![update('c', "x", State::Succeeded)], now)
+                .unwrap(),
+            vec![Offer::Unchanged]
+        );
+    }
+}

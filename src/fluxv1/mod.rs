@@ -1,0 +1,5 @@
+//! The Flux v1 edge: fluxd's `POST /v6/events` and its `/vN/daemon` websocket.
+
+pub mod daemon;
+pub mod event;
+pub mod events;

@@ -1,0 +1,151 @@
+//! The ingest listener: what fluxd (and later Flux v2) talks to.
+//!
+//! Routing is by path suffix so that a path prefix in fluxd's `--connect`
+//! (`ws://host:3000/flux` → `/flux/v11/daemon`, `/flux/v6/events`) just works.
+
+use crate::delivery::Delivery;
+use crate::fluxv1;
+use crate::mapping::v1::V1Context;
+use crate::metrics::Metrics;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub struct Ingest {
+    pub metrics: Arc<Metrics>,
+    pub delivery: Arc<Delivery>,
+    pub v1: V1Context,
+    /// What fluxd must present as `Authorization: Scope-Probe token=<token>`.
+    pub upstream_token: Option<SecretString>,
+    pub max_event_bytes: usize,
+    /// Fired on shutdown: websocket sessions close.
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: Arc<Ingest>) -> Router {
+    Router::new().fallback(route).with_state(state)
+}
+
+async fn route(State(st): State<Arc<Ingest>>, req: Request) -> Response {
+    let path = req.uri().path();
+    if path.ends_with("/v6/events") {
+        if req.method() != Method::POST {
+            let mut resp = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST",
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return resp;
+        }
+        return fluxv1::events::handle(st, req).await;
+    }
+    if is_daemon_path(path) {
+        return fluxv1::daemon::handle(st, req).await;
+    }
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// `…/v<N>/daemon` for any N: fluxd ≥ 1.14 dials v11, older ones lower versions.
+fn is_daemon_path(path: &str) -> bool {
+    let mut parts = path.trim_end_matches('/').rsplit('/');
+    parts.next() == Some("daemon")
+        && parts
+            .next()
+            .and_then(|v| v.strip_prefix('v'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Compares fluxd's `Authorization: Scope-Probe token=<token>` in constant time.
+pub fn upstream_authorized(headers: &HeaderMap, token: &Option<SecretString>) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(token) = token else { return true };
+    let Some(given) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let want = format!("Scope-Probe token={}", token.expose_secret());
+    given.as_bytes().ct_eq(want.as_bytes()).into()
+}
+
+pub enum BodyError {
+    TooLarge,
+    Unreadable(String),
+}
+
+/// Reads a body up to `limit` bytes; an announced or actual overflow is `TooLarge`.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Err(e) => Err(BodyError::Unreadable(e.to_string())),
+    }
+}
+
+/// A JSON error answer: `{"error": "...", "reason": "..."}`.
+pub fn error(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": message.into(), "reason": reason });
+    (status, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_paths_of_every_version_and_prefix() {
+        for p in [
+            "/v11/daemon",
+            "/v6/daemon",
+            "/flux/v11/daemon",
+            "/api/flux/v10/daemon/",
+            "/v1/daemon",
+        ] {
+            assert!(is_daemon_path(p), "{p}");
+        }
+        for p in [
+            "/daemon",
+            "/v/daemon",
+            "/vX/daemon",
+            "/v11/daemons",
+            "/v11",
+            "/",
+        ] {
+            assert!(!is_daemon_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn upstream_token_must_match_exactly() {
+        let token = Some(SecretString::from("s3cret".to_string()));
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(upstream_authorized(
+            &with("Scope-Probe token=s3cret"),
+            &token
+        ));
+        assert!(!upstream_authorized(
+            &with("Scope-Probe token=s3cre"),
+            &token
+        ));
+        assert!(!upstream_authorized(&with("Bearer s3cret"), &token));
+        assert!(!upstream_authorized(&HeaderMap::new(), &token));
+        assert!(upstream_authorized(&HeaderMap::new(), &None));
+    }
+}

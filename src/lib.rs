@@ -1,0 +1,18 @@
+//! flux-status: Flux deploy events in, commit statuses out.
+//!
+//! ```text
+//! ingest (fluxv1) ─▶ mapping (pure) ─▶ delivery (outbox, retry) ─▶ notifiers crate
+//! ```
+//! Ingest never calls a provider; mapping does no I/O; notifiers know nothing of Flux.
+
+pub mod config;
+pub mod credentials;
+pub mod daemon;
+pub mod delivery;
+pub mod fluxv1;
+pub mod ingest;
+pub mod mapping;
+pub mod metrics;
+pub mod ops;
+pub mod telemetry;
+pub mod update;

@@ -1,0 +1,59 @@
+//! Flux events → status updates. Pure functions, table-tested with real payloads.
+
+pub mod v1;
+
+use crate::update::StatusUpdate;
+use notifiers::ShaError;
+
+/// Why an event (or part of it) produced no status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// commit, release, autorelease and unknown types carry nothing to status.
+    NotAStatusEvent,
+    NoMetadata,
+    NoCommits,
+    InvalidSha {
+        revision: String,
+        error: ShaError,
+    },
+}
+
+impl Skip {
+    /// Bounded metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Skip::NotAStatusEvent => "not_a_status_event",
+            Skip::NoMetadata => "no_metadata",
+            Skip::NoCommits => "no_commits",
+            Skip::InvalidSha { .. } => "invalid_sha",
+        }
+    }
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::NotAStatusEvent => f.write_str("event type carries no deploy status"),
+            Skip::NoMetadata => f.write_str("event has no metadata"),
+            Skip::NoCommits => f.write_str("sync event lists no commits"),
+            Skip::InvalidSha { revision, error } => {
+                write!(f, "revision {revision:?} is not a commit id: {error}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Mapped {
+    pub updates: Vec<StatusUpdate>,
+    pub skips: Vec<Skip>,
+}
+
+impl Mapped {
+    pub fn skipped(skip: Skip) -> Self {
+        Mapped {
+            updates: Vec::new(),
+            skips: vec![skip],
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Prometheus metrics. Every label value is from a bounded set: no SHAs, repos or
+//! check names, which would grow without limit.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `fluxv1` or `fluxv2`.
+    pub source: &'static str,
+    pub r#type: &'static str,
+    /// `accepted`, or why not (`malformed_json`, `too_large`, `unauthorized`, …).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub provider: &'static str,
+    pub state: &'static str,
+    /// `written`, `deduplicated`, `dropped`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: &'static str,
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub events: Family<EventLabels, Counter>,
+    pub skipped: Family<SkipLabels, Counter>,
+    pub statuses: Family<StatusLabels, Counter>,
+    pub retries: Family<ProviderLabels, Counter>,
+    pub queue_depth: Gauge,
+    pub in_flight: Gauge,
+    pub oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub fluxd_connected: Gauge,
+    pub delivery_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("flux_status");
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events_received",
+            "Events received, by source, type and result",
+            events.clone(),
+        );
+        let skipped = Family::<SkipLabels, Counter>::default();
+        registry.register(
+            "events_skipped",
+            "Accepted events (or parts of them) that produced no status, by reason",
+            skipped.clone(),
+        );
+        let statuses = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "statuses",
+            "Status updates by provider, state and result",
+            statuses.clone(),
+        );
+        let retries = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "provider_retries",
+            "Provider requests that will be retried, by reason",
+            retries.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Checks with an update waiting to be written",
+            queue_depth.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Provider writes under way",
+            in_flight.clone(),
+        );
+        let oldest_pending_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "oldest_pending_seconds",
+            "Age of the oldest update not yet written",
+            oldest_pending_seconds.clone(),
+        );
+        let fluxd_connected = Gauge::default();
+        registry.register(
+            "fluxd_connected",
+            "fluxd websocket connections open",
+            fluxd_connected.clone(),
+        );
+        let delivery_seconds = Histogram::new(exponential_buckets(0.0005, 4.0, 12));
+        registry.register(
+            "delivery_seconds",
+            "Time from accepting an update to the provider confirming it",
+            delivery_seconds.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics {
+            registry,
+            events,
+            skipped,
+            statuses,
+            retries,
+            queue_depth,
+            in_flight,
+            oldest_pending_seconds,
+            fluxd_connected,
+            delivery_seconds,
+        }
+    }
+
+    pub fn event(&self, source: &'static str, r#type: &'static str, result: &'static str) {
+        self.events
+            .get_or_create(&EventLabels {
+                source,
+                r#type,
+                result,
+            })
+            .inc();
+    }
+
+    pub fn status(&self, provider: &'static str, state: notifiers::State, result: &'static str) {
+        self.statuses
+            .get_or_create(&StatusLabels {
+                provider,
+                state: state.as_str(),
+                result,
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
