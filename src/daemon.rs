@@ -108,8 +108,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     let stop_ops = CancellationToken::new();
     if let Some(listener) = ops_listener {
-        let addr = listener.local_addr().ok();
-        info!(addr = ?addr, "ops listening (/metrics, /healthz, /readyz)");
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        info!(addr = %addr, paths = "/metrics /healthz /readyz", "ops listening");
         tokio::spawn(
             axum::serve(listener, ops::router(ops_state.clone()))
                 .with_graceful_shutdown(stop_ops.clone().cancelled_owned())

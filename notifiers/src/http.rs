@@ -303,9 +303,12 @@ mod tests {
         }
     }
 
+    /// (status, headers, body, expected retry, expected reason)
+    type Case<'a> = (u16, &'a [(&'a str, &'a str)], &'a str, Retry, Reason);
+
     #[test]
     fn classification_table() {
-        let cases: &[(u16, &[(&str, &str)], &str, Retry, Reason)] = &[
+        let cases: &[Case] = &[
             (500, &[], "", Retry::Transient, Reason::ServerError),
             (
                 502,

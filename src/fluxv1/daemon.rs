@@ -1,7 +1,7 @@
 //! fluxd's websocket (`--connect`): fluxd dials us and keeps the connection open,
 //! pinging every ~13 s; we answer pings and never answer 410 (fluxd exits on 410).
 
-use crate::ingest::{Ingest, error, upstream_authorized};
+use crate::ingest::{Ingest, drain, error, upstream_authorized};
 use axum::extract::FromRequestParts;
 use axum::extract::Request;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -14,8 +14,17 @@ use tracing::{debug, info, warn};
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
-    let (mut parts, _body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if parts.method != axum::http::Method::GET {
+        drain(body).await;
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "fluxd connects with a websocket GET",
+        );
+    }
     if !upstream_authorized(&parts.headers, &st.upstream_token) {
+        drain(body).await;
         warn!(source = "fluxv1", path = %parts.uri.path(), "fluxd websocket rejected: missing or wrong Scope-Probe token");
         return error(
             StatusCode::UNAUTHORIZED,
@@ -34,8 +43,11 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
         Ok(ws) => ws
             .max_message_size(MAX_MESSAGE_BYTES)
             .on_upgrade(move |socket| session(socket, st, user_agent, path)),
-        // 400/405/426 with axum's explanation: never 410.
-        Err(rejection) => rejection.into_response(),
+        // 400/426 with axum's explanation: never 410.
+        Err(rejection) => {
+            drain(body).await;
+            rejection.into_response()
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum V1Event {
@@ -92,13 +93,15 @@ impl EventError {
 }
 
 #[derive(Deserialize)]
-struct RawEvent {
+struct RawEvent<'a> {
     #[serde(rename = "serviceIDs", default)]
     service_ids: Option<Vec<String>>,
     #[serde(rename = "type", default)]
     kind: Option<String>,
-    #[serde(default)]
-    metadata: Option<Value>,
+    /// Kept raw and decoded once its type is known: no whole-body `Value` copy of a
+    /// large initial-sync event.
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -115,28 +118,31 @@ struct RawSyncMetadata {
 }
 
 pub fn parse(body: &[u8]) -> Result<V1Event, EventError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| EventError::MalformedJson(e.to_string()))?;
-    if !value.is_object() {
-        return Err(EventError::NotAnObject);
-    }
-    let raw: RawEvent = serde_json::from_value(value).map_err(|e| EventError::InvalidMetadata {
-        kind: "event",
-        message: e.to_string(),
+    let raw: RawEvent = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data if body.trim_ascii_start().first() != Some(&b'{') => {
+            EventError::NotAnObject
+        }
+        serde_json::error::Category::Data => EventError::InvalidMetadata {
+            kind: "event",
+            message: e.to_string(),
+        },
+        _ => EventError::MalformedJson(e.to_string()),
     })?;
     let kind = raw
         .kind
         .filter(|k| !k.is_empty())
         .ok_or(EventError::MissingType)?;
-    let metadata = raw.metadata.filter(|m| !m.is_null());
+    let metadata = raw.metadata.filter(|m| m.get() != "null");
     Ok(match kind.as_str() {
         "sync" => {
             let has_metadata = metadata.is_some();
             let meta: RawSyncMetadata = match metadata {
-                Some(m) => serde_json::from_value(m).map_err(|e| EventError::InvalidMetadata {
-                    kind: "sync",
-                    message: e.to_string(),
-                })?,
+                Some(m) => {
+                    serde_json::from_str(m.get()).map_err(|e| EventError::InvalidMetadata {
+                        kind: "sync",
+                        message: e.to_string(),
+                    })?
+                }
                 None => RawSyncMetadata::default(),
             };
             let commits = match (meta.commits, meta.revisions) {
@@ -171,8 +177,8 @@ pub fn parse(body: &[u8]) -> Result<V1Event, EventError> {
     })
 }
 
-fn string_field(metadata: &Option<Value>, keys: &[&str]) -> Option<String> {
-    let m = metadata.as_ref()?;
+fn string_field(metadata: &Option<&RawValue>, keys: &[&str]) -> Option<String> {
+    let m: Value = serde_json::from_str(metadata.as_ref()?.get()).ok()?;
     keys.iter()
         .find_map(|k| m.get(*k).and_then(Value::as_str))
         .map(str::to_string)

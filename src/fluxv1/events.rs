@@ -4,7 +4,7 @@
 //! event gets 202 with an empty body (fluxd parses a non-empty body as JSON).
 
 use super::event::{self, V1Event};
-use crate::ingest::{BodyError, Ingest, error, read_body, upstream_authorized};
+use crate::ingest::{BodyError, Ingest, drain, error, read_body, upstream_authorized};
 use crate::mapping::{self, Skip};
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -17,6 +17,7 @@ const SOURCE: &str = "fluxv1";
 pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     if !upstream_authorized(&parts.headers, &st.upstream_token) {
+        drain(body).await;
         st.metrics.event(SOURCE, "unknown", "unauthorized");
         warn!(
             source = SOURCE,
