@@ -115,7 +115,7 @@ async fn a_thousand_hostile_requests_are_all_answered_and_the_daemon_survives() 
     let mut rng = fastrand::Rng::with_seed(0x5eed_f1ec);
     // A fresh connection per request: each request is judged on its own answer, not
     // on a keep-alive connection an earlier error answer closed.
-    let _ = support::http(); // installs the TLS crypto provider reqwest needs
+    notifiers::http::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()

@@ -48,10 +48,15 @@ pub enum ClientError {
     Build(String),
 }
 
+/// reqwest is built without a bundled TLS crypto provider; ring is the one we ship.
+/// Anything that builds its own `reqwest::Client` must call this first (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The one HTTP client builder every provider uses (proxy from `HTTPS_PROXY`/`NO_PROXY`).
 pub fn client(cfg: &HttpConfig) -> Result<reqwest::Client, ClientError> {
-    // reqwest is built without a bundled crypto provider; ring is the one we ship.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .timeout(cfg.timeout)
