@@ -223,10 +223,11 @@ pub enum Target {
         git_url: GitUrl,
         provider: Option<Provider>,
     },
-    GitHub {
+    Provider {
+        provider: Provider,
         git_url: GitUrl,
         api_url: Option<String>,
-        token: SecretString,
+        credential: SecretString,
     },
 }
 
@@ -348,23 +349,31 @@ impl Args {
                     ));
                     None
                 }
-                Some(Provider::GitHub) => {
-                    if let Err(e) = notifiers::github::repo_path(&git_url) {
+                Some(provider) => {
+                    if let Err(e) = provider.check_url(&git_url) {
                         errors.push(format!("--git-url: {e}"));
                     }
-                    match creds.github {
-                        Some(token) => Some(Target::GitHub { git_url, api_url: self.api_url.clone(), token }),
+                    // The chosen provider's own credential, never whichever one is set.
+                    let credential = match provider {
+                        Provider::GitHub => creds.github,
+                        Provider::GitLab => creds.gitlab,
+                        Provider::AzureDevOps => creds.azdo,
+                    };
+                    match credential {
+                        Some(credential) => Some(Target::Provider {
+                            provider,
+                            git_url,
+                            api_url: self.api_url.clone(),
+                            credential,
+                        }),
                         None => {
-                            errors.push(
-                                "GitHub needs a token: set GITHUB_TOKEN or --github-token-file (or use --dry-run)".into(),
-                            );
+                            errors.push(format!(
+                                "{provider} needs a credential: set {} (or use --dry-run)",
+                                provider.credential_flag()
+                            ));
                             None
                         }
                     }
-                }
-                Some(p) => {
-                    errors.push(format!("provider {p} is not supported yet (use --dry-run to try the rest)"));
-                    None
                 }
             }
         });
@@ -469,7 +478,13 @@ mod tests {
         assert_eq!(a.poll_interval, Duration::from_secs(10));
         let c = a.validate().unwrap();
         assert_eq!(c.log_level, "debug");
-        assert!(matches!(c.target, Target::GitHub { .. }));
+        assert!(matches!(
+            c.target,
+            Target::Provider {
+                provider: Provider::GitHub,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -512,7 +527,13 @@ mod tests {
         .unwrap()
         .validate()
         .unwrap();
-        assert!(matches!(ok.target, Target::GitHub { .. }));
+        assert!(matches!(
+            ok.target,
+            Target::Provider {
+                provider: Provider::GitHub,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -533,6 +554,10 @@ mod tests {
             .validate()
             .err()
             .unwrap();
-        assert!(err.to_string().contains("GitHub needs a token"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("github needs a credential: set GITHUB_TOKEN"),
+            "{err}"
+        );
     }
 }

@@ -35,24 +35,25 @@ fn repo_id(url: &GitUrl) -> RepoId {
 
 pub fn build_notifier(config: &Config) -> Result<(RepoId, Arc<dyn Notifier>), DaemonError> {
     match &config.target {
-        Target::DryRun { git_url, .. } => {
+        Target::DryRun { git_url, provider } => {
             let id = repo_id(git_url);
             Ok((
                 id.clone(),
-                Arc::new(notifiers::dry_run::DryRun::new(id.to_string())),
+                Arc::new(notifiers::dry_run::DryRun::new(id.to_string(), *provider)),
             ))
         }
-        Target::GitHub {
+        Target::Provider {
+            provider,
             git_url,
             api_url,
-            token,
+            credential,
         } => {
             let client = notifiers::http::client(&config.http)
                 .map_err(|e| DaemonError::Notifier(e.to_string()))?;
-            let gh =
-                notifiers::github::GitHub::new(client, git_url, api_url.as_deref(), token.clone())
-                    .map_err(|e| DaemonError::Notifier(e.to_string()))?;
-            Ok((repo_id(git_url), Arc::new(gh)))
+            let notifier = provider
+                .notifier(client, git_url, api_url.as_deref(), credential.clone())
+                .map_err(|e| DaemonError::Notifier(e.to_string()))?;
+            Ok((repo_id(git_url), notifier))
         }
     }
 }

@@ -1,18 +1,20 @@
 //! A notifier that writes nothing and logs each status it would write.
 
-use crate::{CommitStatus, Notifier, NotifyError, text};
-
-/// GitHub's limit is the tightest of the providers; showing the text cut to it tells a
-/// dry-run user what the PR view would show.
-const DESCRIPTION_LIMIT: usize = 140;
+use crate::{CommitStatus, Notifier, NotifyError, Provider, text};
 
 pub struct DryRun {
     repo: String,
+    /// Cut as the provider would, so the log shows what the PR view would show;
+    /// GitHub's limit, the tightest, when the provider is unknown.
+    description_limit: usize,
 }
 
 impl DryRun {
-    pub fn new(repo: impl Into<String>) -> Self {
-        DryRun { repo: repo.into() }
+    pub fn new(repo: impl Into<String>, provider: Option<Provider>) -> Self {
+        DryRun {
+            repo: repo.into(),
+            description_limit: provider.unwrap_or(Provider::GitHub).description_limit(),
+        }
     }
 }
 
@@ -32,7 +34,7 @@ impl Notifier for DryRun {
             sha = %status.sha,
             check = %status.check,
             state = %status.state,
-            description = %text::one_line_truncated(&status.description, DESCRIPTION_LIMIT),
+            description = %text::one_line_truncated(&status.description, self.description_limit),
             target_url = status.target_url.as_deref().unwrap_or(""),
             "dry run: would write commit status"
         );

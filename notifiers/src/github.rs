@@ -116,12 +116,7 @@ impl Notifier for GitHub {
             self.client
                 .post(format!("{}{}", self.statuses_url, status.sha)),
         )?;
-        let resp = http::send(NAME, req.json(&body)).await?;
-        if resp.is_success() {
-            Ok(())
-        } else {
-            Err(http::classify(NAME, &resp))
-        }
+        http::write(NAME, req.json(&body), http::no_special_answers).await
     }
 }
 

@@ -170,6 +170,27 @@ pub async fn send(
     })
 }
 
+/// Sends a status write and reads the answer as every provider does: `special`
+/// first gives provider-specific answers their meaning (GitLab's "already in that
+/// state", Azure DevOps' sign-in page), then 2xx is success and the rest is classified.
+pub async fn write(
+    provider: &'static str,
+    req: RequestBuilder,
+    special: fn(&HttpResponse) -> Option<Result<(), NotifyError>>,
+) -> Result<(), NotifyError> {
+    let resp = send(provider, req).await?;
+    match special(&resp) {
+        Some(answer) => answer,
+        None if resp.is_success() => Ok(()),
+        None => Err(classify(provider, &resp)),
+    }
+}
+
+/// For providers whose answers need no special reading.
+pub fn no_special_answers(_: &HttpResponse) -> Option<Result<(), NotifyError>> {
+    None
+}
+
 /// Reads an error answer the way every provider needs it read.
 ///
 /// Provider modules call this for any non-2xx answer they give no special meaning.

@@ -5,10 +5,12 @@
 //! What they share (HTTP client, error classification, truncation) lives once in
 //! [`http`] and [`text`]. Nothing here knows about Flux.
 
+pub mod azure_devops;
 pub mod dry_run;
 pub mod error;
 pub mod git_url;
 pub mod github;
+pub mod gitlab;
 pub mod http;
 pub mod status;
 pub mod text;
@@ -17,7 +19,9 @@ pub use error::{NotifyError, Reason, Retry};
 pub use git_url::{GitUrl, GitUrlError};
 pub use status::{Check, CommitStatus, ReadStatus, Sha, ShaError, State};
 
+use secrecy::SecretString;
 use std::fmt;
+use std::sync::Arc;
 
 /// A git hosting service we can write statuses to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,6 +38,51 @@ impl Provider {
             Provider::GitLab => "gitlab",
             Provider::AzureDevOps => "azure-devops",
         }
+    }
+
+    /// The flag that carries this provider's credential, for messages.
+    pub fn credential_flag(self) -> &'static str {
+        match self {
+            Provider::GitHub => "GITHUB_TOKEN or --github-token-file",
+            Provider::GitLab => "GITLAB_TOKEN or --gitlab-token-file",
+            Provider::AzureDevOps => "AZDO_PAT or --azdo-pat-file",
+        }
+    }
+
+    /// How long a description may be before the provider refuses it (or we cut it).
+    pub fn description_limit(self) -> usize {
+        match self {
+            Provider::GitHub => github::DESCRIPTION_LIMIT,
+            Provider::GitLab => gitlab::DESCRIPTION_LIMIT,
+            Provider::AzureDevOps => azure_devops::DESCRIPTION_LIMIT,
+        }
+    }
+
+    /// Checks that `url` names a repository this provider can address.
+    pub fn check_url(self, url: &GitUrl) -> Result<(), GitUrlError> {
+        match self {
+            Provider::GitHub => github::repo_path(url).map(drop),
+            Provider::GitLab => gitlab::repo_path(url).map(drop),
+            Provider::AzureDevOps => azure_devops::repo_path(url).map(drop),
+        }
+    }
+
+    /// The notifier for `url` on this provider; `api_url` overrides the API base
+    /// derived from the URL (GitHub Enterprise, self-managed GitLab, ADO Server).
+    pub fn notifier(
+        self,
+        client: reqwest::Client,
+        url: &GitUrl,
+        api_url: Option<&str>,
+        credential: SecretString,
+    ) -> Result<Arc<dyn Notifier>, GitUrlError> {
+        Ok(match self {
+            Provider::GitHub => Arc::new(github::GitHub::new(client, url, api_url, credential)?),
+            Provider::GitLab => Arc::new(gitlab::GitLab::new(client, url, api_url, credential)?),
+            Provider::AzureDevOps => Arc::new(azure_devops::AzureDevOps::new(
+                client, url, api_url, credential,
+            )?),
+        })
     }
 
     /// The provider a public host belongs to; self-hosted hosts need `--provider`.

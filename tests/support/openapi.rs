@@ -140,6 +140,20 @@ impl Spec {
     }
 }
 
+/// Responses may carry fields a spec subset leaves out; only requests are strict.
+fn allow_additional(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if m.get("additionalProperties") == Some(&Value::Bool(false)) {
+                m.remove("additionalProperties");
+            }
+            m.values_mut().for_each(allow_additional);
+        }
+        Value::Array(a) => a.iter_mut().for_each(allow_additional),
+        _ => {}
+    }
+}
+
 fn template_matches(template: &str, path: &str, item: &Value, method: &str) -> bool {
     let multi: Vec<String> = item
         .get(method)
@@ -279,6 +293,39 @@ impl Operation<'_> {
                     Err(format!("{}: {}", self.id, errors.join("; ")))
                 }
             }
+        }
+    }
+
+    /// Checks a fake's response body against the operation's response schema, so the
+    /// fakes answer in the shape the real API does (extra fields allowed).
+    pub fn validate_response(&self, status: u16, body: &Value) -> Result<(), String> {
+        let resp = self
+            .op
+            .pointer(&format!("/responses/{status}"))
+            .map(|r| self.spec.resolve(r))
+            .ok_or_else(|| format!("{}: no response {status} declared", self.id))?;
+        let Some(schema) = resp
+            .pointer("/content/application~1json/schema")
+            .or_else(|| resp.get("schema"))
+        else {
+            return Ok(());
+        };
+        let mut schema = self.spec.strict_schema(schema, 0);
+        allow_additional(&mut schema);
+        let validator = jsonschema::draft4::new(&schema)
+            .map_err(|e| format!("{}: bad schema: {e}", self.id))?;
+        let errors: Vec<String> = validator
+            .iter_errors(body)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} response {status}: {}",
+                self.id,
+                errors.join("; ")
+            ))
         }
     }
 

@@ -1,0 +1,226 @@
+//! Azure DevOps Services and Azure DevOps Server commit statuses.
+//!
+//! `POST {collection}/{project}/_apis/git/repositories/{repo}/commits/{sha}/statuses`
+//! with `api-version=7.1` and Basic auth (empty user, PAT). A check
+//! `flux-status/dev/sync` becomes context genre `flux-status`, name `dev/sync`.
+
+use crate::git_url::{GitUrl, GitUrlError};
+use crate::http;
+use crate::{CommitStatus, Notifier, NotifyError, Reason, Retry, State, text};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+pub const NAME: &str = "azure-devops";
+/// Azure DevOps documents no limit; statuses are one line in its UI, so keep them short.
+pub const DESCRIPTION_LIMIT: usize = 400;
+pub const API_VERSION: &str = "7.1";
+
+/// A path segment: spaces and the like encoded, unreserved characters kept.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Where a repository lives: the organization or collection URL, project, repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureRepo {
+    /// `https://dev.azure.com/<org>`, `https://<org>.visualstudio.com`, or an Azure
+    /// DevOps Server collection such as `https://host/tfs/DefaultCollection`.
+    pub collection_url: String,
+    pub project: String,
+    pub repo: String,
+}
+
+fn unexpected(url: &GitUrl) -> GitUrlError {
+    GitUrlError::UnexpectedPath {
+        provider: "Azure DevOps",
+        expected: "<org>/<project>/_git/<repo> (https) or v3/<org>/<project>/<repo> (ssh)",
+        got: url.segments.join("/"),
+    }
+}
+
+fn encode(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+pub fn repo_path(url: &GitUrl) -> Result<AzureRepo, GitUrlError> {
+    // Azure repository names may legitimately end in ".git"; only strip it from the
+    // last segment as the git URL forms do.
+    let segs = url.repo_segments();
+    let repo = |collection_url: String, project: &str, repo: &str| AzureRepo {
+        collection_url,
+        project: project.to_string(),
+        repo: repo.to_string(),
+    };
+    let host = url.host.as_str();
+    if host == "ssh.dev.azure.com" || host == "vs-ssh.visualstudio.com" {
+        return match segs.as_slice() {
+            ["v3", org, project, name] if host == "ssh.dev.azure.com" => Ok(repo(
+                format!("https://dev.azure.com/{}", encode(org)),
+                project,
+                name,
+            )),
+            ["v3", org, project, name] => Ok(repo(
+                format!("https://{}.visualstudio.com", encode(org)),
+                project,
+                name,
+            )),
+            _ => Err(unexpected(url)),
+        };
+    }
+    if host == "dev.azure.com" {
+        return match segs.as_slice() {
+            [org, project, "_git", name] => Ok(repo(
+                format!("https://dev.azure.com/{}", encode(org)),
+                project,
+                name,
+            )),
+            // A repository named like its project may be addressed without the project.
+            [org, "_git", name] => Ok(repo(
+                format!("https://dev.azure.com/{}", encode(org)),
+                name,
+                name,
+            )),
+            _ => Err(unexpected(url)),
+        };
+    }
+    if let Some(org) = host.strip_suffix(".visualstudio.com") {
+        let base = format!("https://{host}");
+        return match segs.as_slice() {
+            ["DefaultCollection", project, "_git", name] => {
+                Ok(repo(format!("{base}/DefaultCollection"), project, name))
+            }
+            [project, "_git", name] if !org.is_empty() => Ok(repo(base, project, name)),
+            ["_git", name] => Ok(repo(base, name, name)),
+            _ => Err(unexpected(url)),
+        };
+    }
+    // Azure DevOps Server: <collection path…>/<project>/_git/<repo>.
+    match segs.iter().position(|s| *s == "_git") {
+        Some(i) if i >= 2 && i + 2 == segs.len() => {
+            let collection: Vec<String> = segs[..i - 1].iter().map(|s| encode(s)).collect();
+            Ok(repo(
+                format!("{}/{}", url.web_origin(), collection.join("/")),
+                segs[i - 1],
+                segs[i + 1],
+            ))
+        }
+        _ => Err(unexpected(url)),
+    }
+}
+
+pub fn default_api_url(url: &GitUrl) -> Result<String, GitUrlError> {
+    repo_path(url).map(|r| r.collection_url)
+}
+
+/// Our state in Azure DevOps' words; a canceled deploy is "not applicable".
+pub fn state(s: State) -> &'static str {
+    match s {
+        State::Pending => "pending",
+        State::Succeeded => "succeeded",
+        State::Failed => "failed",
+        State::Canceled => "notApplicable",
+    }
+}
+
+pub struct AzureDevOps {
+    client: reqwest::Client,
+    /// `{collection}/{project}/_apis/git/repositories/{repo}/commits/`
+    commits_url: String,
+    pat: SecretString,
+    repo: String,
+}
+
+#[derive(Serialize)]
+struct Context<'a> {
+    genre: &'a str,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateStatus<'a> {
+    state: &'static str,
+    description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_url: Option<&'a str>,
+    context: Context<'a>,
+}
+
+impl AzureDevOps {
+    /// `api_url` replaces the collection URL (Azure DevOps Server behind another name).
+    pub fn new(
+        client: reqwest::Client,
+        url: &GitUrl,
+        api_url: Option<&str>,
+        pat: SecretString,
+    ) -> Result<Self, GitUrlError> {
+        let r = repo_path(url)?;
+        let collection = api_url.map(str::to_string).unwrap_or(r.collection_url);
+        Ok(AzureDevOps {
+            client,
+            commits_url: format!(
+                "{}/{}/_apis/git/repositories/{}/commits/",
+                collection.trim_end_matches('/'),
+                encode(&r.project),
+                encode(&r.repo)
+            ),
+            pat,
+            repo: format!("{}/{}/{}", url.host, r.project, r.repo),
+        })
+    }
+}
+
+/// Azure DevOps answers a missing or bad credential on some routes with 203 and an
+/// HTML sign-in page rather than 401.
+fn sign_in_page(resp: &http::HttpResponse) -> Option<Result<(), NotifyError>> {
+    let html = resp
+        .headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    (resp.status.as_u16() == 203 || (resp.is_success() && html)).then(|| {
+        Err(NotifyError {
+            provider: NAME,
+            retry: Retry::Permanent,
+            reason: Reason::Unauthorized,
+            status: Some(resp.status.as_u16()),
+            message:
+                "Azure DevOps answered with a sign-in page: the PAT is missing, wrong or expired"
+                    .into(),
+            retry_after: None,
+        })
+    })
+}
+
+#[async_trait::async_trait]
+impl Notifier for AzureDevOps {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn repo(&self) -> &str {
+        &self.repo
+    }
+
+    async fn set_status(&self, status: &CommitStatus) -> Result<(), NotifyError> {
+        let (genre, name) = status.check.genre_and_name();
+        let body = CreateStatus {
+            state: state(status.state),
+            description: text::one_line_truncated(&status.description, DESCRIPTION_LIMIT),
+            target_url: status.target_url.as_deref(),
+            context: Context { genre, name },
+        };
+        let req = self
+            .client
+            .post(format!(
+                "{}{}/statuses?api-version={API_VERSION}",
+                self.commits_url, status.sha
+            ))
+            .basic_auth("", Some(self.pat.expose_secret()))
+            .json(&body);
+        http::write(NAME, req, sign_in_page).await
+    }
+}

@@ -1,0 +1,142 @@
+//! GitLab (gitlab.com and self-managed) commit statuses.
+//!
+//! `POST /api/v4/projects/:id/statuses/:sha` with `PRIVATE-TOKEN`; the project id is
+//! the URL-encoded full path, subgroups included. GitLab applies a state as a
+//! transition and answers 400 "Cannot transition status" when the job is already
+//! in that state: that means "already written", not an error.
+
+use crate::git_url::{GitUrl, GitUrlError};
+use crate::http::{self, sensitive_header};
+use crate::{CommitStatus, Notifier, NotifyError, State, text};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+pub const NAME: &str = "gitlab";
+/// GitLab rejects description, name and target_url longer than this.
+pub const DESCRIPTION_LIMIT: usize = 255;
+const TARGET_URL_LIMIT: usize = 255;
+
+/// Everything but letters, digits, `-`, `_` and `~` is encoded: `/` (so subgroups
+/// stay one path segment) and `.` (as GitLab's own clients do).
+const PROJECT_ID: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
+/// The project's full path (`group/subgroup/project`), or a numeric project id.
+pub fn repo_path(url: &GitUrl) -> Result<String, GitUrlError> {
+    let segs = url.repo_segments();
+    let numeric = segs.len() == 1 && segs[0].bytes().all(|b| b.is_ascii_digit());
+    // `/-/` starts GitLab's own routes (…/-/tree/main): a pasted browser URL.
+    if (segs.len() >= 2 && !segs.contains(&"-")) || numeric {
+        Ok(segs.join("/"))
+    } else {
+        Err(GitUrlError::UnexpectedPath {
+            provider: "GitLab",
+            expected: "<group>[/<subgroup>…]/<project> or a numeric project id",
+            got: url.segments.join("/"),
+        })
+    }
+}
+
+/// `https://gitlab.com` for any gitlab.com host (`altssh.gitlab.com` included),
+/// else the web origin, under which GitLab serves `/api/v4`.
+pub fn default_api_url(url: &GitUrl) -> String {
+    if crate::Provider::detect(&url.host) == Some(crate::Provider::GitLab) {
+        "https://gitlab.com".to_string()
+    } else {
+        url.web_origin()
+    }
+}
+
+/// Our state in GitLab's words. `running` rather than `pending`: the deploy is under
+/// way, and GitLab shows running jobs as in progress.
+pub fn state(s: State) -> &'static str {
+    match s {
+        State::Pending => "running",
+        State::Succeeded => "success",
+        State::Failed => "failed",
+        State::Canceled => "canceled",
+    }
+}
+
+pub struct GitLab {
+    client: reqwest::Client,
+    statuses_url: String,
+    token: SecretString,
+    repo: String,
+}
+
+#[derive(Serialize)]
+struct CreateStatus<'a> {
+    state: &'static str,
+    name: &'a str,
+    description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_url: Option<&'a str>,
+}
+
+impl GitLab {
+    pub fn new(
+        client: reqwest::Client,
+        url: &GitUrl,
+        api_url: Option<&str>,
+        token: SecretString,
+    ) -> Result<Self, GitUrlError> {
+        let project = repo_path(url)?;
+        let base = api_url
+            .map(str::to_string)
+            .unwrap_or_else(|| default_api_url(url));
+        let base = base.trim_end_matches('/');
+        let api = if base.ends_with("/api/v4") {
+            base.to_string()
+        } else {
+            format!("{base}/api/v4")
+        };
+        Ok(GitLab {
+            client,
+            statuses_url: format!(
+                "{api}/projects/{}/statuses/",
+                utf8_percent_encode(&project, PROJECT_ID)
+            ),
+            token,
+            repo: format!("{}/{project}", url.host),
+        })
+    }
+}
+
+/// GitLab's answer to setting the state a job is already in means it is written.
+fn already_in_state(resp: &http::HttpResponse) -> Option<Result<(), NotifyError>> {
+    (resp.status.as_u16() == 400
+        && http::error_message(&resp.body).contains("Cannot transition status"))
+    .then_some(Ok(()))
+}
+
+#[async_trait::async_trait]
+impl Notifier for GitLab {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn repo(&self) -> &str {
+        &self.repo
+    }
+
+    async fn set_status(&self, status: &CommitStatus) -> Result<(), NotifyError> {
+        let body = CreateStatus {
+            state: state(status.state),
+            name: status.check.as_str(),
+            description: text::one_line_truncated(&status.description, DESCRIPTION_LIMIT),
+            // A longer URL would make GitLab refuse the whole status.
+            target_url: status
+                .target_url
+                .as_deref()
+                .filter(|u| u.chars().count() <= TARGET_URL_LIMIT),
+        };
+        let token = sensitive_header(self.token.expose_secret())?;
+        let req = self
+            .client
+            .post(format!("{}{}", self.statuses_url, status.sha))
+            .header("PRIVATE-TOKEN", token)
+            .json(&body);
+        http::write(NAME, req, already_in_state).await
+    }
+}

@@ -1,0 +1,336 @@
+//! Every form of git URL users write, across the three providers: which provider,
+//! which API base, which repository. Invalid ones fail with a clear error.
+
+use notifiers::{GitUrl, Provider, azure_devops, github, gitlab};
+
+/// What a URL resolves to, as one comparable line: `provider api-base repository`.
+fn resolve(input: &str, explicit: Option<Provider>) -> Result<String, String> {
+    let url = GitUrl::parse(input).map_err(|e| e.to_string())?;
+    let provider = explicit
+        .or_else(|| Provider::detect(&url.host))
+        .ok_or_else(|| format!("cannot tell the provider of {}", url.host))?;
+    let e = |e: notifiers::GitUrlError| e.to_string();
+    Ok(match provider {
+        Provider::GitHub => {
+            let (o, r) = github::repo_path(&url).map_err(e)?;
+            format!("github {} {o}/{r}", github::default_api_url(&url))
+        }
+        Provider::GitLab => format!(
+            "gitlab {} {}",
+            gitlab::default_api_url(&url),
+            gitlab::repo_path(&url).map_err(e)?
+        ),
+        Provider::AzureDevOps => {
+            let r = azure_devops::repo_path(&url).map_err(e)?;
+            format!("azure-devops {} {}/{}", r.collection_url, r.project, r.repo)
+        }
+    })
+}
+
+#[test]
+fn real_world_git_urls() {
+    use Provider::*;
+    let gh = |r: &str| format!("github https://api.github.com {r}");
+    let ok: Vec<(&str, Option<Provider>, String)> = vec![
+        // GitHub
+        (
+            "https://github.com/fluxcd/flux-get-started",
+            None,
+            gh("fluxcd/flux-get-started"),
+        ),
+        (
+            "https://github.com/fluxcd/flux-get-started.git",
+            None,
+            gh("fluxcd/flux-get-started"),
+        ),
+        (
+            "https://github.com/fluxcd/flux-get-started/",
+            None,
+            gh("fluxcd/flux-get-started"),
+        ),
+        (
+            "git@github.com:fluxcd/flux-get-started.git",
+            None,
+            gh("fluxcd/flux-get-started"),
+        ),
+        (
+            "git@github.com:fluxcd/flux-get-started",
+            None,
+            gh("fluxcd/flux-get-started"),
+        ),
+        (
+            "ssh://git@github.com/fluxcd/flux-get-started.git",
+            None,
+            gh("fluxcd/flux-get-started"),
+        ),
+        (
+            "ssh://git@ssh.github.com:443/fluxcd/flux-get-started.git",
+            None,
+            gh("fluxcd/flux-get-started"),
+        ),
+        (
+            "https://x-access-token:ghs_secret@github.com/acme/app.git",
+            None,
+            gh("acme/app"),
+        ),
+        (
+            "https://github.com/acme/my.dotted.repo.git",
+            None,
+            gh("acme/my.dotted.repo"),
+        ),
+        ("https://github.com/acme/app.js", None, gh("acme/app.js")),
+        ("git://github.com/acme/app.git", None, gh("acme/app")),
+        ("HTTPS://GitHub.com/Acme/App", None, gh("Acme/App")),
+        (
+            "git@github.example.com:platform/gitops.git",
+            Some(GitHub),
+            "github https://github.example.com/api/v3 platform/gitops".into(),
+        ),
+        (
+            "https://github.example.com:8443/platform/gitops",
+            Some(GitHub),
+            "github https://github.example.com:8443/api/v3 platform/gitops".into(),
+        ),
+        (
+            "ssh://git@github.example.com:2222/platform/gitops.git",
+            Some(GitHub),
+            "github https://github.example.com/api/v3 platform/gitops".into(),
+        ),
+        // GitLab
+        (
+            "https://gitlab.com/acme/app.git",
+            None,
+            "gitlab https://gitlab.com acme/app".into(),
+        ),
+        (
+            "git@gitlab.com:acme/app.git",
+            None,
+            "gitlab https://gitlab.com acme/app".into(),
+        ),
+        (
+            "https://gitlab.com/acme/platform/team/app.git",
+            None,
+            "gitlab https://gitlab.com acme/platform/team/app".into(),
+        ),
+        (
+            "git@gitlab.com:acme/platform/team/app.git",
+            None,
+            "gitlab https://gitlab.com acme/platform/team/app".into(),
+        ),
+        (
+            "ssh://git@gitlab.com/acme/platform/app.git",
+            None,
+            "gitlab https://gitlab.com acme/platform/app".into(),
+        ),
+        (
+            "ssh://git@altssh.gitlab.com:443/acme/app.git",
+            None,
+            "gitlab https://gitlab.com acme/app".into(),
+        ),
+        (
+            "https://oauth2:glpat-secret@gitlab.com/acme/app.git",
+            None,
+            "gitlab https://gitlab.com acme/app".into(),
+        ),
+        (
+            "https://gitlab.com/acme/my.project",
+            None,
+            "gitlab https://gitlab.com acme/my.project".into(),
+        ),
+        (
+            "https://gitlab.com/1234",
+            None,
+            "gitlab https://gitlab.com 1234".into(),
+        ),
+        (
+            "https://git.example.com/infra/clusters/prod.git",
+            Some(GitLab),
+            "gitlab https://git.example.com infra/clusters/prod".into(),
+        ),
+        (
+            "git@git.example.com:infra/clusters/prod.git",
+            Some(GitLab),
+            "gitlab https://git.example.com infra/clusters/prod".into(),
+        ),
+        (
+            "http://gitlab.internal:8080/infra/prod.git",
+            Some(GitLab),
+            "gitlab http://gitlab.internal:8080 infra/prod".into(),
+        ),
+        // Azure DevOps Services
+        (
+            "https://dev.azure.com/acme/Platform/_git/gitops",
+            None,
+            "azure-devops https://dev.azure.com/acme Platform/gitops".into(),
+        ),
+        (
+            "https://acme@dev.azure.com/acme/Platform/_git/gitops",
+            None,
+            "azure-devops https://dev.azure.com/acme Platform/gitops".into(),
+        ),
+        (
+            "https://acme:pat-secret@dev.azure.com/acme/Platform/_git/gitops",
+            None,
+            "azure-devops https://dev.azure.com/acme Platform/gitops".into(),
+        ),
+        (
+            "https://dev.azure.com/acme/My%20Project/_git/My%20Repo",
+            None,
+            "azure-devops https://dev.azure.com/acme My Project/My Repo".into(),
+        ),
+        (
+            "https://dev.azure.com/acme/_git/gitops",
+            None,
+            "azure-devops https://dev.azure.com/acme gitops/gitops".into(),
+        ),
+        (
+            "git@ssh.dev.azure.com:v3/acme/Platform/gitops",
+            None,
+            "azure-devops https://dev.azure.com/acme Platform/gitops".into(),
+        ),
+        (
+            "ssh://git@ssh.dev.azure.com/v3/acme/Platform/gitops",
+            None,
+            "azure-devops https://dev.azure.com/acme Platform/gitops".into(),
+        ),
+        (
+            "ssh://git@ssh.dev.azure.com:22/v3/acme/My%20Project/gitops",
+            None,
+            "azure-devops https://dev.azure.com/acme My Project/gitops".into(),
+        ),
+        (
+            "https://acme.visualstudio.com/Platform/_git/gitops",
+            None,
+            "azure-devops https://acme.visualstudio.com Platform/gitops".into(),
+        ),
+        (
+            "https://acme.visualstudio.com/DefaultCollection/Platform/_git/gitops",
+            None,
+            "azure-devops https://acme.visualstudio.com/DefaultCollection Platform/gitops".into(),
+        ),
+        (
+            "acme@vs-ssh.visualstudio.com:v3/acme/Platform/gitops",
+            None,
+            "azure-devops https://acme.visualstudio.com Platform/gitops".into(),
+        ),
+        // Azure DevOps Server
+        (
+            "https://tfs.example.com/tfs/DefaultCollection/Platform/_git/gitops",
+            Some(AzureDevOps),
+            "azure-devops https://tfs.example.com/tfs/DefaultCollection Platform/gitops".into(),
+        ),
+        (
+            "https://ado.example.com/Fabrikam/Platform/_git/gitops",
+            Some(AzureDevOps),
+            "azure-devops https://ado.example.com/Fabrikam Platform/gitops".into(),
+        ),
+        (
+            "https://ado.example.com:8443/tfs/My%20Collection/Platform/_git/gitops",
+            Some(AzureDevOps),
+            "azure-devops https://ado.example.com:8443/tfs/My%20Collection Platform/gitops".into(),
+        ),
+        (
+            "ssh://ado.example.com:22/tfs/DefaultCollection/Platform/_git/gitops",
+            Some(AzureDevOps),
+            "azure-devops https://ado.example.com/tfs/DefaultCollection Platform/gitops".into(),
+        ),
+    ];
+    let err: Vec<(&str, Option<Provider>, &str)> = vec![
+        ("", None, "git URL is empty"),
+        ("github.com/acme/app", None, "not a git URL"),
+        (
+            "file:///srv/git/app.git",
+            None,
+            "unsupported URL scheme \"file\"",
+        ),
+        (
+            "https://github.com/acme",
+            None,
+            "GitHub repository path must look like <owner>/<repo>",
+        ),
+        (
+            "https://github.com/acme/app/tree/main",
+            None,
+            "GitHub repository path must look like <owner>/<repo>",
+        ),
+        (
+            "https://gitlab.com/acme",
+            None,
+            "GitLab repository path must look like",
+        ),
+        (
+            "https://gitlab.com/acme/app/-/tree/main",
+            None,
+            "GitLab repository path must look like",
+        ),
+        (
+            "https://dev.azure.com/acme/Platform/gitops",
+            None,
+            "Azure DevOps repository path must look like",
+        ),
+        (
+            "git@ssh.dev.azure.com:v2/acme/Platform/gitops",
+            None,
+            "Azure DevOps repository path must look like",
+        ),
+        (
+            "https://ado.example.com/_git/gitops",
+            Some(AzureDevOps),
+            "Azure DevOps repository path must look like",
+        ),
+        (
+            "https://git.example.com/infra/prod.git",
+            None,
+            "cannot tell the provider of git.example.com",
+        ),
+        ("https://github.com:99999/acme/app", None, "port \"99999\""),
+        ("https://github.com", None, "no repository path"),
+    ];
+    assert!(ok.len() + err.len() >= 40, "at least 40 forms");
+    for (input, explicit, want) in ok {
+        assert_eq!(
+            resolve(input, explicit).as_deref(),
+            Ok(want.as_str()),
+            "{input}"
+        );
+    }
+    for (input, explicit, want) in err {
+        let got = resolve(input, explicit).expect_err(input);
+        assert!(got.contains(want), "{input}: {got:?} should say {want:?}");
+    }
+}
+
+#[test]
+fn user_info_never_survives_into_anything_printable() {
+    for input in [
+        "https://x-access-token:ghs_secret@github.com/acme/app.git",
+        "https://oauth2:glpat-secret@gitlab.com/acme/app.git",
+        "https://acme:pat-secret@dev.azure.com/acme/Platform/_git/gitops",
+    ] {
+        let url = GitUrl::parse(input).unwrap();
+        let printed = format!("{url} {url:?} {}", resolve(input, None).unwrap());
+        assert!(!printed.contains("secret"), "{printed}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn no_input_makes_any_provider_panic(s in "\\PC{0,100}") {
+        if let Ok(url) = GitUrl::parse(&s) {
+            let _ = github::repo_path(&url);
+            let _ = gitlab::repo_path(&url);
+            let _ = azure_devops::repo_path(&url);
+        }
+    }
+
+    #[test]
+    fn azure_shaped_input_never_panics(
+        host in "(dev\\.azure\\.com|ssh\\.dev\\.azure\\.com|[a-z]{1,5}\\.visualstudio\\.com|vs-ssh\\.visualstudio\\.com|h)",
+        segs in proptest::collection::vec("(_git|v3|DefaultCollection|[a-z%0-9]{0,4})", 0..7),
+    ) {
+        let s = format!("https://{host}/{}", segs.join("/"));
+        if let Ok(url) = GitUrl::parse(&s) {
+            let _ = azure_devops::repo_path(&url);
+        }
+    }
+}
