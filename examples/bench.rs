@@ -20,11 +20,7 @@ async fn github(
     State(arrivals): State<Arrivals>,
     Path((_o, _r, sha)): Path<(String, String, String)>,
 ) -> StatusCode {
-    arrivals
-        .lock()
-        .unwrap()
-        .entry(sha)
-        .or_insert_with(Instant::now);
+    arrivals.lock().unwrap().entry(sha).or_insert_with(Instant::now);
     StatusCode::CREATED
 }
 

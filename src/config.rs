@@ -3,7 +3,7 @@
 //!
 //! The original Go flux-status's flags still parse, so its Helm values keep working.
 
-use crate::credentials::{self, Credentials, SecretSource};
+use crate::credentials::{SecretSource, load_or_report};
 use crate::delivery::DeliveryConfig;
 use clap::{ArgAction, Parser, ValueEnum};
 use notifiers::http::HttpConfig;
@@ -28,10 +28,52 @@ pub enum ProviderChoice {
     AzureDevops,
 }
 
+/// Where statuses live and how to reach them: shared by the daemon and the CLI.
+#[derive(clap::Args)]
+pub struct TargetArgs {
+    /// The git repository Flux syncs from, as given to Flux (https, ssh or scp form).
+    #[arg(long, env = "FLUX_STATUS_GIT_URL")]
+    pub git_url: Option<String>,
+    /// Which provider hosts the repository.
+    #[arg(long, env = "FLUX_STATUS_PROVIDER", value_enum, default_value = "auto")]
+    pub provider: ProviderChoice,
+    /// Provider API base [default: from --git-url: https://api.github.com or https://<host>/api/v3;
+    /// GitLab https://<host>; Azure DevOps the organization or collection URL].
+    #[arg(long, env = "FLUX_STATUS_API_URL")]
+    pub api_url: Option<String>,
+    /// GitHub token. Prefer GITHUB_TOKEN or --github-token-file: a flag shows in `ps`.
+    #[arg(long, env = "GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
+    /// File holding the GitHub token (e.g. a mounted Secret).
+    #[arg(long, env = "FLUX_STATUS_GITHUB_TOKEN_FILE")]
+    pub github_token_file: Option<PathBuf>,
+    /// GitLab token. Prefer GITLAB_TOKEN or --gitlab-token-file.
+    #[arg(long, env = "GITLAB_TOKEN", hide_env_values = true)]
+    pub gitlab_token: Option<String>,
+    /// File holding the GitLab token.
+    #[arg(long, env = "FLUX_STATUS_GITLAB_TOKEN_FILE")]
+    pub gitlab_token_file: Option<PathBuf>,
+    /// Azure DevOps personal access token. Prefer AZDO_PAT or --azdo-pat-file.
+    #[arg(long, env = "AZDO_PAT", hide_env_values = true)]
+    pub azdo_pat: Option<String>,
+    /// File holding the Azure DevOps personal access token.
+    #[arg(long, env = "FLUX_STATUS_AZDO_PAT_FILE")]
+    pub azdo_pat_file: Option<PathBuf>,
+    /// Timeout for one provider request.
+    #[arg(long, env = "FLUX_STATUS_HTTP_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub http_timeout: Duration,
+    /// PEM bundle of extra CAs for self-hosted providers.
+    #[arg(long, env = "FLUX_STATUS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
 /// flux-status: writes Flux deploy results as commit statuses.
 #[derive(Parser)]
 #[command(name = "flux-status", version, about, max_term_width = 100)]
 pub struct Args {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
     /// Address for fluxd's websocket and events (and Flux v2 webhooks).
     #[arg(long, env = "FLUX_STATUS_LISTEN", default_value = "127.0.0.1:3000", value_parser = parse_listen)]
     pub listen: SocketAddr,
@@ -40,45 +82,9 @@ pub struct Args {
     #[arg(long, env = "FLUX_STATUS_OPS_LISTEN", default_value = "0.0.0.0:8080")]
     pub ops_listen: String,
 
-    /// The git repository Flux syncs from, as given to Flux (https, ssh or scp form).
-    #[arg(long, env = "FLUX_STATUS_GIT_URL")]
-    pub git_url: Option<String>,
-
     /// Name of this cluster or environment; part of every check name.
     #[arg(long, env = "FLUX_STATUS_INSTANCE", default_value = "default")]
     pub instance: String,
-
-    /// Which provider hosts the repository.
-    #[arg(long, env = "FLUX_STATUS_PROVIDER", value_enum, default_value = "auto")]
-    pub provider: ProviderChoice,
-
-    /// Provider API base URL [default: https://api.github.com for github.com, https://<host>/api/v3 for GitHub Enterprise].
-    #[arg(long, env = "FLUX_STATUS_API_URL")]
-    pub api_url: Option<String>,
-
-    /// GitHub token. Prefer GITHUB_TOKEN or --github-token-file: a flag shows in `ps`.
-    #[arg(long, env = "GITHUB_TOKEN", hide_env_values = true)]
-    pub github_token: Option<String>,
-
-    /// File holding the GitHub token (e.g. a mounted Secret).
-    #[arg(long, env = "FLUX_STATUS_GITHUB_TOKEN_FILE")]
-    pub github_token_file: Option<PathBuf>,
-
-    /// GitLab token. Prefer GITLAB_TOKEN or --gitlab-token-file.
-    #[arg(long, env = "GITLAB_TOKEN", hide_env_values = true)]
-    pub gitlab_token: Option<String>,
-
-    /// File holding the GitLab token.
-    #[arg(long, env = "FLUX_STATUS_GITLAB_TOKEN_FILE")]
-    pub gitlab_token_file: Option<PathBuf>,
-
-    /// Azure DevOps personal access token. Prefer AZDO_PAT or --azdo-pat-file.
-    #[arg(long, env = "AZDO_PAT", hide_env_values = true)]
-    pub azdo_pat: Option<String>,
-
-    /// File holding the Azure DevOps personal access token.
-    #[arg(long, env = "FLUX_STATUS_AZDO_PAT_FILE")]
-    pub azdo_pat_file: Option<PathBuf>,
 
     /// Write nothing: log each status that would be written. Needs no token.
     #[arg(long, env = "FLUX_STATUS_DRY_RUN")]
@@ -121,24 +127,11 @@ pub struct Args {
     #[arg(long, env = "FLUX_STATUS_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
     pub retry_max: Duration,
 
-    /// Timeout for one provider request.
-    #[arg(long, env = "FLUX_STATUS_HTTP_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
-    pub http_timeout: Duration,
-
-    /// PEM bundle of extra CAs for self-hosted providers.
-    #[arg(long, env = "FLUX_STATUS_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
-
     /// On SIGTERM, how long to keep delivering before exiting.
     #[arg(long, env = "FLUX_STATUS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
-    #[arg(
-        long,
-        env = "FLUX_STATUS_LOG_FORMAT",
-        value_enum,
-        default_value = "json"
-    )]
+    #[arg(long, env = "FLUX_STATUS_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 
     /// error, warn, info, debug or trace; RUST_LOG-style directives also work.
@@ -177,9 +170,8 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     } else {
         s.to_string()
     };
-    full.parse().map_err(|_| {
-        format!("invalid address {s:?} (examples: 127.0.0.1:3000, 0.0.0.0:3000, :3000)")
-    })
+    full.parse()
+        .map_err(|_| format!("invalid address {s:?} (examples: 127.0.0.1:3000, 0.0.0.0:3000, :3000)"))
 }
 
 /// `20s`, `5m`, `1h`, `250ms`, `1m30s`, or a bare number of seconds (the original's flags).
@@ -201,9 +193,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         let n: u64 = rest[..digits].parse().map_err(|_| err())?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -251,21 +241,113 @@ pub struct Config {
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
 
+/// An instance becomes part of check names (`flux-status/<instance>/sync`, and the
+/// Azure DevOps name `<instance>/sync`), so it may not hold a `/`.
+pub fn validate_instance(raw: &str, errors: &mut Vec<String>) -> String {
+    let instance = raw.trim().to_string();
+    let valid = !instance.is_empty()
+        && instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        errors.push(format!(
+            "--instance {raw:?} must be letters, digits, '-', '_' or '.' (it becomes part of each check name)"
+        ));
+    }
+    instance
+}
+
+impl TargetArgs {
+    pub fn http_config(&self, errors: &mut Vec<String>) -> HttpConfig {
+        if self.http_timeout.is_zero() {
+            errors.push("--http-timeout must be above zero".into());
+        }
+        HttpConfig {
+            timeout: self.http_timeout,
+            ca_file: self.ca_file.clone(),
+            ..HttpConfig::default()
+        }
+    }
+
+    /// The repository, its provider and that provider's own credential. Problems go
+    /// to `errors`, so a caller can report them together with its own.
+    pub fn resolve(self, dry_run: bool, errors: &mut Vec<String>) -> Option<Target> {
+        let git_url = match self.git_url.as_deref() {
+            None => {
+                errors.push("--git-url is required (the repository Flux syncs from)".into());
+                None
+            }
+            Some(raw) => GitUrl::parse(raw)
+                .map_err(|e| errors.push(format!("--git-url: {e}")))
+                .ok(),
+        };
+        let github = load_or_report(
+            "GitHub token",
+            SecretSource::new(self.github_token, self.github_token_file, "--github-token"),
+            errors,
+        );
+        let gitlab = load_or_report(
+            "GitLab token",
+            SecretSource::new(self.gitlab_token, self.gitlab_token_file, "--gitlab-token"),
+            errors,
+        );
+        let azdo = load_or_report(
+            "Azure DevOps PAT",
+            SecretSource::new(self.azdo_pat, self.azdo_pat_file, "--azdo-pat"),
+            errors,
+        );
+        if let Some(url) = &self.api_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                errors.push(format!("--api-url {url:?} must start with https:// or http://"));
+            }
+        }
+        let git_url = git_url?;
+        let provider = match self.provider {
+            ProviderChoice::Auto => Provider::detect(&git_url.host),
+            ProviderChoice::Github => Some(Provider::GitHub),
+            ProviderChoice::Gitlab => Some(Provider::GitLab),
+            ProviderChoice::AzureDevops => Some(Provider::AzureDevOps),
+        };
+        if dry_run {
+            return Some(Target::DryRun { git_url, provider });
+        }
+        let Some(provider) = provider else {
+            errors.push(format!(
+                "cannot tell which provider hosts {:?}; pass --provider github, gitlab or azure-devops",
+                git_url.host
+            ));
+            return None;
+        };
+        if let Err(e) = provider.check_url(&git_url) {
+            errors.push(format!("--git-url: {e}"));
+        }
+        // The chosen provider's own credential, never whichever one is set.
+        let credential = match provider {
+            Provider::GitHub => github,
+            Provider::GitLab => gitlab,
+            Provider::AzureDevOps => azdo,
+        };
+        let Some(credential) = credential else {
+            errors.push(format!(
+                "{provider} needs a credential: set {}",
+                provider.credential_flag()
+            ));
+            return None;
+        };
+        Some(Target::Provider {
+            provider,
+            git_url,
+            api_url: self.api_url,
+            credential,
+        })
+    }
+}
+
 impl Args {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let mut errors = Vec::new();
 
-        let instance = self.instance.trim().to_string();
-        if instance.is_empty()
-            || !instance
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            errors.push(format!(
-                "--instance {:?} must be letters, digits, '-', '_' or '.' (it becomes part of each check name)",
-                self.instance
-            ));
-        }
+        let instance = validate_instance(&self.instance, &mut errors);
 
         let ops_listen = match self.ops_listen.trim() {
             "" | "off" | "none" => None,
@@ -280,49 +362,11 @@ impl Args {
             },
         };
 
-        let git_url = match self.git_url.as_deref() {
-            None => {
-                errors.push("--git-url is required (the repository Flux syncs from)".into());
-                None
-            }
-            Some(raw) => GitUrl::parse(raw)
-                .map_err(|e| errors.push(format!("--git-url: {e}")))
-                .ok(),
-        };
-
-        let mut secret = |name: &str, source: SecretSource| match credentials::load(name, source) {
-            Ok(s) => s,
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        };
-        let creds = Credentials {
-            github: secret(
-                "GitHub token",
-                SecretSource::new(self.github_token, self.github_token_file, "--github-token"),
-            ),
-            gitlab: secret(
-                "GitLab token",
-                SecretSource::new(self.gitlab_token, self.gitlab_token_file, "--gitlab-token"),
-            ),
-            azdo: secret(
-                "Azure DevOps PAT",
-                SecretSource::new(self.azdo_pat, self.azdo_pat_file, "--azdo-pat"),
-            ),
-        };
-        let upstream_token = secret(
+        let upstream_token = load_or_report(
             "fluxd token",
             SecretSource::new(self.token, self.token_file, "--token"),
+            &mut errors,
         );
-
-        if let Some(url) = &self.api_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                errors.push(format!(
-                    "--api-url {url:?} must start with https:// or http://"
-                ));
-            }
-        }
         if let Some(url) = &self.target_url {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 errors.push(format!(
@@ -330,53 +374,8 @@ impl Args {
                 ));
             }
         }
-
-        let target = git_url.and_then(|git_url| {
-            let provider = match self.provider {
-                ProviderChoice::Auto => Provider::detect(&git_url.host),
-                ProviderChoice::Github => Some(Provider::GitHub),
-                ProviderChoice::Gitlab => Some(Provider::GitLab),
-                ProviderChoice::AzureDevops => Some(Provider::AzureDevOps),
-            };
-            if self.dry_run {
-                return Some(Target::DryRun { git_url, provider });
-            }
-            match provider {
-                None => {
-                    errors.push(format!(
-                        "cannot tell which provider hosts {:?}; pass --provider github, gitlab or azure-devops (or --dry-run)",
-                        git_url.host
-                    ));
-                    None
-                }
-                Some(provider) => {
-                    if let Err(e) = provider.check_url(&git_url) {
-                        errors.push(format!("--git-url: {e}"));
-                    }
-                    // The chosen provider's own credential, never whichever one is set.
-                    let credential = match provider {
-                        Provider::GitHub => creds.github,
-                        Provider::GitLab => creds.gitlab,
-                        Provider::AzureDevOps => creds.azdo,
-                    };
-                    match credential {
-                        Some(credential) => Some(Target::Provider {
-                            provider,
-                            git_url,
-                            api_url: self.api_url.clone(),
-                            credential,
-                        }),
-                        None => {
-                            errors.push(format!(
-                                "{provider} needs a credential: set {} (or use --dry-run)",
-                                provider.credential_flag()
-                            ));
-                            None
-                        }
-                    }
-                }
-            }
-        });
+        let http = self.target.http_config(&mut errors);
+        let target = self.target.resolve(self.dry_run, &mut errors);
 
         if self.queue_capacity == 0 {
             errors.push("--queue-capacity must be at least 1".into());
@@ -386,9 +385,6 @@ impl Args {
         }
         if self.retry_initial.is_zero() || self.retry_initial > self.retry_max {
             errors.push("--retry-initial must be above zero and at most --retry-max".into());
-        }
-        if self.http_timeout.is_zero() {
-            errors.push("--http-timeout must be above zero".into());
         }
         if self.max_event_bytes < 1024 {
             errors.push("--max-event-bytes must be at least 1024".into());
@@ -416,11 +412,7 @@ impl Args {
                 max_backoff: self.retry_max,
                 ..DeliveryConfig::default()
             },
-            http: HttpConfig {
-                timeout: self.http_timeout,
-                ca_file: self.ca_file,
-                ..HttpConfig::default()
-            },
+            http,
             shutdown_timeout: self.shutdown_timeout,
             log_format: self.log_format,
             log_level: if self.debug {

@@ -16,26 +16,18 @@ impl SecretSource {
     }
 }
 
-/// Tokens for each provider, as configured.
-pub struct Credentials {
-    pub github: Option<SecretString>,
-    pub gitlab: Option<SecretString>,
-    pub azdo: Option<SecretString>,
-}
-
 /// Reads a secret. Files are trimmed: mounted Secrets often end in a newline.
 /// Errors name the flag or file, never the contents.
 pub fn load(what: &str, src: SecretSource) -> Result<Option<SecretString>, String> {
     let flag = src.flag;
     let raw = match (src.value.filter(|v| !v.is_empty()), src.file) {
         (Some(_), Some(_)) => {
-            return Err(format!(
-                "give the {what} by {flag} or {flag}-file, not both"
-            ));
+            return Err(format!("give the {what} by {flag} or {flag}-file, not both"));
         }
         (Some(v), None) => v,
-        (None, Some(path)) => std::fs::read_to_string(&path)
-            .map_err(|e| format!("{flag}-file {}: {e}", path.display()))?,
+        (None, Some(path)) => {
+            std::fs::read_to_string(&path).map_err(|e| format!("{flag}-file {}: {e}", path.display()))?
+        }
         (None, None) => return Ok(None),
     };
     let trimmed = raw.trim();
@@ -43,6 +35,14 @@ pub fn load(what: &str, src: SecretSource) -> Result<Option<SecretString>, Strin
         return Err(format!("the {what} given by {flag} is empty"));
     }
     Ok(Some(SecretString::from(trimmed.to_string())))
+}
+
+/// [`load`], with a problem added to `errors` so all are reported together.
+pub fn load_or_report(what: &str, src: SecretSource, errors: &mut Vec<String>) -> Option<SecretString> {
+    load(what, src).unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    })
 }
 
 #[cfg(test)]

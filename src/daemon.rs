@@ -48,8 +48,8 @@ pub fn build_notifier(config: &Config) -> Result<(RepoId, Arc<dyn Notifier>), Da
             api_url,
             credential,
         } => {
-            let client = notifiers::http::client(&config.http)
-                .map_err(|e| DaemonError::Notifier(e.to_string()))?;
+            let client =
+                notifiers::http::client(&config.http).map_err(|e| DaemonError::Notifier(e.to_string()))?;
             let notifier = provider
                 .notifier(client, git_url, api_url.as_deref(), credential.clone())
                 .map_err(|e| DaemonError::Notifier(e.to_string()))?;
@@ -109,10 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     let stop_ops = CancellationToken::new();
     if let Some(listener) = ops_listener {
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(addr = %addr, paths = "/metrics /healthz /readyz", "ops listening");
         tokio::spawn(
             axum::serve(listener, ops::router(ops_state.clone()))

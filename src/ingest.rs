@@ -36,11 +36,7 @@ async fn route(State(st): State<Arc<Ingest>>, req: Request) -> Response {
     let path = req.uri().path();
     if path.ends_with("/v6/events") {
         if req.method() != Method::POST {
-            let mut resp = error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use POST",
-            );
+            let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST");
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             return resp;
@@ -145,14 +141,7 @@ mod tests {
         ] {
             assert!(is_daemon_path(p), "{p}");
         }
-        for p in [
-            "/daemon",
-            "/v/daemon",
-            "/vX/daemon",
-            "/v11/daemons",
-            "/v11",
-            "/",
-        ] {
+        for p in ["/daemon", "/v/daemon", "/vX/daemon", "/v11/daemons", "/v11", "/"] {
             assert!(!is_daemon_path(p), "{p}");
         }
     }
@@ -165,14 +154,8 @@ mod tests {
             h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
             h
         };
-        assert!(upstream_authorized(
-            &with("Scope-Probe token=s3cret"),
-            &token
-        ));
-        assert!(!upstream_authorized(
-            &with("Scope-Probe token=s3cre"),
-            &token
-        ));
+        assert!(upstream_authorized(&with("Scope-Probe token=s3cret"), &token));
+        assert!(!upstream_authorized(&with("Scope-Probe token=s3cre"), &token));
         assert!(!upstream_authorized(&with("Bearer s3cret"), &token));
         assert!(!upstream_authorized(&HeaderMap::new(), &token));
         assert!(upstream_authorized(&HeaderMap::new(), &None));

@@ -5,6 +5,7 @@
 //! ```
 //! Ingest never calls a provider; mapping does no I/O; notifiers know nothing of Flux.
 
+pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod daemon;

@@ -50,10 +50,8 @@ async fn connect_fluxd(
     req.headers_mut()
         .insert("User-Agent", "fluxd/1.25.4".parse().unwrap());
     if let Some(t) = token {
-        req.headers_mut().insert(
-            "Authorization",
-            format!("Scope-Probe token={t}").parse().unwrap(),
-        );
+        req.headers_mut()
+            .insert("Authorization", format!("Scope-Probe token={t}").parse().unwrap());
     }
     tokio_tungstenite::connect_async(req)
         .await
@@ -93,12 +91,7 @@ async fn fluxd_events_become_exactly_the_expected_github_statuses() {
         if s.chars().count() <= 140 {
             s
         } else {
-            s.chars()
-                .take(139)
-                .collect::<String>()
-                .trim_end()
-                .to_string()
-                + "…"
+            s.chars().take(139).collect::<String>().trim_end().to_string() + "…"
         }
     };
     // (fixture, the GitHub write it must cause, if any) in the order fluxd sends them.
@@ -119,9 +112,7 @@ async fn fluxd_events_become_exactly_the_expected_github_statuses() {
                 "4997efcd4ac6255604d0d44eeb7085c5b0eb9d48",
                 expected_status(
                     "failure",
-                    &cut(format!(
-                        "Sync failed for 1 resource: {PVC_TEST} — {pvc_error}"
-                    )),
+                    &cut(format!("Sync failed for 1 resource: {PVC_TEST} — {pvc_error}")),
                 ),
             )),
         ),
@@ -188,11 +179,7 @@ async fn fluxd_events_become_exactly_the_expected_github_statuses() {
         assert_eq!(h("authorization"), format!("Bearer {TOKEN}"));
         assert_eq!(h("accept"), "application/vnd.github+json");
         assert_eq!(h("x-github-api-version"), "2022-11-28");
-        assert!(
-            h("user-agent").starts_with("flux-status/"),
-            "{}",
-            h("user-agent")
-        );
+        assert!(h("user-agent").starts_with("flux-status/"), "{}", h("user-agent"));
         let sent: Value = serde_json::from_slice(&req.body).unwrap();
         assert_eq!(&sent, body);
         assert!(sent["description"].as_str().unwrap().chars().count() <= 140);
@@ -206,11 +193,15 @@ async fn fluxd_events_become_exactly_the_expected_github_statuses() {
     let logs = serde_json::to_string(&daemon.logs()).unwrap();
     assert!(!logs.contains(TOKEN), "token leaked into logs");
     assert_eq!(
-        daemon.metric(r#"flux_status_events_received_total{source="fluxv1",type="sync",result="accepted"}"#).await,
+        daemon
+            .metric(r#"flux_status_events_received_total{source="fluxv1",type="sync",result="accepted"}"#)
+            .await,
         8.0
     );
     assert_eq!(
-        daemon.metric(r#"flux_status_statuses_total{provider="github",state="succeeded",result="written"}"#).await,
+        daemon
+            .metric(r#"flux_status_statuses_total{provider="github",state="succeeded",result="written"}"#)
+            .await,
         3.0
     );
 }
@@ -240,8 +231,7 @@ async fn path_prefix_and_upstream_token_are_honoured() {
     let body = compact("v1/event-sync.json");
     let (status, _) = post_as_fluxd(&daemon.url("/flux/v6/events"), body.clone(), None).await;
     assert_eq!(status, 401);
-    let (status, _) =
-        post_as_fluxd(&daemon.url("/flux/v6/events"), body, Some("fluxd-secret")).await;
+    let (status, _) = post_as_fluxd(&daemon.url("/flux/v6/events"), body, Some("fluxd-secret")).await;
     assert_eq!(status, 202);
     let reqs = github.expect_exactly(1, Duration::from_millis(300)).await;
     assert_eq!(
@@ -291,7 +281,9 @@ async fn bad_requests_get_clear_answers() {
     assert_eq!(get.status().as_u16(), 405);
     github.expect_exactly(0, Duration::from_millis(200)).await;
     assert_eq!(
-        daemon.metric(r#"flux_status_events_received_total{source="fluxv1",type="unknown",result="too_large"}"#).await,
+        daemon
+            .metric(r#"flux_status_events_received_total{source="fluxv1",type="unknown",result="too_large"}"#)
+            .await,
         1.0
     );
 }
@@ -304,12 +296,7 @@ async fn server_errors_are_retried_until_the_status_lands() {
     )
     .await;
     let daemon = github_daemon(&github, &[]).await;
-    let (status, _) = post_as_fluxd(
-        &daemon.url("/v6/events"),
-        compact("v1/event-sync.json"),
-        None,
-    )
-    .await;
+    let (status, _) = post_as_fluxd(&daemon.url("/v6/events"), compact("v1/event-sync.json"), None).await;
     assert_eq!(status, 202);
     let reqs = github.expect_exactly(3, Duration::from_millis(500)).await;
     assert!(
@@ -317,14 +304,14 @@ async fn server_errors_are_retried_until_the_status_lands() {
         "each retry sends the same status"
     );
     assert_eq!(
-        daemon.metric(r#"flux_status_statuses_total{provider="github",state="succeeded",result="written"}"#).await,
+        daemon
+            .metric(r#"flux_status_statuses_total{provider="github",state="succeeded",result="written"}"#)
+            .await,
         1.0
     );
     assert_eq!(
         daemon
-            .metric(
-                r#"flux_status_provider_retries_total{provider="github",reason="server_error"}"#
-            )
+            .metric(r#"flux_status_provider_retries_total{provider="github",reason="server_error"}"#)
             .await,
         2.0
     );
@@ -335,12 +322,7 @@ async fn validation_errors_are_not_retried() {
     let body = json!({"message":"Validation Failed","errors":[{"resource":"Status","code":"custom","field":"description","message":"description is too long (maximum is 140 characters)"}],"documentation_url":"https://docs.github.com/rest"});
     let github = Fake::start(ResponseTemplate::new(422).set_body_json(body), vec![]).await;
     let daemon = github_daemon(&github, &[]).await;
-    let (status, _) = post_as_fluxd(
-        &daemon.url("/v6/events"),
-        compact("v1/event-sync.json"),
-        None,
-    )
-    .await;
+    let (status, _) = post_as_fluxd(&daemon.url("/v6/events"), compact("v1/event-sync.json"), None).await;
     assert_eq!(status, 202);
     // 50 ms initial backoff: a retry would have come well within this window.
     github.expect_exactly(1, Duration::from_millis(1500)).await;
@@ -356,17 +338,16 @@ async fn validation_errors_are_not_retried() {
         "{line}"
     );
     assert_eq!(
-        daemon.metric(r#"flux_status_statuses_total{provider="github",state="succeeded",result="dropped"}"#).await,
+        daemon
+            .metric(r#"flux_status_statuses_total{provider="github",state="succeeded",result="dropped"}"#)
+            .await,
         1.0
     );
 }
 
 #[tokio::test]
 async fn exhausted_rate_limit_waits_for_the_reset() {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let reset = now + 2;
     let limited = ResponseTemplate::new(403)
         .insert_header("x-ratelimit-limit", "5000")
@@ -375,12 +356,7 @@ async fn exhausted_rate_limit_waits_for_the_reset() {
         .set_body_json(json!({"message":"API rate limit exceeded for user ID 1.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}));
     let github = Fake::start(created(), vec![limited]).await;
     let daemon = github_daemon(&github, &[]).await;
-    let (status, _) = post_as_fluxd(
-        &daemon.url("/v6/events"),
-        compact("v1/event-sync.json"),
-        None,
-    )
-    .await;
+    let (status, _) = post_as_fluxd(&daemon.url("/v6/events"), compact("v1/event-sync.json"), None).await;
     assert_eq!(status, 202);
     github.expect_exactly(2, Duration::from_millis(300)).await;
     let arrivals = github.arrivals();
@@ -391,9 +367,7 @@ async fn exhausted_rate_limit_waits_for_the_reset() {
     );
     assert_eq!(
         daemon
-            .metric(
-                r#"flux_status_provider_retries_total{provider="github",reason="rate_limited"}"#
-            )
+            .metric(r#"flux_status_provider_retries_total{provider="github",reason="rate_limited"}"#)
             .await,
         1.0
     );
@@ -403,26 +377,18 @@ async fn exhausted_rate_limit_waits_for_the_reset() {
 async fn a_slow_provider_never_delays_fluxd() {
     let github = Fake::start(created().set_delay(Duration::from_secs(2)), vec![]).await;
     let daemon = github_daemon(&github, &[]).await;
-    let (status, _) = post_as_fluxd(
-        &daemon.url("/v6/events"),
-        compact("v1/event-sync.json"),
-        None,
-    )
-    .await;
+    let (status, _) = post_as_fluxd(&daemon.url("/v6/events"), compact("v1/event-sync.json"), None).await;
     assert_eq!(status, 202);
     // The POST is answered while the provider is still holding the write.
     github.wait_for(1).await;
-    let written =
-        r#"flux_status_statuses_total{provider="github",state="succeeded",result="written"}"#;
+    let written = r#"flux_status_statuses_total{provider="github",state="succeeded",result="written"}"#;
     assert_eq!(
         daemon.metric(written).await,
         0.0,
         "answered before the provider finished"
     );
     assert_eq!(daemon.metric("flux_status_requests_in_flight").await, 1.0);
-    daemon
-        .wait_log(|l| l["message"] == "commit status written")
-        .await;
+    daemon.wait_log(|l| l["message"] == "commit status written").await;
     assert_eq!(daemon.metric(written).await, 1.0);
 }
 
@@ -457,12 +423,7 @@ async fn sigterm_drains_pending_statuses_before_exit() {
 async fn sigterm_reports_what_could_not_be_delivered() {
     let github = Fake::start(ResponseTemplate::new(503), vec![]).await;
     let mut daemon = github_daemon(&github, &["--shutdown-timeout", "300ms"]).await;
-    let (status, _) = post_as_fluxd(
-        &daemon.url("/v6/events"),
-        compact("v1/event-sync.json"),
-        None,
-    )
-    .await;
+    let (status, _) = post_as_fluxd(&daemon.url("/v6/events"), compact("v1/event-sync.json"), None).await;
     assert_eq!(status, 202);
     github.wait_for(1).await;
     daemon.signal("TERM");

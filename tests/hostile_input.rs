@@ -145,12 +145,7 @@ async fn a_thousand_hostile_requests_are_all_answered_and_the_daemon_survives() 
             "multipart/form-data; boundary=--x",
             "application/json; charset=latin1",
         ][rng.usize(0..5)];
-        let auth = [
-            "",
-            "Scope-Probe token=",
-            "Bearer x",
-            "Scope-Probe token=\u{1}",
-        ][rng.usize(0..4)];
+        let auth = ["", "Scope-Probe token=", "Bearer x", "Scope-Probe token=\u{1}"][rng.usize(0..4)];
         cases.push((method, path, content_type, auth, body));
     }
     let total = cases.len();
@@ -206,11 +201,8 @@ async fn a_thousand_hostile_requests_are_all_answered_and_the_daemon_survives() 
         let mut sock = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
         let junk: Vec<u8> = match i % 3 {
             0 => (0..rng.usize(1..512)).map(|_| rng.u8(..)).collect(),
-            1 => {
-                b"POST /v6/events HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n".to_vec()
-            }
-            _ => b"GET /v11/daemon HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-                .to_vec(),
+            1 => b"POST /v6/events HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n".to_vec(),
+            _ => b"GET /v11/daemon HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec(),
         };
         let _ = sock.write_all(&junk).await;
         let mut buf = [0u8; 256];
@@ -224,17 +216,9 @@ async fn a_thousand_hostile_requests_are_all_answered_and_the_daemon_survives() 
         .await
         .unwrap();
     assert_eq!(health.status().as_u16(), 200);
-    let (status, body) = support::post_as_fluxd(
-        &daemon.url("/v6/events"),
-        compact("v1/fluxcloud-sync.json"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        (status, body.as_str()),
-        (202, ""),
-        "still serving real events"
-    );
+    let (status, body) =
+        support::post_as_fluxd(&daemon.url("/v6/events"), compact("v1/fluxcloud-sync.json"), None).await;
+    assert_eq!((status, body.as_str()), (202, ""), "still serving real events");
     let logs = serde_json::to_string(&daemon.logs()).unwrap();
     assert!(!logs.contains("panicked"), "a task panicked: {logs}");
 }

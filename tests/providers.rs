@@ -152,16 +152,8 @@ async fn each_provider_sends_exactly_its_documented_request() {
                 .unwrap_or_else(|e| panic!("{}: {e}", s.provider));
             let reqs = fake.expect_exactly(1, Duration::from_millis(50)).await;
             let req = &reqs[0];
-            assert_eq!(
-                check_against_spec(&spec, req),
-                s.create_op,
-                "{}",
-                s.provider
-            );
-            assert_eq!(
-                req.url.path(),
-                format!("{}{SHA}{}", s.create_path, azure_tail(s))
-            );
+            assert_eq!(check_against_spec(&spec, req), s.create_op, "{}", s.provider);
+            assert_eq!(req.url.path(), format!("{}{SHA}{}", s.create_path, azure_tail(s)));
             assert!(header(req, "user-agent").starts_with("flux-status/"));
             let body: Value = serde_json::from_slice(&req.body).unwrap();
             let desc = |limit: usize| -> String {
@@ -268,12 +260,7 @@ async fn every_error_answer_is_classified() {
             .set_status(&status(State::Failed))
             .await
             .unwrap_err();
-        assert_eq!(
-            e.retry_after,
-            Some(Duration::from_secs(7)),
-            "{}",
-            s.provider
-        );
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)), "{}", s.provider);
     }
 }
 
@@ -305,10 +292,7 @@ async fn timeouts_and_refused_connections_are_transient() {
             "{}: {e}",
             s.provider
         );
-        assert!(
-            !e.to_string().contains(s.credential),
-            "credential in error: {e}"
-        );
+        assert!(!e.to_string().contains(s.credential), "credential in error: {e}");
     }
 }
 
@@ -325,14 +309,7 @@ async fn the_daemon_writes_through_each_provider_with_its_own_credential() {
         let spec = Spec::load(s.spec);
         let fake = Fake::start(created(s), vec![]).await;
         let api = format!("{}{}", fake.uri(), s.api_suffix);
-        let mut args = vec![
-            "--git-url",
-            s.git_url,
-            "--instance",
-            "dev",
-            "--api-url",
-            &api,
-        ];
+        let mut args = vec!["--git-url", s.git_url, "--instance", "dev", "--api-url", &api];
         args.extend_from_slice(extra);
         // Every other provider's credential is set too: only the chosen one may be used.
         let others: Vec<(&str, &str)> = ["GITHUB_TOKEN", "GITLAB_TOKEN", "AZDO_PAT"]
@@ -365,10 +342,6 @@ async fn the_daemon_writes_through_each_provider_with_its_own_credential() {
             s.provider
         );
         let logs = serde_json::to_string(&daemon.logs()).unwrap();
-        assert!(
-            !logs.contains(s.credential),
-            "{}: credential in logs",
-            s.provider
-        );
+        assert!(!logs.contains(s.credential), "{}: credential in logs", s.provider);
     }
 }

@@ -6,10 +6,12 @@
 
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http;
-use crate::{CommitStatus, Notifier, NotifyError, Reason, Retry, State, text};
+use crate::{
+    Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Reason, Retry, Sha, State, text,
+};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const NAME: &str = "azure-devops";
 /// Azure DevOps documents no limit; statuses are one line in its UI, so keep them short.
@@ -78,11 +80,7 @@ pub fn repo_path(url: &GitUrl) -> Result<AzureRepo, GitUrlError> {
                 name,
             )),
             // A repository named like its project may be addressed without the project.
-            [org, "_git", name] => Ok(repo(
-                format!("https://dev.azure.com/{}", encode(org)),
-                name,
-                name,
-            )),
+            [org, "_git", name] => Ok(repo(format!("https://dev.azure.com/{}", encode(org)), name, name)),
             _ => Err(unexpected(url)),
         };
     }
@@ -122,6 +120,61 @@ pub fn state(s: State) -> &'static str {
         State::Succeeded => "succeeded",
         State::Failed => "failed",
         State::Canceled => "notApplicable",
+    }
+}
+
+/// Azure DevOps' states read back: `error` is a failure; `notSet` and
+/// `notApplicable` say the check does not apply, our "canceled".
+pub fn read_state(s: &str) -> Option<State> {
+    match s {
+        "pending" => Some(State::Pending),
+        "succeeded" => Some(State::Succeeded),
+        "failed" | "error" => Some(State::Failed),
+        "notSet" | "notApplicable" => Some(State::Canceled),
+        _ => None,
+    }
+}
+
+/// Statuses per page when reading back.
+const PAGE: usize = 500;
+
+#[derive(Deserialize)]
+struct ListedContext {
+    name: Option<String>,
+    genre: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Listed {
+    id: i64,
+    state: Option<String>,
+    description: Option<String>,
+    context: Option<ListedContext>,
+}
+
+/// The service wraps lists as `{"count": n, "value": [...]}`; the spec says a bare array.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListAnswer {
+    Wrapped { value: Vec<Listed> },
+    Bare(Vec<Listed>),
+}
+
+impl Listed {
+    /// Other tools' statuses may have no genre, or no context at all.
+    fn into_read(self) -> Option<ReadStatus> {
+        let ctx = self.context?;
+        let name = ctx.name?;
+        let check = match ctx.genre.filter(|g| !g.is_empty()) {
+            Some(genre) => format!("{genre}/{name}"),
+            None => name,
+        };
+        Some(ReadStatus {
+            check: Check::new(check),
+            state: read_state(self.state.as_deref()?)?,
+            description: self.description.unwrap_or_default(),
+            id: self.id,
+        })
     }
 }
 
@@ -187,9 +240,7 @@ fn sign_in_page(resp: &http::HttpResponse) -> Option<Result<(), NotifyError>> {
             retry: Retry::Permanent,
             reason: Reason::Unauthorized,
             status: Some(resp.status.as_u16()),
-            message:
-                "Azure DevOps answered with a sign-in page: the PAT is missing, wrong or expired"
-                    .into(),
+            message: "Azure DevOps answered with a sign-in page: the PAT is missing, wrong or expired".into(),
             retry_after: None,
         })
     })
@@ -222,5 +273,36 @@ impl Notifier for AzureDevOps {
             .basic_auth("", Some(self.pat.expose_secret()))
             .json(&body);
         http::write(NAME, req, sign_in_page).await
+    }
+
+    async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError> {
+        let mut out = Vec::new();
+        for page in 0..MAX_PAGES {
+            let url = format!(
+                "{}{sha}/statuses?api-version={API_VERSION}&top={PAGE}&skip={}",
+                self.commits_url,
+                page * PAGE
+            );
+            let req = self
+                .client
+                .get(url)
+                .basic_auth("", Some(self.pat.expose_secret()));
+            let resp = http::send(NAME, req).await?;
+            if let Some(Err(e)) = sign_in_page(&resp) {
+                return Err(e);
+            }
+            if !resp.is_success() {
+                return Err(http::classify(NAME, &resp));
+            }
+            let listed = match resp.json(NAME)? {
+                ListAnswer::Wrapped { value } | ListAnswer::Bare(value) => value,
+            };
+            let full_page = listed.len() == PAGE;
+            out.extend(listed.into_iter().filter_map(Listed::into_read));
+            if !full_page {
+                break;
+            }
+        }
+        Ok(crate::newest_first(out))
     }
 }

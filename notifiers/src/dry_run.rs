@@ -1,6 +1,6 @@
 //! A notifier that writes nothing and logs each status it would write.
 
-use crate::{CommitStatus, Notifier, NotifyError, Provider, text};
+use crate::{CommitStatus, Notifier, NotifyError, Provider, ReadStatus, Sha, text};
 
 pub struct DryRun {
     repo: String,
@@ -39,5 +39,10 @@ impl Notifier for DryRun {
             "dry run: would write commit status"
         );
         Ok(())
+    }
+
+    /// A dry run writes nothing, so it has nothing to read back.
+    async fn list_statuses(&self, _sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError> {
+        Ok(Vec::new())
     }
 }

@@ -271,12 +271,7 @@ mod tests {
             (
                 "dev.azure.com".into(),
                 None,
-                vec![
-                    "org".into(),
-                    "My Project".into(),
-                    "_git".into(),
-                    "repo".into()
-                ]
+                vec!["org".into(), "My Project".into(), "_git".into(), "repo".into()]
             )
         );
         assert_eq!(parsed("https://[::1]:8443/o/r").0, "::1");
@@ -309,10 +304,7 @@ mod tests {
                 "https://github.com:notaport/o/r",
                 GitUrlError::InvalidPort("notaport".into()),
             ),
-            (
-                "https://github.com:0/o/r",
-                GitUrlError::InvalidPort("0".into()),
-            ),
+            ("https://github.com:0/o/r", GitUrlError::InvalidPort("0".into())),
             ("https://gith ub.com/o/r", GitUrlError::InvalidCharacter),
             ("git@:o/r", GitUrlError::MissingHost),
             (

@@ -5,10 +5,10 @@
 
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
-use crate::{CommitStatus, Notifier, NotifyError, State, text};
+use crate::{Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Sha, State, text};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const NAME: &str = "github";
 pub const DESCRIPTION_LIMIT: usize = 140;
@@ -45,11 +45,31 @@ pub fn state(s: State) -> &'static str {
     }
 }
 
+/// GitHub's state read back: `error` is a failure too.
+pub fn read_state(s: &str) -> Option<State> {
+    match s {
+        "pending" => Some(State::Pending),
+        "success" => Some(State::Succeeded),
+        "failure" | "error" => Some(State::Failed),
+        _ => None,
+    }
+}
+
 pub struct GitHub {
     client: reqwest::Client,
-    statuses_url: String,
+    api: String,
+    /// `{api}/repos/{owner}/{repo}`
+    repo_url: String,
     token: SecretString,
     repo: String,
+}
+
+#[derive(Deserialize)]
+struct Listed {
+    id: i64,
+    state: String,
+    context: Option<String>,
+    description: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -72,15 +92,16 @@ impl GitHub {
         let api = api_url
             .map(str::to_string)
             .unwrap_or_else(|| default_api_url(url));
-        let statuses_url = format!(
-            "{}/repos/{}/{}/statuses/",
-            api.trim_end_matches('/'),
+        let api = api.trim_end_matches('/').to_string();
+        let repo_url = format!(
+            "{api}/repos/{}/{}",
             utf8_percent_encode(&owner, NON_ALPHANUMERIC),
             utf8_percent_encode(&repo, NON_ALPHANUMERIC),
         );
         Ok(GitHub {
             client,
-            statuses_url,
+            api,
+            repo_url,
             token,
             repo: format!("{}/{owner}/{repo}", url.host),
         })
@@ -114,9 +135,31 @@ impl Notifier for GitHub {
         };
         let req = self.auth(
             self.client
-                .post(format!("{}{}", self.statuses_url, status.sha)),
+                .post(format!("{}/statuses/{}", self.repo_url, status.sha)),
         )?;
         http::write(NAME, req.json(&body), http::no_special_answers).await
+    }
+
+    async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError> {
+        let mut url = format!("{}/commits/{sha}/statuses?per_page=100", self.repo_url);
+        let mut out = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let resp = http::read(NAME, self.auth(self.client.get(&url))?).await?;
+            let page: Vec<Listed> = resp.json(NAME)?;
+            out.extend(page.into_iter().filter_map(|s| {
+                Some(ReadStatus {
+                    check: Check::new(s.context?),
+                    state: read_state(&s.state)?,
+                    description: s.description.unwrap_or_default(),
+                    id: s.id,
+                })
+            }));
+            match http::next_link(&resp.headers, &self.api) {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        Ok(crate::newest_first(out))
     }
 }
 

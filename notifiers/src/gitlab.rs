@@ -7,10 +7,10 @@
 
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
-use crate::{CommitStatus, Notifier, NotifyError, State, text};
+use crate::{Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Sha, State, text};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const NAME: &str = "gitlab";
 /// GitLab rejects description, name and target_url longer than this.
@@ -58,11 +58,34 @@ pub fn state(s: State) -> &'static str {
     }
 }
 
+/// GitLab's job states read back: anything not yet finished is pending.
+pub fn read_state(s: &str) -> Option<State> {
+    match s {
+        "created" | "pending" | "running" | "manual" | "scheduled" | "preparing" | "waiting_for_resource" => {
+            Some(State::Pending)
+        }
+        "success" => Some(State::Succeeded),
+        "failed" => Some(State::Failed),
+        "canceled" | "skipped" => Some(State::Canceled),
+        _ => None,
+    }
+}
+
 pub struct GitLab {
     client: reqwest::Client,
-    statuses_url: String,
+    /// `{api}/projects/{id}`
+    project_url: String,
     token: SecretString,
     repo: String,
+}
+
+#[derive(Deserialize)]
+struct Listed {
+    id: i64,
+    /// GitLab answers with `status` what it takes as `state`.
+    status: String,
+    name: Option<String>,
+    description: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -93,10 +116,7 @@ impl GitLab {
         };
         Ok(GitLab {
             client,
-            statuses_url: format!(
-                "{api}/projects/{}/statuses/",
-                utf8_percent_encode(&project, PROJECT_ID)
-            ),
+            project_url: format!("{api}/projects/{}", utf8_percent_encode(&project, PROJECT_ID)),
             token,
             repo: format!("{}/{project}", url.host),
         })
@@ -105,9 +125,8 @@ impl GitLab {
 
 /// GitLab's answer to setting the state a job is already in means it is written.
 fn already_in_state(resp: &http::HttpResponse) -> Option<Result<(), NotifyError>> {
-    (resp.status.as_u16() == 400
-        && http::error_message(&resp.body).contains("Cannot transition status"))
-    .then_some(Ok(()))
+    (resp.status.as_u16() == 400 && http::error_message(&resp.body).contains("Cannot transition status"))
+        .then_some(Ok(()))
 }
 
 #[async_trait::async_trait]
@@ -134,9 +153,36 @@ impl Notifier for GitLab {
         let token = sensitive_header(self.token.expose_secret())?;
         let req = self
             .client
-            .post(format!("{}{}", self.statuses_url, status.sha))
+            .post(format!("{}/statuses/{}", self.project_url, status.sha))
             .header("PRIVATE-TOKEN", token)
             .json(&body);
         http::write(NAME, req, already_in_state).await
+    }
+
+    async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError> {
+        let mut out = Vec::new();
+        let mut page = 1;
+        for _ in 0..MAX_PAGES {
+            let url = format!(
+                "{}/repository/commits/{sha}/statuses?order_by=id&sort=desc&per_page=100&page={page}",
+                self.project_url
+            );
+            let token = sensitive_header(self.token.expose_secret())?;
+            let resp = http::read(NAME, self.client.get(url).header("PRIVATE-TOKEN", token)).await?;
+            let listed: Vec<Listed> = resp.json(NAME)?;
+            out.extend(listed.into_iter().filter_map(|s| {
+                Some(ReadStatus {
+                    check: Check::new(s.name?),
+                    state: read_state(&s.status)?,
+                    description: s.description.unwrap_or_default(),
+                    id: s.id,
+                })
+            }));
+            match http::next_page_number(&resp.headers) {
+                Some(next) if next > page => page = next,
+                _ => break,
+            }
+        }
+        Ok(crate::newest_first(out))
     }
 }

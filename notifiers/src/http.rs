@@ -38,10 +38,7 @@ impl Default for HttpConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("reading CA file {path}: {source}")]
-    CaFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CaFile { path: PathBuf, source: std::io::Error },
     #[error("CA file {path} holds no usable PEM certificate: {message}")]
     CaCert { path: PathBuf, message: String },
     #[error("building the HTTP client: {0}")]
@@ -67,11 +64,10 @@ pub fn client(cfg: &HttpConfig) -> Result<reqwest::Client, ClientError> {
             path: path.clone(),
             source,
         })?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaCert {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaCert {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         if certs.is_empty() {
             return Err(ClientError::CaCert {
                 path: path.clone(),
@@ -82,9 +78,7 @@ pub fn client(cfg: &HttpConfig) -> Result<reqwest::Client, ClientError> {
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder
-        .build()
-        .map_err(|e| ClientError::Build(e.to_string()))
+    builder.build().map_err(|e| ClientError::Build(e.to_string()))
 }
 
 /// A header value that tracing and reqwest's Debug output never print.
@@ -113,10 +107,7 @@ impl HttpResponse {
         self.status.is_success()
     }
 
-    pub fn json<T: serde::de::DeserializeOwned>(
-        &self,
-        provider: &'static str,
-    ) -> Result<T, NotifyError> {
+    pub fn json<T: serde::de::DeserializeOwned>(&self, provider: &'static str) -> Result<T, NotifyError> {
         serde_json::from_slice(&self.body).map_err(|e| NotifyError {
             provider,
             retry: Retry::Transient,
@@ -130,10 +121,7 @@ impl HttpResponse {
 
 /// Sends a request; only transport failures are errors here. Error answers come back
 /// as responses for the provider to read (some providers give 400s a meaning).
-pub async fn send(
-    provider: &'static str,
-    req: RequestBuilder,
-) -> Result<HttpResponse, NotifyError> {
+pub async fn send(provider: &'static str, req: RequestBuilder) -> Result<HttpResponse, NotifyError> {
     let transport = |e: reqwest::Error| {
         let reason = if e.is_timeout() {
             Reason::Timeout
@@ -186,6 +174,49 @@ pub async fn write(
     }
 }
 
+/// Sends a read and returns the answer if it is a success, classified otherwise.
+pub async fn read(provider: &'static str, req: RequestBuilder) -> Result<HttpResponse, NotifyError> {
+    let resp = send(provider, req).await?;
+    if resp.is_success() {
+        Ok(resp)
+    } else {
+        Err(classify(provider, &resp))
+    }
+}
+
+/// The `rel="next"` URL of a `Link` header, only if it stays under `origin`: a
+/// response must not be able to send our credential to another host.
+pub fn next_link(headers: &HeaderMap, origin: &str) -> Option<String> {
+    let link = header_str(headers, "link")?;
+    link.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        let url = url.trim().strip_prefix('<')?.strip_suffix('>')?;
+        (is_next && same_origin(url, origin)).then(|| url.to_string())
+    })
+}
+
+fn same_origin(url: &str, origin: &str) -> bool {
+    let scheme_host = |u: &str| -> Option<String> {
+        let (scheme, rest) = u.split_once("://")?;
+        let host = rest.split(['/', '?', '#']).next()?;
+        Some(format!(
+            "{}://{}",
+            scheme.to_ascii_lowercase(),
+            host.to_ascii_lowercase()
+        ))
+    };
+    scheme_host(url).is_some_and(|a| Some(a) == scheme_host(origin))
+}
+
+/// GitLab's `X-Next-Page`: the next page number, absent or empty on the last page.
+pub fn next_page_number(headers: &HeaderMap) -> Option<u32> {
+    header_str(headers, "x-next-page").and_then(|v| v.parse().ok())
+}
+
 /// For providers whose answers need no special reading.
 pub fn no_special_answers(_: &HttpResponse) -> Option<Result<(), NotifyError>> {
     None
@@ -236,10 +267,7 @@ fn header_is(headers: &HeaderMap, name: &str, want: &str) -> bool {
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
 /// How long the provider asked us to wait, from any of the headers providers use:
@@ -262,9 +290,7 @@ pub fn wait_from_headers(headers: &HeaderMap, now: SystemTime) -> Option<Duratio
             if let Some(at) = header_str(headers, reset).and_then(|v| v.parse::<u64>().ok()) {
                 let at = UNIX_EPOCH + Duration::from_secs(at);
                 // The reset is a whole second; wait until it has fully passed.
-                return Some(
-                    at.duration_since(now).unwrap_or(Duration::ZERO) + Duration::from_secs(1),
-                );
+                return Some(at.duration_since(now).unwrap_or(Duration::ZERO) + Duration::from_secs(1));
             }
         }
     }
@@ -431,6 +457,31 @@ mod tests {
     }
 
     #[test]
+    fn next_links_stay_on_the_api_origin() {
+        let h = |v: &str| resp(200, &[("link", v)], "").headers;
+        let api = "https://api.github.com";
+        let both =
+            r#"<https://api.github.com/x?page=2>; rel="next", <https://api.github.com/x?page=5>; rel="last""#;
+        assert_eq!(
+            next_link(&h(both), api).as_deref(),
+            Some("https://api.github.com/x?page=2")
+        );
+        assert_eq!(
+            next_link(&h(r#"<https://api.github.com/x?page=5>; rel="last""#), api),
+            None
+        );
+        assert_eq!(
+            next_link(&h(r#"<https://evil.example/x?page=2>; rel="next""#), api),
+            None
+        );
+        assert_eq!(
+            next_link(&h(r#"<http://api.github.com/x?page=2>; rel="next""#), api),
+            None
+        );
+        assert_eq!(next_link(&h("garbage"), api), None);
+    }
+
+    #[test]
     fn waits_from_every_header_form() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let h = |pairs: &[(&str, &str)]| resp(200, pairs, "").headers;
@@ -450,10 +501,7 @@ mod tests {
         );
         assert_eq!(
             wait_from_headers(
-                &h(&[
-                    ("x-ratelimit-remaining", "0"),
-                    ("x-ratelimit-reset", "1000010")
-                ]),
+                &h(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1000010")]),
                 now
             ),
             Some(Duration::from_secs(11))
@@ -467,10 +515,7 @@ mod tests {
         );
         assert_eq!(
             wait_from_headers(
-                &h(&[
-                    ("x-ratelimit-remaining", "10"),
-                    ("x-ratelimit-reset", "1000010")
-                ]),
+                &h(&[("x-ratelimit-remaining", "10"), ("x-ratelimit-reset", "1000010")]),
                 now
             ),
             None

@@ -17,7 +17,7 @@ pub mod text;
 
 pub use error::{NotifyError, Reason, Retry};
 pub use git_url::{GitUrl, GitUrlError};
-pub use status::{Check, CommitStatus, ReadStatus, Sha, ShaError, State};
+pub use status::{Check, CommitStatus, ReadStatus, Sha, ShaError, State, newest_first};
 
 use secrecy::SecretString;
 use std::fmt;
@@ -79,9 +79,9 @@ impl Provider {
         Ok(match self {
             Provider::GitHub => Arc::new(github::GitHub::new(client, url, api_url, credential)?),
             Provider::GitLab => Arc::new(gitlab::GitLab::new(client, url, api_url, credential)?),
-            Provider::AzureDevOps => Arc::new(azure_devops::AzureDevOps::new(
-                client, url, api_url, credential,
-            )?),
+            Provider::AzureDevOps => {
+                Arc::new(azure_devops::AzureDevOps::new(client, url, api_url, credential)?)
+            }
         })
     }
 
@@ -91,9 +91,7 @@ impl Provider {
         match host.as_str() {
             "github.com" | "www.github.com" | "ssh.github.com" => Some(Provider::GitHub),
             "gitlab.com" | "www.gitlab.com" | "altssh.gitlab.com" => Some(Provider::GitLab),
-            "dev.azure.com" | "ssh.dev.azure.com" | "vs-ssh.visualstudio.com" => {
-                Some(Provider::AzureDevOps)
-            }
+            "dev.azure.com" | "ssh.dev.azure.com" | "vs-ssh.visualstudio.com" => Some(Provider::AzureDevOps),
             h if h.ends_with(".visualstudio.com") => Some(Provider::AzureDevOps),
             _ => None,
         }
@@ -131,4 +129,11 @@ pub trait Notifier: Send + Sync {
 
     /// Writes one status. Truncation to the provider's limits happens here.
     async fn set_status(&self, status: &CommitStatus) -> Result<(), NotifyError>;
+
+    /// Every status on the commit that maps to one of our states, newest first, all
+    /// pages followed. Statuses in states we do not know are left out.
+    async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError>;
 }
+
+/// Bound on pages read for one commit: a runaway pagination must not loop forever.
+pub const MAX_PAGES: usize = 100;

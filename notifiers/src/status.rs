@@ -66,12 +66,7 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 4] = [
-        State::Pending,
-        State::Succeeded,
-        State::Failed,
-        State::Canceled,
-    ];
+    pub const ALL: [State; 4] = [State::Pending, State::Succeeded, State::Failed, State::Canceled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -149,6 +144,14 @@ pub struct ReadStatus {
     pub check: Check,
     pub state: State,
     pub description: String,
+    /// The provider's id for the status; higher is newer on every provider.
+    pub id: i64,
+}
+
+/// Newest first, whatever order the provider listed them in.
+pub fn newest_first(mut statuses: Vec<ReadStatus>) -> Vec<ReadStatus> {
+    statuses.sort_by_key(|s| std::cmp::Reverse(s.id));
+    statuses
 }
 
 #[cfg(test)]
@@ -170,10 +173,7 @@ mod tests {
             ("a1afe26", ShaError::Length(7)),
             (&"z".repeat(40), ShaError::NotHex),
             (&"a".repeat(41), ShaError::Length(41)),
-            (
-                "9f2c1bbd5e1dd2c0d2c5bfe1f6a0cbb0a3a9c6e1\n",
-                ShaError::NotHex,
-            ),
+            ("9f2c1bbd5e1dd2c0d2c5bfe1f6a0cbb0a3a9c6e1\n", ShaError::NotHex),
         ];
         for (input, want) in cases {
             assert_eq!(Sha::parse(input).unwrap_err(), want, "input {input:?}");

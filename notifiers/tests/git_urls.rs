@@ -238,11 +238,7 @@ fn real_world_git_urls() {
     let err: Vec<(&str, Option<Provider>, &str)> = vec![
         ("", None, "git URL is empty"),
         ("github.com/acme/app", None, "not a git URL"),
-        (
-            "file:///srv/git/app.git",
-            None,
-            "unsupported URL scheme \"file\"",
-        ),
+        ("file:///srv/git/app.git", None, "unsupported URL scheme \"file\""),
         (
             "https://github.com/acme",
             None,
@@ -288,11 +284,7 @@ fn real_world_git_urls() {
     ];
     assert!(ok.len() + err.len() >= 40, "at least 40 forms");
     for (input, explicit, want) in ok {
-        assert_eq!(
-            resolve(input, explicit).as_deref(),
-            Ok(want.as_str()),
-            "{input}"
-        );
+        assert_eq!(resolve(input, explicit).as_deref(), Ok(want.as_str()), "{input}");
     }
     for (input, explicit, want) in err {
         let got = resolve(input, explicit).expect_err(input);

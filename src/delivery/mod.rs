@@ -105,10 +105,7 @@ impl Delivery {
     }
 
     fn provider_name(&self, repo: &RepoId) -> &'static str {
-        self.notifiers
-            .get(repo)
-            .map(|n| n.name())
-            .unwrap_or("unknown")
+        self.notifiers.get(repo).map(|n| n.name()).unwrap_or("unknown")
     }
 
     fn paused_until(&self, key: &Key, now: Instant) -> Option<Instant> {
@@ -173,8 +170,7 @@ impl Delivery {
 
     fn fill(&self, tasks: &mut JoinSet<(Lease, Result<(), NotifyError>)>, now: Instant) {
         while tasks.len() < self.cfg.concurrency {
-            let (lease, deduplicated) =
-                lock(&self.outbox).next_ready(now, |k| self.paused_until(k, now));
+            let (lease, deduplicated) = lock(&self.outbox).next_ready(now, |k| self.paused_until(k, now));
             if deduplicated > 0 {
                 self.metrics.queue_depth.set(self.pending() as i64);
             }
@@ -210,10 +206,9 @@ impl Delivery {
         let completion = match result {
             Ok(()) => {
                 self.metrics.status(provider, u.status.state, "written");
-                self.metrics.delivery_seconds.observe(
-                    now.saturating_duration_since(lease.accepted_at)
-                        .as_secs_f64(),
-                );
+                self.metrics
+                    .delivery_seconds
+                    .observe(now.saturating_duration_since(lease.accepted_at).as_secs_f64());
                 info!(provider, repo = %u.repo, sha = %u.status.sha, check = %u.status.check,
                     state = %u.status.state, attempt = lease.attempt, "commit status written");
                 Completion::Written
@@ -226,11 +221,7 @@ impl Delivery {
                 Completion::Dropped
             }
             Err(e) => {
-                let backoff = backoff::delay(
-                    lease.attempt,
-                    self.cfg.initial_backoff,
-                    self.cfg.max_backoff,
-                );
+                let backoff = backoff::delay(lease.attempt, self.cfg.initial_backoff, self.cfg.max_backoff);
                 let delay = match (e.retry, e.retry_after) {
                     (_, Some(asked)) => asked.min(Duration::from_secs(3600)),
                     (Retry::RateLimited, None) => backoff.max(self.cfg.rate_limit_wait),

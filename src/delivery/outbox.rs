@@ -100,11 +100,7 @@ impl Outbox {
     }
 
     /// Accepts all of `updates` or none of them, so an event is never half-queued.
-    pub fn offer_all(
-        &mut self,
-        updates: Vec<StatusUpdate>,
-        now: Instant,
-    ) -> Result<Vec<Offer>, Full> {
+    pub fn offer_all(&mut self, updates: Vec<StatusUpdate>, now: Instant) -> Result<Vec<Offer>, Full> {
         let new_keys = updates
             .iter()
             .filter(|u| !self.entries.contains_key(&u.key()) && !self.written.matches(u))
@@ -163,8 +159,7 @@ impl Outbox {
             }
             if let Some(until) = paused(&key) {
                 entry.due = Some(until);
-                self.delayed
-                    .push(Reverse((until, entry.generation, KeyOrd(key))));
+                self.delayed.push(Reverse((until, entry.generation, KeyOrd(key))));
                 continue;
             }
             if self.written.matches(&entry.update) {
@@ -330,16 +325,10 @@ mod tests {
                 now,
             )
             .unwrap();
-        assert_eq!(
-            offers,
-            vec![Offer::Queued, Offer::Coalesced, Offer::Coalesced]
-        );
+        assert_eq!(offers, vec![Offer::Queued, Offer::Coalesced, Offer::Coalesced]);
         let (lease, _) = ob.next_ready(now, no_pause);
         assert_eq!(lease.unwrap().update.status.state, State::Succeeded);
-        assert!(
-            ob.next_ready(now, no_pause).0.is_none(),
-            "one write per check"
-        );
+        assert!(ob.next_ready(now, no_pause).0.is_none(), "one write per check");
     }
 
     #[test]
@@ -357,8 +346,7 @@ mod tests {
             vec![Offer::Unchanged]
         );
         assert_eq!(
-            ob.offer_all(vec![update('a', "c", State::Failed)], now)
-                .unwrap(),
+            ob.offer_all(vec![update('a', "c", State::Failed)], now).unwrap(),
             vec![Offer::Queued]
         );
     }
@@ -367,8 +355,7 @@ mod tests {
     fn update_arriving_in_flight_is_sent_after_the_flight() {
         let now = Instant::now();
         let mut ob = Outbox::new(10, 10);
-        ob.offer_all(vec![update('a', "c", State::Pending)], now)
-            .unwrap();
+        ob.offer_all(vec![update('a', "c", State::Pending)], now).unwrap();
         let first = ob.next_ready(now, no_pause).0.unwrap();
         ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
             .unwrap();
@@ -411,16 +398,9 @@ mod tests {
             .unwrap();
         let l = ob.next_ready(now, no_pause).0.unwrap();
         ob.complete(&l, Completion::Retry(Duration::from_secs(2)), now);
-        assert!(
-            ob.next_ready(now + Duration::from_secs(1), no_pause)
-                .0
-                .is_none()
-        );
+        assert!(ob.next_ready(now + Duration::from_secs(1), no_pause).0.is_none());
         assert_eq!(ob.next_due(), Some(now + Duration::from_secs(2)));
-        let again = ob
-            .next_ready(now + Duration::from_secs(2), no_pause)
-            .0
-            .unwrap();
+        let again = ob.next_ready(now + Duration::from_secs(2), no_pause).0.unwrap();
         assert_eq!(again.attempt, 2);
     }
 
@@ -434,8 +414,7 @@ mod tests {
         ob.complete(&l, Completion::Dropped, now);
         assert!(ob.is_empty());
 
-        ob.offer_all(vec![update('b', "c", State::Pending)], now)
-            .unwrap();
+        ob.offer_all(vec![update('b', "c", State::Pending)], now).unwrap();
         let l = ob.next_ready(now, no_pause).0.unwrap();
         ob.offer_all(vec![update('b', "c", State::Succeeded)], now)
             .unwrap();
@@ -477,8 +456,7 @@ mod tests {
         assert_eq!(ob.len(), 1, "nothing of the refused event was queued");
         // Coalescing into an existing key needs no room.
         assert_eq!(
-            ob.offer_all(vec![update('a', "c", State::Failed)], now)
-                .unwrap(),
+            ob.offer_all(vec![update('a', "c", State::Failed)], now).unwrap(),
             vec![Offer::Coalesced]
         );
     }
@@ -488,8 +466,7 @@ mod tests {
         let now = Instant::now();
         let mut ob = Outbox::new(10, 2);
         for c in ['a', 'b', 'c'] {
-            ob.offer_all(vec![update(c, "x", State::Succeeded)], now)
-                .unwrap();
+            ob.offer_all(vec![update(c, "x", State::Succeeded)], now).unwrap();
             let l = ob.next_ready(now, no_pause).0.unwrap();
             ob.complete(&l, Completion::Written, now);
         }

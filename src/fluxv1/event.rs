@@ -137,12 +137,10 @@ pub fn parse(body: &[u8]) -> Result<V1Event, EventError> {
         "sync" => {
             let has_metadata = metadata.is_some();
             let meta: RawSyncMetadata = match metadata {
-                Some(m) => {
-                    serde_json::from_str(m.get()).map_err(|e| EventError::InvalidMetadata {
-                        kind: "sync",
-                        message: e.to_string(),
-                    })?
-                }
+                Some(m) => serde_json::from_str(m.get()).map_err(|e| EventError::InvalidMetadata {
+                    kind: "sync",
+                    message: e.to_string(),
+                })?,
                 None => RawSyncMetadata::default(),
             };
             let commits = match (meta.commits, meta.revisions) {
@@ -192,9 +190,7 @@ mod tests {
     fn unknown_type_and_missing_metadata_are_events() {
         assert_eq!(
             parse(br#"{"id":0,"type":"lock","serviceIDs":null}"#).unwrap(),
-            V1Event::Other {
-                kind: "lock".into()
-            }
+            V1Event::Other { kind: "lock".into() }
         );
         match parse(br#"{"type":"sync"}"#).unwrap() {
             V1Event::Sync(s) => assert!(!s.has_metadata && s.commits.is_empty()),
@@ -212,10 +208,7 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_classified() {
-        assert!(matches!(
-            parse(b"{not json"),
-            Err(EventError::MalformedJson(_))
-        ));
+        assert!(matches!(parse(b"{not json"), Err(EventError::MalformedJson(_))));
         assert_eq!(parse(b"[1,2]"), Err(EventError::NotAnObject));
         assert_eq!(parse(br#"{"type":""}"#), Err(EventError::MissingType));
         assert_eq!(parse(br#"{"id":0}"#), Err(EventError::MissingType));

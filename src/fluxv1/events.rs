@@ -66,9 +66,7 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
     for skip in &mapped.skips {
         st.metrics
             .skipped
-            .get_or_create(&crate::metrics::SkipLabels {
-                reason: skip.label(),
-            })
+            .get_or_create(&crate::metrics::SkipLabels { reason: skip.label() })
             .inc();
         log_skip(&ev, skip);
     }
@@ -102,11 +100,7 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
                 capacity = full.capacity,
                 "event refused: delivery queue full; fluxd will send it again"
             );
-            let mut resp = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_full",
-                full.to_string(),
-            );
+            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "queue_full", full.to_string());
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
             resp
@@ -117,9 +111,7 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
 fn log_skip(ev: &V1Event, skip: &Skip) {
     match (ev, skip) {
         (
-            V1Event::Commit { revision }
-            | V1Event::Release { revision }
-            | V1Event::AutoRelease { revision },
+            V1Event::Commit { revision } | V1Event::Release { revision } | V1Event::AutoRelease { revision },
             _,
         ) => {
             info!(

@@ -63,11 +63,7 @@ fn map_sync(sync: &SyncEvent, ctx: &V1Context) -> Mapped {
     let mut mapped = Mapped::default();
     // The initial sync lists the whole history: statusing it would be thousands of
     // writes on commits nobody is looking at.
-    let range = if sync.initial_sync {
-        0
-    } else {
-        ctx.status_range
-    };
+    let range = if sync.initial_sync { 0 } else { ctx.status_range };
     for older in sync.commits.iter().skip(1).take(range) {
         match Sha::parse(&older.revision) {
             Ok(sha) if sha != head_sha => mapped.updates.push(status(
@@ -98,11 +94,7 @@ fn failure_description(errors: &[ResourceError]) -> String {
             }
         })
         .collect();
-    let noun = if ids.len() == 1 {
-        "resource"
-    } else {
-        "resources"
-    };
+    let noun = if ids.len() == 1 { "resource" } else { "resources" };
     let mut s = format!("Sync failed for {} {noun}: ", ids.len());
     s.push_str(
         &ids.iter()
@@ -202,9 +194,7 @@ mod tests {
                     "4997efcd4ac6255604d0d44eeb7085c5b0eb9d48".into(),
                     "flux-status/dev/sync".into(),
                     State::Failed,
-                    format!(
-                        "Sync failed for 1 resource: default:persistentvolumeclaim/test — {pvc_error}"
-                    ),
+                    format!("Sync failed for 1 resource: default:persistentvolumeclaim/test — {pvc_error}"),
                 )],
                 vec![],
             ),
@@ -228,22 +218,14 @@ mod tests {
                     error: ShaError::NotHex,
                 }],
             ),
-            (
-                "event-commit-policy.json",
-                vec![],
-                vec![Skip::NotAStatusEvent],
-            ),
+            ("event-commit-policy.json", vec![], vec![Skip::NotAStatusEvent]),
             (
                 "fluxcloud-commit-policy.json",
                 vec![],
                 vec![Skip::NotAStatusEvent],
             ),
             ("event-release.json", vec![], vec![Skip::NotAStatusEvent]),
-            (
-                "event-autorelease.json",
-                vec![],
-                vec![Skip::NotAStatusEvent],
-            ),
+            ("event-autorelease.json", vec![], vec![Skip::NotAStatusEvent]),
             (
                 "fluxcloud-autorelease-pre-1.12.json",
                 vec![],
@@ -297,10 +279,7 @@ mod tests {
     fn events_without_usable_commits_are_skipped_with_a_reason() {
         let cases: [(&[u8], Skip); 3] = [
             (br#"{"type":"sync"}"#, Skip::NoMetadata),
-            (
-                br#"{"type":"sync","metadata":{"commits":[]}}"#,
-                Skip::NoCommits,
-            ),
+            (br#"{"type":"sync","metadata":{"commits":[]}}"#, Skip::NoCommits),
             (
                 br#"{"type":"sync","metadata":{"commits":[{"revision":"a1afe26"}]}}"#,
                 Skip::InvalidSha {

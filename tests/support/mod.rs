@@ -21,8 +21,7 @@ pub fn fixture(rel: &str) -> Vec<u8> {
 
 /// A fixture as fluxd sends it: compact JSON, no trailing newline.
 pub fn compact(rel: &str) -> Vec<u8> {
-    let v: serde_json::Value =
-        serde_json::from_slice(&fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let v: serde_json::Value = serde_json::from_slice(&fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
     serde_json::to_vec(&v).unwrap()
 }
 
@@ -79,9 +78,7 @@ impl Daemon {
         };
         let deadline = Instant::now() + WAIT;
         loop {
-            if let (Some(a), Some(o)) =
-                (listen("ingest listening", &d), listen("ops listening", &d))
-            {
+            if let (Some(a), Some(o)) = (listen("ingest listening", &d), listen("ops listening", &d)) {
                 d.addr = a;
                 d.ops = o;
                 return d;
@@ -133,10 +130,7 @@ impl Daemon {
         let status = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status();
-        assert!(
-            status.map(|s| s.success()).unwrap_or(false),
-            "kill -{sig} failed"
-        );
+        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{sig} failed");
     }
 
     /// Waits for exit after a signal; panics if it does not come.
@@ -162,10 +156,7 @@ impl Daemon {
             .await
             .unwrap();
         text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
     }

@@ -19,10 +19,7 @@ pub struct Operation<'a> {
 
 impl Spec {
     pub fn load(name: &str) -> Spec {
-        let path = format!(
-            "{}/tests/fixtures/specs/{name}.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = format!("{}/tests/fixtures/specs/{name}.json", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
         // Swagger 2 has basePath; OpenAPI 3 has servers[].url with an optional path.
@@ -103,9 +100,7 @@ impl Spec {
                                                 .and_then(Value::as_bool)
                                                 .unwrap_or(false)
                                         })
-                                        .map(|(name, s)| {
-                                            (name.clone(), self.strict_schema(s, depth + 1))
-                                        })
+                                        .map(|(name, s)| (name.clone(), self.strict_schema(s, depth + 1)))
                                         .collect()
                                 })
                                 .unwrap_or_default(),
@@ -116,9 +111,7 @@ impl Spec {
                         "allOf" | "anyOf" | "oneOf" => Value::Array(
                             child
                                 .as_array()
-                                .map(|a| {
-                                    a.iter().map(|s| self.strict_schema(s, depth + 1)).collect()
-                                })
+                                .map(|a| a.iter().map(|s| self.strict_schema(s, depth + 1)).collect())
                                 .unwrap_or_default(),
                         ),
                         _ => child.clone(),
@@ -238,10 +231,7 @@ impl Operation<'_> {
             }
             if let Some(allowed) = schema["enum"].as_array() {
                 if !allowed.iter().any(|a| a.as_str() == Some(value)) {
-                    return Err(format!(
-                        "{}: {name}={value:?} not one of {allowed:?}",
-                        self.id
-                    ));
+                    return Err(format!("{}: {name}={value:?} not one of {allowed:?}", self.id));
                 }
             }
         }
@@ -270,9 +260,7 @@ impl Operation<'_> {
             (None, Some(_)) => Err(format!("{}: takes no body", self.id)),
             (Some(_), None) => {
                 let required = self.op.pointer("/requestBody/required") == Some(&Value::Bool(true))
-                    || params
-                        .iter()
-                        .any(|p| p["in"] == "body" && p["required"] == true);
+                    || params.iter().any(|p| p["in"] == "body" && p["required"] == true);
                 if required {
                     Err(format!("{}: body required", self.id))
                 } else {
@@ -281,8 +269,8 @@ impl Operation<'_> {
             }
             (Some(schema), Some(body)) => {
                 let schema = self.spec.strict_schema(schema, 0);
-                let validator = jsonschema::draft4::new(&schema)
-                    .map_err(|e| format!("{}: bad schema: {e}", self.id))?;
+                let validator =
+                    jsonschema::draft4::new(&schema).map_err(|e| format!("{}: bad schema: {e}", self.id))?;
                 let errors: Vec<String> = validator
                     .iter_errors(body)
                     .map(|e| format!("{} at {}", e, e.instance_path()))
@@ -312,8 +300,8 @@ impl Operation<'_> {
         };
         let mut schema = self.spec.strict_schema(schema, 0);
         allow_additional(&mut schema);
-        let validator = jsonschema::draft4::new(&schema)
-            .map_err(|e| format!("{}: bad schema: {e}", self.id))?;
+        let validator =
+            jsonschema::draft4::new(&schema).map_err(|e| format!("{}: bad schema: {e}", self.id))?;
         let errors: Vec<String> = validator
             .iter_errors(body)
             .map(|e| format!("{} at {}", e, e.instance_path()))
@@ -321,11 +309,7 @@ impl Operation<'_> {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "{} response {status}: {}",
-                self.id,
-                errors.join("; ")
-            ))
+            Err(format!("{} response {status}: {}", self.id, errors.join("; ")))
         }
     }
 
@@ -372,8 +356,7 @@ mod tests {
             .is_ok()
         );
         assert!(
-            op.validate(&[], Some(&json!({"state":"succeeded"})))
-                .is_err(),
+            op.validate(&[], Some(&json!({"state":"succeeded"}))).is_err(),
             "enum"
         );
         assert!(
@@ -388,21 +371,10 @@ mod tests {
         assert!(op.validate(&[], None).is_err(), "body required");
         assert!(spec.operation("PUT", "/repos/o/r/statuses/abc").is_err());
         assert!(spec.operation("POST", "/repos/o/statuses/abc").is_err());
-        let list = spec
-            .operation("GET", "/repos/o/r/commits/abc/statuses")
-            .unwrap();
-        assert!(
-            list.validate(&[("per_page".into(), "100".into())], None)
-                .is_ok()
-        );
-        assert!(
-            list.validate(&[("per_page".into(), "101".into())], None)
-                .is_err()
-        );
-        assert!(
-            list.validate(&[("bogus".into(), "1".into())], None)
-                .is_err()
-        );
+        let list = spec.operation("GET", "/repos/o/r/commits/abc/statuses").unwrap();
+        assert!(list.validate(&[("per_page".into(), "100".into())], None).is_ok());
+        assert!(list.validate(&[("per_page".into(), "101".into())], None).is_err());
+        assert!(list.validate(&[("bogus".into(), "1".into())], None).is_err());
         assert!(op.example_response(201).is_some());
     }
 }

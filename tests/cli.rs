@@ -1,0 +1,505 @@
+//! flux-status-cli against provider fakes that page like the real APIs and hold
+//! hundreds of statuses from other tools and other instances.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use support::openapi::Spec;
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
+
+const SHA: &str = "4997efcd4ac6255604d0d44eeb7085c5b0eb9d48";
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum P {
+    GitHub,
+    GitLab,
+    Azure,
+}
+
+impl P {
+    fn all() -> [P; 3] {
+        [P::GitHub, P::GitLab, P::Azure]
+    }
+
+    fn args(self, api: &str) -> Vec<String> {
+        let (url, api) = match self {
+            P::GitHub => ("https://github.com/acme/app", api.to_string()),
+            P::GitLab => ("https://gitlab.com/acme/platform/app", api.to_string()),
+            P::Azure => (
+                "https://dev.azure.com/acme/Platform/_git/gitops",
+                format!("{api}/acme"),
+            ),
+        };
+        vec![
+            "--git-url".into(),
+            url.into(),
+            "--api-url".into(),
+            api,
+            "--commit-id".into(),
+            SHA.into(),
+        ]
+    }
+
+    fn credential_env(self) -> (&'static str, &'static str) {
+        match self {
+            P::GitHub => ("GITHUB_TOKEN", "ghp_cli_secret"),
+            P::GitLab => ("GITLAB_TOKEN", "glpat_cli_secret"),
+            P::Azure => ("AZDO_PAT", "azdo_cli_secret"),
+        }
+    }
+
+    fn spec(self) -> Spec {
+        Spec::load(match self {
+            P::GitHub => "github",
+            P::GitLab => "gitlab",
+            P::Azure => "azuredevops",
+        })
+    }
+
+    /// One status as this provider lists it; `state` is ours, given in its words.
+    fn entry(self, id: i64, check: &str, state: &str) -> Value {
+        let word = |gh: &str, gl: &str, az: &str| match self {
+            P::GitHub => gh.to_string(),
+            P::GitLab => gl.to_string(),
+            P::Azure => az.to_string(),
+        };
+        let st = match state {
+            "pending" => word("pending", "running", "pending"),
+            "succeeded" => word("success", "success", "succeeded"),
+            "failed" => word("failure", "failed", "failed"),
+            "error" => word("error", "canceled", "notApplicable"),
+            other => other.to_string(),
+        };
+        let at = "2026-11-22T10:00:00Z";
+        match self {
+            P::GitHub => {
+                json!({"url": "https://api.github.com/x", "avatar_url": null, "id": id, "node_id": "n",
+                "state": st, "description": "d", "target_url": null, "context": check,
+                "created_at": at, "updated_at": at, "creator": null})
+            }
+            P::GitLab => json!({"id": id, "sha": SHA, "ref": "main", "status": st, "name": check,
+                "description": "d", "created_at": at, "allow_failure": false}),
+            P::Azure => {
+                let context = match check.split_once('/') {
+                    Some((genre, name)) if genre == "flux-status" => json!({"genre": genre, "name": name}),
+                    // Other tools often set no genre at all.
+                    _ => json!({"name": check}),
+                };
+                json!({"id": id, "state": st, "description": "d", "context": context, "creationDate": at})
+            }
+        }
+    }
+}
+
+/// Serves snapshots of a commit's statuses, paged as the provider pages; each new
+/// listing (a request for the first page) moves to the next snapshot.
+#[derive(Clone)]
+struct Listing {
+    p: P,
+    /// Oldest first, as they were created.
+    snapshots: Arc<Vec<Vec<Value>>>,
+    listings: Arc<Mutex<usize>>,
+    errors_first: Arc<Mutex<Vec<ResponseTemplate>>>,
+    /// The fake's own address, for `Link` headers (wiremock reports `localhost`).
+    base: String,
+}
+
+impl Respond for Listing {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        if let Some(e) = self.errors_first.lock().unwrap().pop() {
+            return e;
+        }
+        let q = |k: &str| {
+            req.url
+                .query_pairs()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let num = |k: &str, d: usize| q(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        let first = match self.p {
+            P::GitHub | P::GitLab => num("page", 1) == 1,
+            P::Azure => num("skip", 0) == 0,
+        };
+        let n = {
+            let mut l = self.listings.lock().unwrap();
+            if first {
+                *l += 1;
+            }
+            (*l).clamp(1, self.snapshots.len()) - 1
+        };
+        let mut all = self.snapshots[n].clone();
+        match self.p {
+            // GitHub lists newest first; GitLab sorts as asked; Azure lists oldest first here.
+            P::GitHub => all.reverse(),
+            P::GitLab if q("sort").as_deref() == Some("desc") => all.reverse(),
+            _ => {}
+        }
+        let (start, size) = match self.p {
+            P::GitHub | P::GitLab => {
+                let size = num("per_page", 30).min(100);
+                ((num("page", 1) - 1) * size, size)
+            }
+            P::Azure => (num("skip", 0), num("top", 1000)),
+        };
+        let page: Vec<Value> = all.iter().skip(start).take(size).cloned().collect();
+        let more = start + size < all.len();
+        let next_page = start / size.max(1) + 2;
+        let mut resp = ResponseTemplate::new(200);
+        match self.p {
+            P::GitHub => {
+                if more {
+                    let mut next = req.url.clone();
+                    let base = url::Url::parse(&self.base).unwrap();
+                    next.set_host(base.host_str()).unwrap();
+                    next.set_port(base.port()).unwrap();
+                    next.query_pairs_mut()
+                        .clear()
+                        .append_pair("per_page", &size.to_string())
+                        .append_pair("page", &next_page.to_string());
+                    resp = resp.insert_header("link", format!("<{next}>; rel=\"next\"").as_str());
+                }
+                resp.set_body_json(page)
+            }
+            P::GitLab => {
+                let next = if more {
+                    next_page.to_string()
+                } else {
+                    String::new()
+                };
+                resp.insert_header("x-next-page", next.as_str())
+                    .insert_header("x-page", (next_page - 1).to_string().as_str())
+                    .insert_header("x-per-page", size.to_string().as_str())
+                    .set_body_json(page)
+            }
+            P::Azure => resp.set_body_json(json!({"count": page.len(), "value": page})),
+        }
+    }
+}
+
+struct Fake {
+    server: MockServer,
+}
+
+impl Fake {
+    async fn start(p: P, snapshots: Vec<Vec<Value>>, errors_first: Vec<ResponseTemplate>) -> Fake {
+        let server = MockServer::start().await;
+        let listing = Listing {
+            p,
+            snapshots: Arc::new(snapshots),
+            listings: Arc::default(),
+            errors_first: Arc::new(Mutex::new(errors_first)),
+            base: server.uri(),
+        };
+        Mock::given(any()).respond_with(listing).mount(&server).await;
+        Fake { server }
+    }
+}
+
+/// Hundreds of statuses from other tools and other instances, plus look-alikes the
+/// original CLI's `&&` filter matched, around the ones that matter.
+fn busy_commit(p: P, mine: &[(&str, &str)]) -> Vec<Value> {
+    let mut v = Vec::new();
+    let mut id = 1000;
+    let mut push = |check: &str, state: &str| {
+        id += 1;
+        v.push(p.entry(id, check, state));
+    };
+    for i in 0..(if p == P::Azure { 700 } else { 230 }) {
+        push(&format!("ci/build-{}", i % 7), "succeeded");
+    }
+    push("flux-status/dev/workload", "succeeded"); // older than the failure below
+    for (check, state) in mine {
+        push(check, state);
+    }
+    push("flux-status/prod/workload", "succeeded"); // other instance
+    push("flux-status/dev/sync", "succeeded"); // same instance, other action
+    push("deploy/dev/workload", "pending"); // another tool's 3-part context
+    push("flux-status/dev", "failed"); // malformed look-alike
+    for i in 0..(if p == P::Azure { 400 } else { 120 }) {
+        push(&format!("security/scan-{i}"), "error");
+    }
+    v
+}
+
+fn cli(p: P, api: &str, extra: &[&str]) -> (i32, String, String) {
+    let (k, v) = p.credential_env();
+    let out = Command::new(env!("CARGO_BIN_EXE_flux-status-cli"))
+        .args(p.args(api))
+        .args(extra)
+        .env_remove("GITHUB_TOKEN")
+        .env_remove("GITLAB_TOKEN")
+        .env_remove("AZDO_PAT")
+        .env(k, v)
+        .output()
+        .expect("run flux-status-cli");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stdout.contains(v) && !stderr.contains(v), "credential printed");
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+async fn run(p: P, snapshots: Vec<Vec<Value>>, extra: &[&str]) -> (i32, String, String, Vec<Request>) {
+    let fake = Fake::start(p, snapshots, vec![]).await;
+    let uri = fake.server.uri();
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let result = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+        cli(p, &uri, &refs)
+    })
+    .await
+    .unwrap();
+    let reqs = fake.server.received_requests().await.unwrap_or_default();
+    (result.0, result.1, result.2, reqs)
+}
+
+#[tokio::test]
+async fn reads_the_newest_status_of_exactly_the_asked_check_across_all_pages() {
+    for p in P::all() {
+        let commit = busy_commit(p, &[("flux-status/dev/workload", "failed")]);
+        // The fake answers in the shape the spec describes.
+        let body = json!(commit[..5].to_vec());
+        let spec = p.spec();
+        let list_path = match p {
+            P::GitHub => format!("/repos/acme/app/commits/{SHA}/statuses"),
+            P::GitLab => format!("/api/v4/projects/acme%2Fplatform%2Fapp/repository/commits/{SHA}/statuses"),
+            P::Azure => format!("/acme/Platform/_apis/git/repositories/gitops/commits/{SHA}/statuses"),
+        };
+        spec.operation("GET", &list_path)
+            .unwrap()
+            .validate_response(200, &body)
+            .unwrap();
+
+        let (code, out, err, reqs) = run(p, vec![commit], &["--instance", "dev"]).await;
+        assert_eq!(
+            (code, out.as_str()),
+            (
+                0,
+                "{\"name\":\"flux-status/dev/workload\",\"state\":\"failed\"}\n"
+            ),
+            "{p:?}: {err}"
+        );
+        assert!(
+            reqs.len() >= 3,
+            "{p:?}: all pages read, got {} requests",
+            reqs.len()
+        );
+        for r in &reqs {
+            let op = support::check_against_spec(&spec, r);
+            assert!(
+                op.to_lowercase().contains("list") || op.starts_with("get"),
+                "{p:?}: {op}"
+            );
+        }
+
+        let (code, out, _, _) = run(
+            p,
+            vec![busy_commit(p, &[])],
+            &["--instance", "dev", "--action", "sync"],
+        )
+        .await;
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "{\"name\":\"flux-status/dev/sync\",\"state\":\"succeeded\"}\n"),
+            "{p:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_missing_check_is_not_found_not_a_neighbour() {
+    for p in P::all() {
+        // Before the workload status exists, the original answered with the sync status.
+        let mut commit = vec![
+            p.entry(1, "flux-status/dev/sync", "succeeded"),
+            p.entry(2, "deploy/dev/workload", "succeeded"),
+        ];
+        commit.push(p.entry(3, "flux-status/staging/sync", "failed"));
+        let (code, out, err, _) = run(p, vec![commit], &["--instance", "dev"]).await;
+        assert_eq!((code, out.as_str()), (1, ""), "{p:?}");
+        assert!(err.contains("no status flux-status/dev/workload"), "{p:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn all_lists_every_flux_status_check_of_every_instance() {
+    for p in P::all() {
+        let commit = busy_commit(p, &[("flux-status/dev/workload", "failed")]);
+        let (code, out, err, _) = run(p, vec![commit], &["--all"]).await;
+        assert_eq!(code, 0, "{p:?}: {err}");
+        let got: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            got,
+            json!([
+                {"name": "flux-status/dev", "state": "failed"},
+                {"name": "flux-status/dev/sync", "state": "succeeded"},
+                {"name": "flux-status/dev/workload", "state": "failed"},
+                {"name": "flux-status/prod/workload", "state": "succeeded"},
+            ]),
+            "{p:?}"
+        );
+        let (code, out, _, _) = run(
+            p,
+            vec![vec![p.entry(1, "flux-status/dev/sync", "succeeded")]],
+            &["--all", "--output", "text"],
+        )
+        .await;
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "flux-status/dev/sync succeeded (d)\n"),
+            "{p:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wait_follows_pending_to_the_final_state() {
+    for p in P::all() {
+        let pending = vec![p.entry(1, "flux-status/dev/workload", "pending")];
+        let ok = vec![
+            p.entry(1, "flux-status/dev/workload", "pending"),
+            p.entry(2, "flux-status/dev/workload", "succeeded"),
+        ];
+        let failed = vec![
+            p.entry(1, "flux-status/dev/workload", "pending"),
+            p.entry(2, "flux-status/dev/workload", "failed"),
+        ];
+        let wait = [
+            "--instance",
+            "dev",
+            "--wait",
+            "--interval",
+            "50ms",
+            "--timeout",
+            "20s",
+        ];
+
+        let (code, out, err, _) = run(p, vec![vec![], pending.clone(), pending.clone(), ok], &wait).await;
+        assert_eq!(
+            (code, out.as_str()),
+            (
+                0,
+                "{\"name\":\"flux-status/dev/workload\",\"state\":\"succeeded\"}\n"
+            ),
+            "{p:?}: {err}"
+        );
+
+        let (code, out, _, _) = run(p, vec![pending.clone(), failed], &wait).await;
+        assert_eq!(
+            (code, out.as_str()),
+            (
+                1,
+                "{\"name\":\"flux-status/dev/workload\",\"state\":\"failed\"}\n"
+            ),
+            "{p:?}"
+        );
+
+        let short = [
+            "--instance",
+            "dev",
+            "--wait",
+            "--interval",
+            "50ms",
+            "--timeout",
+            "400ms",
+        ];
+        let (code, out, err, reqs) = run(p, vec![pending.clone()], &short).await;
+        assert_eq!(
+            (code, out.as_str()),
+            (
+                124,
+                "{\"name\":\"flux-status/dev/workload\",\"state\":\"pending\"}\n"
+            ),
+            "{p:?}"
+        );
+        assert!(err.contains("timed out"), "{err}");
+        assert!(reqs.len() >= 3, "{p:?}: polled {} times", reqs.len());
+    }
+}
+
+#[tokio::test]
+async fn wait_rides_out_rate_limits_and_outages() {
+    for p in P::all() {
+        let fake = Fake::start(
+            p,
+            vec![vec![p.entry(1, "flux-status/dev/sync", "succeeded")]],
+            vec![
+                ResponseTemplate::new(503),
+                ResponseTemplate::new(429).insert_header("retry-after", "1"),
+            ],
+        )
+        .await;
+        let uri = fake.server.uri();
+        let started = std::time::Instant::now();
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            cli(
+                p,
+                &uri,
+                &[
+                    "--instance",
+                    "dev",
+                    "--action",
+                    "sync",
+                    "--wait",
+                    "--interval",
+                    "50ms",
+                    "--timeout",
+                    "30s",
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "{\"name\":\"flux-status/dev/sync\",\"state\":\"succeeded\"}\n"),
+            "{p:?}: {err}"
+        );
+        assert!(
+            started.elapsed() >= std::time::Duration::from_secs(1),
+            "{p:?}: Retry-After not honoured"
+        );
+        assert!(err.contains("retrying"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn provider_errors_and_bad_usage_have_their_own_exit_codes() {
+    for p in P::all() {
+        let fake = Fake::start(
+            p,
+            vec![vec![]],
+            vec![ResponseTemplate::new(401).set_body_json(json!({"message": "Bad credentials"}))],
+        )
+        .await;
+        let uri = fake.server.uri();
+        let (code, out, err) = tokio::task::spawn_blocking(move || cli(p, &uri, &["--instance", "dev"]))
+            .await
+            .unwrap();
+        assert_eq!((code, out.as_str()), (3, ""), "{p:?}");
+        assert!(
+            err.contains("401") && err.contains("Bad credentials"),
+            "{p:?}: {err}"
+        );
+    }
+    let (code, _, err) = cli(P::GitHub, "http://127.0.0.1:9", &["--commit-id", "abc123"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--commit-id"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_flux-status-cli"))
+        .args(["--git-url", "https://github.com/a/b"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "missing --commit-id is a usage error");
+    let out = Command::new(env!("CARGO_BIN_EXE_flux-status-cli"))
+        .env_remove("GITHUB_TOKEN")
+        .args(["--git-url", "https://github.com/a/b", "--commit-id", SHA])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no credential is a configuration error"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GITHUB_TOKEN"));
+}
