@@ -5,6 +5,7 @@
 
 use crate::credentials::{SecretSource, load_or_report};
 use crate::delivery::DeliveryConfig;
+use crate::delivery::limiter::Limits;
 use clap::{ArgAction, Parser, ValueEnum};
 use notifiers::http::HttpConfig;
 use notifiers::{GitUrl, Provider};
@@ -97,6 +98,23 @@ pub struct Args {
     /// File holding the token fluxd must present.
     #[arg(long, env = "FLUX_STATUS_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Directory for the durable outbox (pending updates and what was written).
+    #[arg(long, env = "FLUX_STATUS_STATE_DIR", default_value = "/var/lib/flux-status")]
+    pub state_dir: PathBuf,
+
+    /// Keep the outbox in memory only: accepted updates are lost if the process dies.
+    #[arg(long, env = "FLUX_STATUS_NO_PERSISTENCE")]
+    pub no_persistence: bool,
+
+    /// Client-side limit on status writes per minute [default: GitHub 80, GitLab and
+    /// Azure DevOps 300]; 0 for none.
+    #[arg(long, env = "FLUX_STATUS_WRITES_PER_MINUTE")]
+    pub writes_per_minute: Option<u32>,
+
+    /// Client-side limit on provider requests per hour [default: GitHub 5000, others none]; 0 for none.
+    #[arg(long, env = "FLUX_STATUS_REQUESTS_PER_HOUR")]
+    pub requests_per_hour: Option<u32>,
 
     /// Also status up to N older commits of a sync's range (never on the initial sync).
     #[arg(long, env = "FLUX_STATUS_STATUS_RANGE", default_value_t = 0)]
@@ -222,6 +240,9 @@ pub enum Target {
 }
 
 pub struct Config {
+    /// `None`: no persistence (`--no-persistence`).
+    pub state_dir: Option<PathBuf>,
+    pub limits: Limits,
     pub listen: SocketAddr,
     pub ops_listen: Option<SocketAddr>,
     pub instance: String,
@@ -396,7 +417,26 @@ impl Args {
         let Some(target) = target else {
             return Err(ConfigError(vec!["no target repository configured".into()]));
         };
+        let provider = match &target {
+            Target::Provider { provider, .. } => Some(*provider),
+            Target::DryRun { .. } => None,
+        };
+        let (default_writes, default_requests) = match provider {
+            Some(Provider::GitHub) => (Some(80), Some(5000)),
+            Some(Provider::GitLab | Provider::AzureDevOps) => (Some(300), None),
+            None => (None, None),
+        };
+        let limit = |given: Option<u32>, default: Option<u32>| match given {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => default,
+        };
         Ok(Config {
+            state_dir: (!self.no_persistence).then_some(self.state_dir),
+            limits: Limits {
+                writes_per_minute: limit(self.writes_per_minute, default_writes),
+                requests_per_hour: limit(self.requests_per_hour, default_requests),
+            },
             listen: self.listen,
             ops_listen,
             instance,

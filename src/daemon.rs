@@ -1,11 +1,12 @@
 //! Wiring: build the notifier, bind the listeners, run until told to stop, drain.
 
 use crate::config::{Config, Target};
-use crate::delivery::Delivery;
+use crate::delivery::store::{Persister, Recovered, Store};
+use crate::delivery::{Delivery, Route};
 use crate::ingest::{self, Ingest};
 use crate::mapping::v1::V1Context;
-use crate::metrics::Metrics;
-use crate::ops::{self, Ops};
+use crate::metrics::{Metrics, ResultLabel};
+use crate::ops::{self, Health, Ops};
 use crate::update::RepoId;
 use notifiers::{GitUrl, Notifier};
 use std::collections::HashMap;
@@ -13,9 +14,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -26,6 +28,8 @@ pub enum DaemonError {
     },
     #[error("setting up the notifier: {0}")]
     Notifier(String),
+    #[error("{0} (mount a writable volume there, or run with --no-persistence)")]
+    Store(#[from] crate::delivery::store::StoreError),
 }
 
 /// `host/path` of a repository, the form used in logs and as its [`RepoId`].
@@ -64,8 +68,48 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let metrics = Arc::new(Metrics::new());
     let (repo, notifier) = build_notifier(&config)?;
     info!(provider = notifier.name(), repo = %repo, instance = %config.instance, "using notifier");
+    let ops_state = Arc::new(Ops {
+        metrics: metrics.clone(),
+        health: Health::default(),
+    });
+    let (persister, recovered) = match &config.state_dir {
+        Some(dir) => {
+            let (store, recovered) = Store::open(dir)?;
+            info!(path = %dir.display(), "durable outbox opened");
+            let ops = ops_state.clone();
+            let persister = Persister::start(store, move |result, _ops| {
+                let ok = result.is_ok();
+                if let Err(e) = result {
+                    error!(error = %e, "state store commit failed");
+                }
+                if ops.health.store.swap(ok, Ordering::Relaxed) != ok && ok {
+                    info!("state store writable again");
+                }
+                ops.metrics
+                    .outbox_commits
+                    .get_or_create(&ResultLabel {
+                        result: if ok { "ok" } else { "error" },
+                    })
+                    .inc();
+            });
+            (persister, recovered)
+        }
+        None => {
+            warn!(
+                "running without persistence (--no-persistence): accepted updates are lost if the process dies"
+            );
+            (Persister::in_memory(), Recovered::default())
+        }
+    };
+    tokio::spawn(check_credentials(notifier.clone(), ops_state.clone()));
+    let route = Route {
+        notifier,
+        limits: config.limits,
+    };
     let delivery = Arc::new(Delivery::new(
-        HashMap::from([(repo.clone(), notifier)]),
+        HashMap::from([(repo.clone(), route)]),
+        persister,
+        recovered,
         metrics.clone(),
         config.delivery.clone(),
     ));
@@ -83,10 +127,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         upstream_token: config.upstream_token.clone(),
         max_event_bytes: config.max_event_bytes,
         shutdown: stop_ingest.clone(),
-    });
-    let ops_state = Arc::new(Ops {
-        metrics: metrics.clone(),
-        ready: false.into(),
     });
 
     let ingest_listener = bind(config.listen).await?;
@@ -118,14 +158,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
     info!(addr = %ingest_addr, "ingest listening");
-    ops_state.ready.store(true, Ordering::Relaxed);
+    ops_state.health.listening.store(true, Ordering::Relaxed);
 
     shutdown.await;
     info!(
         pending = delivery.pending(),
         "shutting down: no longer accepting events"
     );
-    ops_state.ready.store(false, Ordering::Relaxed);
+    ops_state.health.draining.store(true, Ordering::Relaxed);
     stop_ingest.cancel();
     let _ = ingest_task.await;
     stop_delivery.cancel();
@@ -137,6 +177,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         info!("all accepted status updates delivered");
     }
     Ok(())
+}
+
+/// Checks the credential once at startup, and again until the provider accepts it:
+/// until then /readyz says why the daemon is not ready.
+async fn check_credentials(notifier: Arc<dyn Notifier>, ops: Arc<Ops>) {
+    loop {
+        match notifier.check_credentials().await {
+            Ok(()) => {
+                ops.health.credentials.store(true, Ordering::Relaxed);
+                info!(
+                    provider = notifier.name(),
+                    repo = notifier.repo(),
+                    "provider accepted the credential"
+                );
+                return;
+            }
+            Err(e) => {
+                let permanent = e.retry == notifiers::Retry::Permanent;
+                error!(provider = notifier.name(), repo = notifier.repo(), http_status = e.status,
+                    reason = e.reason.as_str(), error = %e.message,
+                    "credential check failed; not ready until it passes");
+                let wait = if permanent {
+                    Duration::from_secs(60)
+                } else {
+                    Duration::from_secs(10)
+                };
+                tokio::time::sleep(e.retry_after.unwrap_or(wait).max(Duration::from_secs(1))).await;
+            }
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {

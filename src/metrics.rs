@@ -37,8 +37,21 @@ pub struct ProviderLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderOnly {
+    pub provider: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub outbox_pending: Gauge,
+    pub outbox_commits: Family<ResultLabel, Counter>,
+    pub rate_limit_remaining: Family<ProviderOnly, Gauge>,
     pub events: Family<EventLabels, Counter>,
     pub skipped: Family<SkipLabels, Counter>,
     pub statuses: Family<StatusLabels, Counter>,
@@ -80,8 +93,26 @@ impl Metrics {
         let queue_depth = Gauge::default();
         registry.register(
             "queue_depth",
-            "Checks with an update waiting to be written",
+            "Updates due for writing now (not waiting on a backoff or a rate limit)",
             queue_depth.clone(),
+        );
+        let outbox_pending = Gauge::default();
+        registry.register(
+            "outbox_pending",
+            "Checks with an update accepted and not yet written (persisted unless --no-persistence)",
+            outbox_pending.clone(),
+        );
+        let outbox_commits = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "outbox_commits",
+            "State store transactions, by result",
+            outbox_commits.clone(),
+        );
+        let rate_limit_remaining = Family::<ProviderOnly, Gauge>::default();
+        registry.register(
+            "rate_limit_remaining",
+            "Requests left in the provider's budget, as it last reported",
+            rate_limit_remaining.clone(),
         );
         let in_flight = Gauge::default();
         registry.register(
@@ -114,6 +145,9 @@ impl Metrics {
         );
         Metrics {
             registry,
+            outbox_pending,
+            outbox_commits,
+            rate_limit_remaining,
             events,
             skipped,
             statuses,

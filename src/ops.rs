@@ -12,8 +12,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub struct Ops {
     pub metrics: Arc<Metrics>,
-    /// Listening and not draining.
-    pub ready: AtomicBool,
+    pub health: Health,
+}
+
+/// What /readyz checks; each part is set by the component that knows.
+pub struct Health {
+    pub listening: AtomicBool,
+    pub draining: AtomicBool,
+    /// The last commit to the state store succeeded.
+    pub store: AtomicBool,
+    /// The provider accepted our credential for the repository.
+    pub credentials: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            listening: false.into(),
+            draining: false.into(),
+            store: true.into(),
+            credentials: false.into(),
+        }
+    }
 }
 
 pub fn router(state: Arc<Ops>) -> Router {
@@ -35,9 +55,22 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
-    if ops.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+    let h = &ops.health;
+    let checks = [
+        ("listening", h.listening.load(Ordering::Relaxed)),
+        ("not_draining", !h.draining.load(Ordering::Relaxed)),
+        ("outbox_writable", h.store.load(Ordering::Relaxed)),
+        ("credentials", h.credentials.load(Ordering::Relaxed)),
+    ];
+    let ready = checks.iter().all(|(_, ok)| *ok);
+    let body = serde_json::json!({
+        "ready": ready,
+        "checks": checks.iter().map(|(name, ok)| (name.to_string(), serde_json::Value::Bool(*ok))).collect::<serde_json::Map<_, _>>(),
+    });
+    let status = if ready {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
 }

@@ -227,6 +227,7 @@ async fn every_error_answer_is_classified() {
             let got = notifier(s, &fake.uri(), Duration::from_secs(5))
                 .set_status(&status(State::Succeeded))
                 .await
+                .map(drop)
                 .map_err(|e| (e.retry, e.reason));
             assert_eq!(
                 &got,

@@ -7,7 +7,8 @@
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http;
 use crate::{
-    Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Reason, Retry, Sha, State, text,
+    Budget, Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Reason, Retry, Sha, State,
+    text,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
@@ -180,8 +181,8 @@ impl Listed {
 
 pub struct AzureDevOps {
     client: reqwest::Client,
-    /// `{collection}/{project}/_apis/git/repositories/{repo}/commits/`
-    commits_url: String,
+    /// `{collection}/{project}/_apis/git/repositories/{repo}`
+    repo_url: String,
     pat: SecretString,
     repo: String,
 }
@@ -214,8 +215,8 @@ impl AzureDevOps {
         let collection = api_url.map(str::to_string).unwrap_or(r.collection_url);
         Ok(AzureDevOps {
             client,
-            commits_url: format!(
-                "{}/{}/_apis/git/repositories/{}/commits/",
+            repo_url: format!(
+                "{}/{}/_apis/git/repositories/{}",
                 collection.trim_end_matches('/'),
                 encode(&r.project),
                 encode(&r.repo)
@@ -223,6 +224,20 @@ impl AzureDevOps {
             pat,
             repo: format!("{}/{}/{}", url.host, r.project, r.repo),
         })
+    }
+
+    /// An authenticated GET whose answer is a success, or the reason it is not.
+    async fn get(&self, url: String) -> Result<http::HttpResponse, NotifyError> {
+        let req = self
+            .client
+            .get(url)
+            .basic_auth("", Some(self.pat.expose_secret()));
+        let resp = http::send(NAME, req).await?;
+        match sign_in_page(&resp) {
+            Some(Err(e)) => Err(e),
+            _ if !resp.is_success() => Err(http::classify(NAME, &resp)),
+            _ => Ok(resp),
+        }
     }
 }
 
@@ -256,7 +271,7 @@ impl Notifier for AzureDevOps {
         &self.repo
     }
 
-    async fn set_status(&self, status: &CommitStatus) -> Result<(), NotifyError> {
+    async fn set_status(&self, status: &CommitStatus) -> Result<Budget, NotifyError> {
         let (genre, name) = status.check.genre_and_name();
         let body = CreateStatus {
             state: state(status.state),
@@ -267,33 +282,30 @@ impl Notifier for AzureDevOps {
         let req = self
             .client
             .post(format!(
-                "{}{}/statuses?api-version={API_VERSION}",
-                self.commits_url, status.sha
+                "{}/commits/{}/statuses?api-version={API_VERSION}",
+                self.repo_url, status.sha
             ))
             .basic_auth("", Some(self.pat.expose_secret()))
             .json(&body);
         http::write(NAME, req, sign_in_page).await
     }
 
+    async fn check_credentials(&self) -> Result<(), NotifyError> {
+        self.get(format!("{}?api-version={API_VERSION}", self.repo_url))
+            .await
+            .map(drop)
+    }
+
     async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError> {
         let mut out = Vec::new();
         for page in 0..MAX_PAGES {
-            let url = format!(
-                "{}{sha}/statuses?api-version={API_VERSION}&top={PAGE}&skip={}",
-                self.commits_url,
-                page * PAGE
-            );
-            let req = self
-                .client
-                .get(url)
-                .basic_auth("", Some(self.pat.expose_secret()));
-            let resp = http::send(NAME, req).await?;
-            if let Some(Err(e)) = sign_in_page(&resp) {
-                return Err(e);
-            }
-            if !resp.is_success() {
-                return Err(http::classify(NAME, &resp));
-            }
+            let resp = self
+                .get(format!(
+                    "{}/commits/{sha}/statuses?api-version={API_VERSION}&top={PAGE}&skip={}",
+                    self.repo_url,
+                    page * PAGE
+                ))
+                .await?;
             let listed = match resp.json(NAME)? {
                 ListAnswer::Wrapped { value } | ListAnswer::Bare(value) => value,
             };

@@ -1,6 +1,6 @@
 //! A notifier that writes nothing and logs each status it would write.
 
-use crate::{CommitStatus, Notifier, NotifyError, Provider, ReadStatus, Sha, text};
+use crate::{Budget, CommitStatus, Notifier, NotifyError, Provider, ReadStatus, Sha, text};
 
 pub struct DryRun {
     repo: String,
@@ -28,7 +28,7 @@ impl Notifier for DryRun {
         &self.repo
     }
 
-    async fn set_status(&self, status: &CommitStatus) -> Result<(), NotifyError> {
+    async fn set_status(&self, status: &CommitStatus) -> Result<Budget, NotifyError> {
         tracing::info!(
             repo = %self.repo,
             sha = %status.sha,
@@ -38,6 +38,10 @@ impl Notifier for DryRun {
             target_url = status.target_url.as_deref().unwrap_or(""),
             "dry run: would write commit status"
         );
+        Ok(Budget::default())
+    }
+
+    async fn check_credentials(&self) -> Result<(), NotifyError> {
         Ok(())
     }
 

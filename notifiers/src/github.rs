@@ -5,7 +5,7 @@
 
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
-use crate::{Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Sha, State, text};
+use crate::{Budget, Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Sha, State, text};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -126,7 +126,7 @@ impl Notifier for GitHub {
         &self.repo
     }
 
-    async fn set_status(&self, status: &CommitStatus) -> Result<(), NotifyError> {
+    async fn set_status(&self, status: &CommitStatus) -> Result<Budget, NotifyError> {
         let body = CreateStatus {
             state: state(status.state),
             context: status.check.as_str(),
@@ -138,6 +138,12 @@ impl Notifier for GitHub {
                 .post(format!("{}/statuses/{}", self.repo_url, status.sha)),
         )?;
         http::write(NAME, req.json(&body), http::no_special_answers).await
+    }
+
+    async fn check_credentials(&self) -> Result<(), NotifyError> {
+        http::read(NAME, self.auth(self.client.get(&self.repo_url))?)
+            .await
+            .map(drop)
     }
 
     async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError> {

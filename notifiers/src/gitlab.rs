@@ -7,7 +7,7 @@
 
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
-use crate::{Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Sha, State, text};
+use crate::{Budget, Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Sha, State, text};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -139,7 +139,7 @@ impl Notifier for GitLab {
         &self.repo
     }
 
-    async fn set_status(&self, status: &CommitStatus) -> Result<(), NotifyError> {
+    async fn set_status(&self, status: &CommitStatus) -> Result<Budget, NotifyError> {
         let body = CreateStatus {
             state: state(status.state),
             name: status.check.as_str(),
@@ -157,6 +157,17 @@ impl Notifier for GitLab {
             .header("PRIVATE-TOKEN", token)
             .json(&body);
         http::write(NAME, req, already_in_state).await
+    }
+
+    async fn check_credentials(&self) -> Result<(), NotifyError> {
+        http::read(
+            NAME,
+            self.client
+                .get(&self.project_url)
+                .header("PRIVATE-TOKEN", sensitive_header(self.token.expose_secret())?),
+        )
+        .await
+        .map(drop)
     }
 
     async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError> {

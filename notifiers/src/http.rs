@@ -165,12 +165,20 @@ pub async fn write(
     provider: &'static str,
     req: RequestBuilder,
     special: fn(&HttpResponse) -> Option<Result<(), NotifyError>>,
-) -> Result<(), NotifyError> {
+) -> Result<crate::Budget, NotifyError> {
     let resp = send(provider, req).await?;
     match special(&resp) {
-        Some(answer) => answer,
-        None if resp.is_success() => Ok(()),
+        Some(answer) => answer.map(|()| budget(&resp.headers)),
+        None if resp.is_success() => Ok(budget(&resp.headers)),
         None => Err(classify(provider, &resp)),
+    }
+}
+
+/// The budget a provider reported on a successful answer.
+pub fn budget(headers: &HeaderMap) -> crate::Budget {
+    crate::Budget {
+        remaining: remaining_budget(headers),
+        reset_after: wait_from_headers(headers, SystemTime::now()),
     }
 }
 

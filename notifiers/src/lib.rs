@@ -128,11 +128,23 @@ pub trait Notifier: Send + Sync {
     fn repo(&self) -> &str;
 
     /// Writes one status. Truncation to the provider's limits happens here.
-    async fn set_status(&self, status: &CommitStatus) -> Result<(), NotifyError>;
+    async fn set_status(&self, status: &CommitStatus) -> Result<Budget, NotifyError>;
+
+    /// A cheap authenticated read of the repository, to find a bad credential or a
+    /// wrong repository at startup rather than at the first deploy.
+    async fn check_credentials(&self) -> Result<(), NotifyError>;
 
     /// Every status on the commit that maps to one of our states, newest first, all
     /// pages followed. Statuses in states we do not know are left out.
     async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError>;
+}
+
+/// What a provider said of our remaining request budget, when it said anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub remaining: Option<u64>,
+    /// With the budget spent: how long until it is refilled.
+    pub reset_after: Option<std::time::Duration>,
 }
 
 /// Bound on pages read for one commit: a runaway pagination must not loop forever.

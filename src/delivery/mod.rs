@@ -1,17 +1,21 @@
-//! Between ingest and the notifiers: coalesce, dedup, retry with backoff, honour
-//! provider rate limits, drain on shutdown. Ingest only ever calls [`Delivery::offer`],
-//! which never waits for a provider.
+//! Between ingest and the notifiers: persist, coalesce, dedup, throttle, retry with
+//! backoff, honour provider rate limits, drain on shutdown. Ingest only ever calls
+//! [`Delivery::accept`], which waits for the disk, never for a provider.
 
 pub mod backoff;
+pub mod limiter;
 pub mod outbox;
+pub mod store;
 
 use crate::metrics::{Metrics, ProviderLabels};
 use crate::update::{Key, RepoId, StatusUpdate};
-use notifiers::{Notifier, NotifyError, Retry};
+use limiter::{Limiter, Limits};
+use notifiers::{Budget, Notifier, NotifyError, Reason, Retry};
 use outbox::{Completion, Full, Lease, Offer, Outbox};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+use store::{Op, Persister, Recovered};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -44,12 +48,39 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// A notifier and the budget it must stay within.
+pub struct Route {
+    pub notifier: Arc<dyn Notifier>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error(transparent)]
+    Full(#[from] Full),
+    #[error("state store: {0}")]
+    Store(Arc<store::StoreError>),
+}
+
+struct Throttle {
+    /// The provider asked us to wait until then.
+    paused_until: Option<Instant>,
+    limiter: Limiter,
+}
+
+/// How a send ended well.
+enum Sent {
+    Written(Budget),
+    /// A previous run's write had landed; nothing was sent.
+    AlreadyThere,
+}
+
 pub struct Delivery {
     outbox: Mutex<Outbox>,
     wake: Notify,
-    notifiers: HashMap<RepoId, Arc<dyn Notifier>>,
-    /// Repositories whose provider asked us to wait, until when.
-    paused: Mutex<HashMap<RepoId, Instant>>,
+    routes: HashMap<RepoId, Route>,
+    throttles: Mutex<HashMap<RepoId, Throttle>>,
+    persister: Persister,
     metrics: Arc<Metrics>,
     cfg: DeliveryConfig,
 }
@@ -62,41 +93,88 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Delivery {
     pub fn new(
-        notifiers: HashMap<RepoId, Arc<dyn Notifier>>,
+        routes: HashMap<RepoId, Route>,
+        persister: Persister,
+        recovered: Recovered,
         metrics: Arc<Metrics>,
         cfg: DeliveryConfig,
     ) -> Self {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut outbox = Outbox::new(cfg.capacity.max(recovered.pending.len()), cfg.written_capacity);
+        let in_flight: HashSet<Key> = recovered.in_flight.into_iter().collect();
+        let pending = recovered
+            .pending
+            .into_iter()
+            .map(|(u, at)| {
+                (
+                    u,
+                    now.checked_sub(wall.duration_since(at).unwrap_or_default())
+                        .unwrap_or(now),
+                )
+            })
+            .collect();
+        outbox.restore(recovered.written, pending, &in_flight);
+        if !outbox.is_empty() {
+            info!(
+                pending = outbox.len(),
+                in_doubt = in_flight.len(),
+                "resuming status updates from the outbox"
+            );
+        }
+        metrics.outbox_pending.set(outbox.len() as i64);
+        let throttles = routes
+            .iter()
+            .map(|(repo, r)| {
+                (
+                    repo.clone(),
+                    Throttle {
+                        paused_until: None,
+                        limiter: Limiter::new(r.limits, now),
+                    },
+                )
+            })
+            .collect();
         Delivery {
-            outbox: Mutex::new(Outbox::new(cfg.capacity, cfg.written_capacity)),
+            outbox: Mutex::new(outbox),
             wake: Notify::new(),
-            notifiers,
-            paused: Mutex::new(HashMap::new()),
+            routes,
+            throttles: Mutex::new(throttles),
+            persister,
             metrics,
             cfg,
         }
     }
 
-    /// Queues an event's updates, all or none. Never waits on a provider.
-    pub fn offer(&self, updates: Vec<StatusUpdate>) -> Result<Vec<Offer>, Full> {
+    /// Queues an event's updates, all or none, and returns once they are durable.
+    /// Never waits on a provider.
+    pub async fn accept(&self, updates: Vec<StatusUpdate>) -> Result<Vec<Offer>, AcceptError> {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let states: Vec<_> = updates
-            .iter()
-            .map(|u| (self.provider_name(&u.repo), u.status.state))
-            .collect();
-        let offers = {
+        let (offers, durable) = {
             let mut outbox = lock(&self.outbox);
-            let offers = outbox.offer_all(updates, Instant::now())?;
-            self.metrics.queue_depth.set(outbox.len() as i64);
-            offers
+            let offers = outbox.offer_all(updates.clone(), Instant::now())?;
+            let accepted_at = SystemTime::now();
+            let ops = offers
+                .iter()
+                .zip(&updates)
+                .filter(|(o, _)| **o != Offer::Unchanged)
+                .map(|(_, u)| Op::Pending(u.clone(), accepted_at))
+                .collect();
+            // Submitted under the lock: the store sees changes in the order memory did.
+            let durable = self.persister.submit(ops);
+            self.metrics.outbox_pending.set(outbox.len() as i64);
+            (offers, durable)
         };
-        for ((provider, state), offer) in states.into_iter().zip(&offers) {
+        for (u, offer) in updates.iter().zip(&offers) {
             if *offer == Offer::Unchanged {
-                self.metrics.status(provider, state, "deduplicated");
+                self.metrics
+                    .status(self.provider_name(&u.repo), u.status.state, "deduplicated");
             }
         }
         self.wake.notify_one();
+        durable.wait().await.map_err(AcceptError::Store)?;
         Ok(offers)
     }
 
@@ -105,20 +183,31 @@ impl Delivery {
     }
 
     fn provider_name(&self, repo: &RepoId) -> &'static str {
-        self.notifiers.get(repo).map(|n| n.name()).unwrap_or("unknown")
+        self.routes
+            .get(repo)
+            .map(|r| r.notifier.name())
+            .unwrap_or("unknown")
     }
 
-    fn paused_until(&self, key: &Key, now: Instant) -> Option<Instant> {
-        lock(&self.paused)
-            .get(&key.repo)
-            .copied()
-            .filter(|until| *until > now)
+    /// When a repository's notifier may send next, if not now.
+    fn blocked_until(&self, key: &Key, now: Instant) -> Option<Instant> {
+        let mut throttles = lock(&self.throttles);
+        let t = throttles.get_mut(&key.repo)?;
+        let paused = t.paused_until.filter(|u| *u > now);
+        let limited = t.limiter.blocked_until(now);
+        paused.max(limited)
+    }
+
+    fn pause(&self, repo: &RepoId, until: Instant) {
+        if let Some(t) = lock(&self.throttles).get_mut(repo) {
+            t.paused_until = Some(t.paused_until.map_or(until, |u| u.max(until)));
+        }
     }
 
     /// Sends until `stop` fires, then keeps sending for at most `drain` before giving
     /// up. Returns how many updates were left undelivered.
     pub async fn run(self: Arc<Self>, stop: CancellationToken, drain: Duration) -> usize {
-        let mut tasks: JoinSet<(Lease, Result<(), NotifyError>)> = JoinSet::new();
+        let mut tasks: JoinSet<(Lease, Result<Sent, NotifyError>)> = JoinSet::new();
         let mut deadline: Option<Instant> = None;
         loop {
             let now = Instant::now();
@@ -131,11 +220,17 @@ impl Delivery {
                 );
             }
             self.fill(&mut tasks, now);
-            let (pending, next_due, oldest) = {
+            let (pending, ready, next_due, oldest) = {
                 let outbox = lock(&self.outbox);
-                (outbox.len(), outbox.next_due(), outbox.oldest())
+                (
+                    outbox.len(),
+                    outbox.ready_len(),
+                    outbox.next_due(),
+                    outbox.oldest(),
+                )
             };
-            self.metrics.queue_depth.set(pending as i64);
+            self.metrics.outbox_pending.set(pending as i64);
+            self.metrics.queue_depth.set(ready as i64);
             self.metrics.in_flight.set(tasks.len() as i64);
             self.metrics.oldest_pending_seconds.set(
                 oldest
@@ -168,18 +263,45 @@ impl Delivery {
         }
     }
 
-    fn fill(&self, tasks: &mut JoinSet<(Lease, Result<(), NotifyError>)>, now: Instant) {
+    fn fill(&self, tasks: &mut JoinSet<(Lease, Result<Sent, NotifyError>)>, now: Instant) {
         while tasks.len() < self.cfg.concurrency {
-            let (lease, deduplicated) = lock(&self.outbox).next_ready(now, |k| self.paused_until(k, now));
-            if deduplicated > 0 {
-                self.metrics.queue_depth.set(self.pending() as i64);
+            let (lease, deduplicated) = {
+                let mut outbox = lock(&self.outbox);
+                let (lease, deduplicated) = outbox.next_ready(now, |k| self.blocked_until(k, now));
+                if !deduplicated.is_empty() {
+                    self.persister
+                        .submit(deduplicated.iter().cloned().map(Op::Done).collect());
+                }
+                (lease, deduplicated)
+            };
+            for key in &deduplicated {
+                // The state was written while this update waited: one write saved.
+                let provider = self.provider_name(&key.repo);
+                self.metrics
+                    .statuses
+                    .get_or_create(&crate::metrics::StatusLabels {
+                        provider,
+                        state: "any",
+                        result: "superseded",
+                    })
+                    .inc();
             }
             let Some(lease) = lease else { break };
-            let Some(notifier) = self.notifiers.get(&lease.update.repo).cloned() else {
-                error!(repo = %lease.update.repo, "no notifier configured for repository; dropping update");
-                lock(&self.outbox).complete(&lease, Completion::Dropped, now);
+            let key = lease.update.key();
+            let Some(notifier) = self.routes.get(&key.repo).map(|r| r.notifier.clone()) else {
+                error!(repo = %key.repo, "no notifier configured for repository; dropping update");
+                let done = lock(&self.outbox).complete(&lease, Completion::Dropped, now);
+                if done.removed {
+                    self.persister.submit(vec![Op::Done(key)]);
+                }
                 continue;
             };
+            if let Some(t) = lock(&self.throttles).get_mut(&key.repo) {
+                t.limiter.take(now);
+            }
+            // Durable before the request leaves: if we die mid-write, the next start
+            // reads the provider's status instead of writing it a second time.
+            let marked = self.persister.submit(vec![Op::InFlight(key)]);
             let span = tracing::info_span!(
                 "write_status",
                 provider = notifier.name(),
@@ -191,7 +313,7 @@ impl Delivery {
             );
             tasks.spawn(
                 async move {
-                    let result = notifier.set_status(&lease.update.status).await;
+                    let result = send(&*notifier, &lease, marked).await;
                     (lease, result)
                 }
                 .instrument(span),
@@ -199,18 +321,43 @@ impl Delivery {
         }
     }
 
-    fn finish(&self, lease: Lease, result: Result<(), NotifyError>) {
+    fn finish(&self, lease: Lease, result: Result<Sent, NotifyError>) {
         let now = Instant::now();
         let u = &lease.update;
         let provider = self.provider_name(&u.repo);
         let completion = match result {
-            Ok(()) => {
-                self.metrics.status(provider, u.status.state, "written");
+            Ok(sent) => {
+                let (result_label, message) = match sent {
+                    Sent::Written(budget) => {
+                        if let Some(remaining) = budget.remaining {
+                            self.metrics
+                                .rate_limit_remaining
+                                .get_or_create(&crate::metrics::ProviderOnly { provider })
+                                .set(remaining as i64);
+                        }
+                        if budget.remaining == Some(0) {
+                            if let Some(reset) = budget.reset_after {
+                                warn!(
+                                    provider,
+                                    reset_in_s = reset.as_secs(),
+                                    "provider request budget spent; pausing"
+                                );
+                                self.pause(&u.repo, now + reset);
+                            }
+                        }
+                        ("written", "commit status written")
+                    }
+                    Sent::AlreadyThere => (
+                        "reconciled",
+                        "commit status was already written before the restart",
+                    ),
+                };
+                self.metrics.status(provider, u.status.state, result_label);
                 self.metrics
                     .delivery_seconds
                     .observe(now.saturating_duration_since(lease.accepted_at).as_secs_f64());
                 info!(provider, repo = %u.repo, sha = %u.status.sha, check = %u.status.check,
-                    state = %u.status.state, attempt = lease.attempt, "commit status written");
+                    state = %u.status.state, attempt = lease.attempt, "{message}");
                 Completion::Written
             }
             Err(e) if e.retry == Retry::Permanent => {
@@ -228,7 +375,7 @@ impl Delivery {
                     _ => backoff,
                 };
                 if e.retry == Retry::RateLimited {
-                    lock(&self.paused).insert(u.repo.clone(), now + delay);
+                    self.pause(&u.repo, now + delay);
                 }
                 self.metrics
                     .retries
@@ -244,17 +391,64 @@ impl Delivery {
                 Completion::Retry(delay)
             }
         };
-        lock(&self.outbox).complete(&lease, completion, now);
+        let key = lease.update.key();
+        let mut outbox = lock(&self.outbox);
+        let done = outbox.complete(&lease, completion.clone(), now);
+        let mut ops = Vec::new();
+        if let Some(seq) = done.written_seq {
+            ops.push(Op::Written(lease.update.clone(), seq));
+        }
+        ops.extend(done.evicted.into_iter().map(Op::Forget));
+        if done.removed {
+            ops.push(Op::Done(key.clone()));
+        }
+        // A retry keeps its mark: whether that attempt landed stays in doubt.
+        if !matches!(completion, Completion::Retry(_)) {
+            ops.push(Op::Landed(key));
+        }
+        self.persister.submit(ops);
     }
 
     fn report_undelivered(&self) -> usize {
         let outbox = lock(&self.outbox);
+        let kept = if self.persister.is_durable() {
+            "kept in the outbox for the next start"
+        } else {
+            "lost: running without persistence"
+        };
         for u in outbox.pending() {
             warn!(repo = %u.repo, sha = %u.status.sha, check = %u.status.check, state = %u.status.state,
-                "shutdown: commit status not delivered");
+                outcome = kept, "shutdown: commit status not delivered");
         }
         outbox.len()
     }
+}
+
+/// One write: wait for the in-flight mark to be durable, read back first when a
+/// previous run may have sent it already, then write.
+async fn send(notifier: &dyn Notifier, lease: &Lease, marked: store::Durable) -> Result<Sent, NotifyError> {
+    let status = &lease.update.status;
+    if let Err(e) = marked.wait().await {
+        return Err(NotifyError {
+            provider: "store",
+            retry: Retry::Transient,
+            reason: Reason::UnexpectedResponse,
+            status: None,
+            message: format!("cannot record the write as under way: {e}"),
+            retry_after: None,
+        });
+    }
+    if lease.reconcile {
+        let current = notifier.list_statuses(&status.sha).await?;
+        if current
+            .iter()
+            .find(|s| s.check == status.check)
+            .is_some_and(|s| s.state == status.state)
+        {
+            return Ok(Sent::AlreadyThere);
+        }
+    }
+    notifier.set_status(status).await.map(Sent::Written)
 }
 
 async fn sleep_until(at: Option<Instant>) {

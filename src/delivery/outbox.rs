@@ -33,6 +33,20 @@ pub struct Lease {
     generation: u64,
     pub attempt: u32,
     pub accepted_at: Instant,
+    /// A previous run may have sent this write before it died: read the provider's
+    /// status before writing again.
+    pub reconcile: bool,
+}
+
+/// What a completion changed beyond the entry itself, for the durable store.
+#[derive(Debug, Default, PartialEq)]
+pub struct Completed {
+    /// The entry left the outbox.
+    pub removed: bool,
+    /// Written states forgotten to keep the memory bounded.
+    pub evicted: Vec<Key>,
+    /// Order of this write in the written memory, when it was written.
+    pub written_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +67,7 @@ struct Entry {
     accepted_at: Instant,
     /// Set while the entry waits in `delayed`; a heap item whose time differs is stale.
     due: Option<Instant>,
+    reconcile: bool,
 }
 
 #[derive(Debug)]
@@ -95,6 +110,41 @@ impl Outbox {
         self.entries.len()
     }
 
+    /// Updates due for sending now (not waiting on a backoff or a rate limit).
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Loads what a previous run left: written states (oldest first), then pending
+    /// updates, those in `in_flight` to be reconciled before any new write.
+    pub fn restore(
+        &mut self,
+        written: Vec<(StatusUpdate, u64)>,
+        pending: Vec<(StatusUpdate, Instant)>,
+        in_flight: &std::collections::HashSet<Key>,
+    ) {
+        for (u, seq) in written {
+            self.written.insert_with_seq(u.key(), &u, seq);
+        }
+        for (u, accepted_at) in pending {
+            let key = u.key();
+            self.next_generation += 1;
+            self.entries.insert(
+                key.clone(),
+                Entry {
+                    reconcile: in_flight.contains(&key),
+                    update: u,
+                    generation: self.next_generation,
+                    attempts: 0,
+                    in_flight: false,
+                    accepted_at,
+                    due: None,
+                },
+            );
+            self.ready.push_back(key);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -135,6 +185,7 @@ impl Outbox {
                 in_flight: false,
                 accepted_at: now,
                 due: None,
+                reconcile: false,
             },
         );
         self.ready.push_back(key);
@@ -143,13 +194,14 @@ impl Outbox {
 
     /// The next update due for sending whose repository `paused` does not hold back.
     /// `paused` returns when a repository's notifier may send again, if it is paused.
+    /// Also returns the keys it found already written and removed.
     pub fn next_ready(
         &mut self,
         now: Instant,
         paused: impl Fn(&Key) -> Option<Instant>,
-    ) -> (Option<Lease>, usize) {
+    ) -> (Option<Lease>, Vec<Key>) {
         self.promote_due(now);
-        let mut deduplicated = 0;
+        let mut deduplicated = Vec::new();
         while let Some(key) = self.ready.pop_front() {
             let Some(entry) = self.entries.get_mut(&key) else {
                 continue;
@@ -164,7 +216,7 @@ impl Outbox {
             }
             if self.written.matches(&entry.update) {
                 self.entries.remove(&key);
-                deduplicated += 1;
+                deduplicated.push(key);
                 continue;
             }
             entry.in_flight = true;
@@ -173,6 +225,7 @@ impl Outbox {
                 generation: entry.generation,
                 attempt: entry.attempts + 1,
                 accepted_at: entry.accepted_at,
+                reconcile: entry.reconcile,
             };
             return (Some(lease), deduplicated);
         }
@@ -200,21 +253,30 @@ impl Outbox {
         self.delayed.peek().map(|Reverse((at, _, _))| *at)
     }
 
-    pub fn complete(&mut self, lease: &Lease, outcome: Completion, now: Instant) {
+    pub fn complete(&mut self, lease: &Lease, outcome: Completion, now: Instant) -> Completed {
         let key = lease.update.key();
+        let mut done = Completed::default();
         let Some(entry) = self.entries.get_mut(&key) else {
-            return;
+            return done;
         };
         entry.in_flight = false;
         let superseded = entry.generation != lease.generation;
         match outcome {
-            Completion::Written => {
-                self.written.insert(key.clone(), &lease.update);
+            Completion::Written | Completion::Dropped => {
+                if matches!(outcome, Completion::Written) {
+                    let (seq, evicted) = self.written.insert(key.clone(), &lease.update);
+                    done.written_seq = Some(seq);
+                    done.evicted = evicted;
+                }
                 if superseded {
+                    // The newer state goes out next (for a drop: it may well be accepted).
+                    let entry = self.entries.get_mut(&key).expect("entry checked above");
                     entry.attempts = 0;
+                    entry.reconcile = false;
                     self.ready.push_back(key);
                 } else {
                     self.entries.remove(&key);
+                    done.removed = true;
                 }
             }
             Completion::Retry(delay) => {
@@ -223,16 +285,8 @@ impl Outbox {
                 self.delayed
                     .push(Reverse((now + delay, entry.generation, KeyOrd(key))));
             }
-            Completion::Dropped => {
-                if superseded {
-                    // The newer state may well be accepted (another description, say).
-                    entry.attempts = 0;
-                    self.ready.push_back(key);
-                } else {
-                    self.entries.remove(&key);
-                }
-            }
         }
+        done
     }
 
     /// Age of the oldest pending update.
@@ -252,6 +306,7 @@ struct Written {
     map: HashMap<Key, (notifiers::State, String, Option<String>)>,
     order: VecDeque<Key>,
     capacity: usize,
+    next_seq: u64,
 }
 
 impl Written {
@@ -260,6 +315,7 @@ impl Written {
             map: HashMap::new(),
             order: VecDeque::new(),
             capacity,
+            next_seq: 0,
         }
     }
 
@@ -269,23 +325,33 @@ impl Written {
         })
     }
 
-    fn insert(&mut self, key: Key, u: &StatusUpdate) {
+    /// Remembers a write; returns its sequence number and the keys forgotten.
+    fn insert(&mut self, key: Key, u: &StatusUpdate) -> (u64, Vec<Key>) {
+        let seq = self.next_seq;
+        (seq, self.insert_with_seq(key, u, seq))
+    }
+
+    fn insert_with_seq(&mut self, key: Key, u: &StatusUpdate, seq: u64) -> Vec<Key> {
+        self.next_seq = self.next_seq.max(seq + 1);
         let value = (
             u.status.state,
             u.status.description.clone(),
             u.status.target_url.clone(),
         );
+        let mut evicted = Vec::new();
         if self.map.insert(key.clone(), value).is_none() {
             self.order.push_back(key);
             while self.map.len() > self.capacity {
                 match self.order.pop_front() {
                     Some(old) => {
                         self.map.remove(&old);
+                        evicted.push(old);
                     }
                     None => break,
                 }
             }
         }
+        evicted
     }
 }
 
@@ -386,7 +452,7 @@ mod tests {
         .unwrap();
         let (lease, deduplicated) = ob.next_ready(now, no_pause);
         assert!(lease.is_none());
-        assert_eq!(deduplicated, 1);
+        assert_eq!(deduplicated, vec![update('a', "c", State::Succeeded).key()]);
         assert!(ob.is_empty());
     }
 
@@ -458,6 +524,58 @@ mod tests {
         assert_eq!(
             ob.offer_all(vec![update('a', "c", State::Failed)], now).unwrap(),
             vec![Offer::Coalesced]
+        );
+    }
+
+    #[test]
+    fn completion_reports_what_the_store_must_record() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 1);
+        ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+            .unwrap();
+        let l = ob.next_ready(now, no_pause).0.unwrap();
+        let done = ob.complete(&l, Completion::Written, now);
+        assert_eq!(
+            done,
+            Completed {
+                removed: true,
+                evicted: vec![],
+                written_seq: Some(0)
+            }
+        );
+        ob.offer_all(vec![update('b', "c", State::Succeeded)], now)
+            .unwrap();
+        let l = ob.next_ready(now, no_pause).0.unwrap();
+        let done = ob.complete(&l, Completion::Written, now);
+        assert_eq!(
+            done.evicted,
+            vec![update('a', "c", State::Succeeded).key()],
+            "capacity 1 forgets 'a'"
+        );
+    }
+
+    #[test]
+    fn restored_in_flight_updates_are_reconciled_first() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 10);
+        let (a, b) = (
+            update('a', "c", State::Succeeded),
+            update('b', "c", State::Failed),
+        );
+        let in_flight = std::collections::HashSet::from([a.key()]);
+        ob.restore(
+            vec![(update('c', "c", State::Succeeded), 4)],
+            vec![(a.clone(), now), (b.clone(), now)],
+            &in_flight,
+        );
+        let first = ob.next_ready(now, no_pause).0.unwrap();
+        let second = ob.next_ready(now, no_pause).0.unwrap();
+        assert_eq!((first.update, first.reconcile), (a, true));
+        assert_eq!((second.update, second.reconcile), (b, false));
+        assert_eq!(
+            ob.offer_all(vec![update('c', "c", State::Succeeded)], now)
+                .unwrap(),
+            vec![Offer::Unchanged]
         );
     }
 

@@ -4,6 +4,7 @@
 //! event gets 202 with an empty body (fluxd parses a non-empty body as JSON).
 
 use super::event::{self, V1Event};
+use crate::delivery::AcceptError;
 use crate::ingest::{BodyError, Ingest, drain, error, read_body, upstream_authorized};
 use crate::mapping::{self, Skip};
 use axum::extract::Request;
@@ -73,7 +74,7 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
     let queued = mapped.updates.len();
     let head = mapped.updates.first().map(|u| u.status.sha.to_string());
     let state = mapped.updates.first().map(|u| u.status.state);
-    match st.delivery.offer(mapped.updates) {
+    match st.delivery.accept(mapped.updates).await {
         Ok(_) => {
             st.metrics.event(SOURCE, kind, "accepted");
             if let V1Event::Sync(sync) = &ev {
@@ -92,15 +93,14 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
             }
             (StatusCode::ACCEPTED, "").into_response()
         }
-        Err(full) => {
-            st.metrics.event(SOURCE, kind, "queue_full");
-            warn!(
-                source = SOURCE,
-                r#type = kind,
-                capacity = full.capacity,
-                "event refused: delivery queue full; fluxd will send it again"
-            );
-            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "queue_full", full.to_string());
+        Err(e) => {
+            let reason = match e {
+                AcceptError::Full(_) => "queue_full",
+                AcceptError::Store(_) => "store_unavailable",
+            };
+            st.metrics.event(SOURCE, kind, reason);
+            warn!(source = SOURCE, r#type = kind, reason, error = %e, "event refused; fluxd will send it again");
+            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, reason, e.to_string());
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
             resp

@@ -31,10 +31,27 @@ pub struct Daemon {
     pub addr: SocketAddr,
     pub ops: SocketAddr,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// The durable outbox, kept across restarts of the same test.
+    pub state_dir: std::path::PathBuf,
+}
+
+/// A fresh directory for one daemon's state.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("flux-status-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 impl Daemon {
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_in(temp_dir("state"), args, env).await
+    }
+
+    /// Starts with the given state directory (unless `args` disables persistence).
+    pub async fn start_in(state_dir: std::path::PathBuf, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flux-status"));
         cmd.args([
             "--listen",
@@ -46,6 +63,7 @@ impl Daemon {
             "--log-level",
             "debug",
         ])
+        .args(["--state-dir", state_dir.to_str().unwrap()])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -71,6 +89,7 @@ impl Daemon {
             addr: "0.0.0.0:0".parse().unwrap(),
             ops: "0.0.0.0:0".parse().unwrap(),
             logs,
+            state_dir,
         };
         let listen = |msg: &str, d: &Daemon| {
             d.find_log(|l| l["message"] == msg)
@@ -200,7 +219,12 @@ pub struct Script {
 }
 
 impl Respond for Script {
-    fn respond(&self, _req: &Request) -> ResponseTemplate {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        // Reads (the startup credential check) find the repository; the script is
+        // for writes.
+        if req.method != wiremock::http::Method::POST {
+            return ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": 1, "name": "app"}));
+        }
         self.arrivals.lock().unwrap().push(SystemTime::now());
         self.queue
             .lock()
@@ -234,8 +258,12 @@ impl Fake {
         self.server.uri()
     }
 
+    /// The writes (POSTs) received, in order.
     pub async fn requests(&self) -> Vec<Request> {
-        self.server.received_requests().await.unwrap_or_default()
+        let all = self.server.received_requests().await.unwrap_or_default();
+        all.into_iter()
+            .filter(|r| r.method == wiremock::http::Method::POST)
+            .collect()
     }
 
     pub fn arrivals(&self) -> Vec<SystemTime> {
