@@ -9,7 +9,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \
- && mkdir -p /out \
+ && mkdir -p /out /empty-state \
  && find target/release -maxdepth 1 -type f -perm -u+x -name 'flux-status*' -exec cp {} /out/ \;
 
 # Runtime stage: distroless with glibc, no shell, running as uid 65532 ("nonroot").
@@ -19,6 +19,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # Good enough for a sidecar; a static build can come later.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/ /usr/local/bin/
+# The default --state-dir, writable by nonroot (65532) when no volume is mounted there.
+COPY --from=build --chown=65532:65532 /empty-state /var/lib/flux-status
 USER nonroot:nonroot
 # 3000: ingest (fluxd's websocket and events; binds 127.0.0.1 unless --listen says otherwise).
 # 8080: /metrics, /healthz, /readyz.

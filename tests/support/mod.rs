@@ -189,8 +189,15 @@ impl Drop for Daemon {
 }
 
 /// A plain HTTP client for tests, from the same builder the notifiers use.
+/// Built once: building a client loads the platform's root certificates, which is
+/// far slower than the request itself.
 pub fn http() -> reqwest::Client {
-    notifiers::http::client(&notifiers::http::HttpConfig::default()).expect("http client")
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            notifiers::http::client(&notifiers::http::HttpConfig::default()).expect("http client")
+        })
+        .clone()
 }
 
 /// POSTs a body exactly as fluxd does: no Content-Type, `Accept: application/json`,
