@@ -1,26 +1,33 @@
-//! Benchmark: the release daemon against a local GitHub fake, loaded as fluxd loads it.
+//! Benchmark: the release daemon, durable outbox on, against a local GitHub fake,
+//! loaded as fluxd loads it.
 //!
 //! `cargo run --release --example bench` (builds the daemon in release mode first).
-//! Prints accepted events/s flat out, and the time from an event POST to the
-//! provider request at a fixed rate. Numbers, not assertions: see the README.
+//! Prints numbers; nothing here is asserted (see the README's Performance section).
 
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{get, post};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+#[derive(Clone, Default)]
+struct Fake {
+    /// When each commit's status first reached the fake.
+    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Answer 503 to every write, to build up a backlog.
+    down: Arc<AtomicBool>,
+}
 
-async fn github(
-    State(arrivals): State<Arrivals>,
-    Path((_o, _r, sha)): Path<(String, String, String)>,
-) -> StatusCode {
-    arrivals.lock().unwrap().entry(sha).or_insert_with(Instant::now);
+async fn github(State(f): State<Fake>, Path((_o, _r, sha)): Path<(String, String, String)>) -> StatusCode {
+    if f.down.load(Ordering::Relaxed) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    f.arrivals.lock().unwrap().entry(sha).or_insert_with(Instant::now);
     StatusCode::CREATED
 }
 
@@ -42,6 +49,52 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Posts `n` events for run `run` from `workers` concurrent posters; returns how
+/// many got 202 and each one's acknowledge time.
+async fn flood(client: &reqwest::Client, url: &str, run: u64, n: u64, workers: u64) -> (u64, Vec<Duration>) {
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let client = client.clone();
+        let url = url.to_string();
+        set.spawn(async move {
+            let mut acks = Vec::new();
+            let mut i = w;
+            while i < n {
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("Accept", "application/json")
+                    .body(sync_event(&sha(run, i)))
+                    .send()
+                    .await;
+                if r.map(|r| r.status().as_u16() == 202).unwrap_or(false) {
+                    acks.push(t.elapsed());
+                }
+                i += workers;
+            }
+            acks
+        });
+    }
+    let mut acks = Vec::new();
+    while let Some(a) = set.join_next().await {
+        acks.extend(a.unwrap());
+    }
+    acks.sort();
+    (acks.len() as u64, acks)
+}
+
 #[tokio::main]
 async fn main() {
     let status = Command::new(env!("CARGO"))
@@ -50,14 +103,17 @@ async fn main() {
         .expect("cargo build");
     assert!(status.success());
     let bin = format!("{}/target/release/flux-status", env!("CARGO_MANIFEST_DIR"));
+    let state_dir = format!("{}/target/bench-state", env!("CARGO_MANIFEST_DIR"));
+    let _ = std::fs::remove_dir_all(&state_dir);
 
-    let arrivals: Arrivals = Arc::default();
-    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let fake_addr = fake.local_addr().unwrap();
+    let fake = Fake::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_addr = listener.local_addr().unwrap();
     let app = Router::new()
         .route("/repos/{o}/{r}/statuses/{sha}", post(github))
-        .with_state(arrivals.clone());
-    tokio::spawn(async move { axum::serve(fake, app).await });
+        .route("/repos/{o}/{r}", get(|| async { "{}" }))
+        .with_state(fake.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -65,6 +121,7 @@ async fn main() {
         .unwrap()
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
     let mut daemon = Command::new(&bin)
         .args([
             "--git-url",
@@ -80,19 +137,28 @@ async fn main() {
             "--log-level",
             "warn",
         ])
-        .args(["--queue-capacity", "1000000", "--concurrency", "16"])
+        .args([
+            "--queue-capacity",
+            "1000000",
+            "--concurrency",
+            "16",
+            "--state-dir",
+            &state_dir,
+        ])
+        // Measure the pipeline, not GitHub's limits.
+        .args(["--writes-per-minute", "0", "--requests-per-hour", "0"])
         .env("GITHUB_TOKEN", "bench")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start daemon");
+    let pid = daemon.id();
     notifiers::http::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
         .unwrap();
     let url = format!("http://{addr}/v6/events");
-    let started = Instant::now();
     loop {
         if client
             .post(&url)
@@ -107,56 +173,50 @@ async fn main() {
             started.elapsed() < Duration::from_secs(10),
             "daemon did not start"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    println!("start to first accepted event: {:.0} ms", ms(started.elapsed()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("idle: RSS {:.1} MiB", rss_mib(pid));
 
-    // Flat out: distinct commits, 32 concurrent fluxd-like posters.
-    let total: u64 = 40_000;
-    let workers = 32;
-    let t0 = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for w in 0..workers {
-        let client = client.clone();
-        let url = url.clone();
-        set.spawn(async move {
-            let mut ok = 0u64;
-            let mut i = w;
-            while i < total {
-                let r = client
-                    .post(&url)
-                    .header("Accept", "application/json")
-                    .body(sync_event(&sha(1, i)))
-                    .send()
-                    .await;
-                if r.map(|r| r.status().as_u16() == 202).unwrap_or(false) {
-                    ok += 1;
-                }
-                i += workers;
-            }
-            ok
-        });
-    }
-    let mut accepted = 0;
-    while let Some(n) = set.join_next().await {
-        accepted += n.unwrap();
-    }
-    let secs = t0.elapsed().as_secs_f64();
+    // A backlog: the provider is down while 10,000 updates for new commits arrive.
+    fake.down.store(true, Ordering::Relaxed);
+    let (queued, _) = flood(&client, &url, 3, 10_000, 32).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     println!(
-        "flat out: {accepted}/{total} v1 events accepted in {secs:.2} s = {:.0} events/s",
-        accepted as f64 / secs
+        "with {queued} pending updates (provider down): RSS {:.1} MiB",
+        rss_mib(pid)
     );
-    // Let delivery catch up before the latency run.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while arrivals.lock().unwrap().len() < (total + 1) as usize && Instant::now() < deadline {
+    fake.down.store(false, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while fake.arrivals.lock().unwrap().len() < 10_001 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let delivered = arrivals.lock().unwrap().len();
+    fake.arrivals.lock().unwrap().clear();
+
+    // Flat out: distinct commits, 32 concurrent fluxd-like posters.
+    let total = 40_000;
+    let t0 = Instant::now();
+    let (accepted, acks) = flood(&client, &url, 1, total, 32).await;
+    let secs = t0.elapsed().as_secs_f64();
     println!(
-        "flat out: {delivered} distinct statuses reached the fake in {:.2} s",
-        t0.elapsed().as_secs_f64()
+        "flat out: {accepted}/{total} v1 events accepted in {secs:.2} s = {:.0} events/s; acknowledge p50 {:.2} ms, p99 {:.2} ms",
+        accepted as f64 / secs,
+        ms(percentile(&acks, 0.5)),
+        ms(percentile(&acks, 0.99)),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while fake.arrivals.lock().unwrap().len() < total as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "flat out: {} distinct statuses reached the fake {:.2} s after the first POST; RSS now {:.1} MiB",
+        fake.arrivals.lock().unwrap().len(),
+        t0.elapsed().as_secs_f64(),
+        rss_mib(pid)
     );
 
-    // Fixed rate: 1,000 events/s for 10 s, one new commit each; latency POST → provider request.
+    // Fixed rate: 1,000 events/s for 10 s, one new commit each; POST → provider request.
     let rate = 1000u64;
     let n = rate * 10;
     let mut sent: Vec<(String, Instant)> = Vec::with_capacity(n as usize);
@@ -166,8 +226,7 @@ async fn main() {
     for i in 0..n {
         ticker.tick().await;
         let s = sha(2, i);
-        let t = Instant::now();
-        sent.push((s.clone(), t));
+        sent.push((s.clone(), Instant::now()));
         let client = client.clone();
         let url = url.clone();
         posts.spawn(async move {
@@ -181,20 +240,20 @@ async fn main() {
     }
     while posts.join_next().await.is_some() {}
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let arrived = arrivals.lock().unwrap().clone();
+    let arrived = fake.arrivals.lock().unwrap().clone();
     let mut lat: Vec<Duration> = sent
         .iter()
         .filter_map(|(s, t)| arrived.get(s).map(|a| a.saturating_duration_since(*t)))
         .collect();
     lat.sort();
     println!(
-        "at {rate} events/s: {}/{} delivered; POST → provider request p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "at {rate} events/s: {}/{n} delivered; POST → provider request p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         lat.len(),
-        n,
-        percentile(&lat, 0.50).as_secs_f64() * 1e3,
-        percentile(&lat, 0.99).as_secs_f64() * 1e3,
-        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.99)),
+        ms(lat.last().copied().unwrap_or_default()),
     );
+
     let _ = daemon.kill();
     let _ = daemon.wait();
 }

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending");
 const IN_FLIGHT: TableDefinition<&[u8], ()> = TableDefinition::new("in_flight");
 const WRITTEN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("written");
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// Most changes one transaction applies; bounds commit latency under a flood.
 const MAX_BATCH: usize = 4096;
 
@@ -129,7 +130,12 @@ impl Store {
             message: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-        let db = Database::create(&path).map_err(|e| err(&e))?;
+        // A small page cache: the outbox is written far more than it is read, and a
+        // sidecar's memory budget is tens of MiB.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| err(&e))?;
         // Create the tables, so a fresh store reads back as empty.
         let txn = db.begin_write().map_err(|e| err(&e))?;
         {
