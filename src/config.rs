@@ -116,6 +116,19 @@ pub struct Args {
     #[arg(long, env = "FLUX_STATUS_REQUESTS_PER_HOUR")]
     pub requests_per_hour: Option<u32>,
 
+    /// Flux v2 `generic-hmac`: file holding the Provider's key; every event must then be
+    /// signed (`X-Signature: sha256=<hex>`).
+    #[arg(long, env = "FLUX_STATUS_HMAC_KEY_FILE")]
+    pub hmac_key_file: Option<PathBuf>,
+
+    /// Flux v2 check name; placeholders {instance} {cluster} {kind} {namespace} {name}.
+    #[arg(long, env = "FLUX_STATUS_CHECK_TEMPLATE", default_value = crate::mapping::v2::DEFAULT_CHECK_TEMPLATE)]
+    pub check_template: String,
+
+    /// Allow listening beyond loopback with neither --token nor --hmac-key-file.
+    #[arg(long, env = "FLUX_STATUS_INSECURE_ALLOW_UNAUTHENTICATED")]
+    pub insecure_allow_unauthenticated: bool,
+
     /// Also status up to N older commits of a sync's range (never on the initial sync).
     #[arg(long, env = "FLUX_STATUS_STATUS_RANGE", default_value_t = 0)]
     pub status_range: usize,
@@ -240,6 +253,8 @@ pub enum Target {
 }
 
 pub struct Config {
+    pub hmac_key: Option<secrecy::SecretBox<Vec<u8>>>,
+    pub check_template: String,
     /// `None`: no persistence (`--no-persistence`).
     pub state_dir: Option<PathBuf>,
     pub limits: Limits,
@@ -395,6 +410,34 @@ impl Args {
                 ));
             }
         }
+        // The key is used byte for byte, as notification-controller uses the Secret's
+        // value: no trimming.
+        let hmac_key = match &self.hmac_key_file {
+            None => None,
+            Some(path) => match std::fs::read(path) {
+                Ok(k) if k.is_empty() => {
+                    errors.push(format!("--hmac-key-file {} is empty", path.display()));
+                    None
+                }
+                Ok(k) => Some(secrecy::SecretBox::new(Box::new(k))),
+                Err(e) => {
+                    errors.push(format!("--hmac-key-file {}: {e}", path.display()));
+                    None
+                }
+            },
+        };
+        let authenticated = self.hmac_key_file.is_some() || upstream_token.is_some();
+        if !self.listen.ip().is_loopback() && !authenticated && !self.insecure_allow_unauthenticated {
+            errors.push(format!(
+                "--listen {} is reachable beyond this host, and with neither --token nor --hmac-key-file \
+                 anyone who can reach it could forge deploy statuses: set one, listen on 127.0.0.1, or pass \
+                 --insecure-allow-unauthenticated",
+                self.listen
+            ));
+        }
+        if !self.check_template.contains("{name}") {
+            errors.push("--check-template must contain {name} (one check per Flux object)".into());
+        }
         let http = self.target.http_config(&mut errors);
         let target = self.target.resolve(self.dry_run, &mut errors);
 
@@ -432,6 +475,8 @@ impl Args {
             None => default,
         };
         Ok(Config {
+            hmac_key,
+            check_template: self.check_template,
             state_dir: (!self.no_persistence).then_some(self.state_dir),
             limits: Limits {
                 writes_per_minute: limit(self.writes_per_minute, default_writes),
@@ -503,6 +548,7 @@ mod tests {
             "--debug",
             "--instance=dev",
             "--listen=:3000",
+            "--insecure-allow-unauthenticated",
         ])
         .unwrap();
         assert!(!a.poll_workloads && a.debug);

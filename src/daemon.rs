@@ -5,6 +5,7 @@ use crate::delivery::store::{Persister, Recovered, Store};
 use crate::delivery::{Delivery, Route};
 use crate::ingest::{self, Ingest};
 use crate::mapping::v1::V1Context;
+use crate::mapping::v2::V2Context;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::ops::{self, Health, Ops};
 use crate::update::RepoId;
@@ -119,11 +120,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics: metrics.clone(),
         delivery: delivery.clone(),
         v1: V1Context {
-            repo,
+            repo: repo.clone(),
             instance: config.instance.clone(),
             status_range: config.status_range,
             target_url: config.target_url.clone(),
         },
+        v2: V2Context {
+            repo,
+            instance: config.instance.clone(),
+            check_template: config.check_template.clone(),
+            target_url: config.target_url.clone(),
+        },
+        hmac_key: config.hmac_key,
         upstream_token: config.upstream_token.clone(),
         max_event_bytes: config.max_event_bytes,
         shutdown: stop_ingest.clone(),

@@ -5,7 +5,9 @@
 
 use crate::delivery::Delivery;
 use crate::fluxv1;
+use crate::fluxv2;
 use crate::mapping::v1::V1Context;
+use crate::mapping::v2::V2Context;
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -21,6 +23,9 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
     pub delivery: Arc<Delivery>,
     pub v1: V1Context,
+    pub v2: V2Context,
+    /// `generic-hmac`: every Flux v2 event must carry a valid `X-Signature`.
+    pub hmac_key: Option<secrecy::SecretBox<Vec<u8>>>,
     /// What fluxd must present as `Authorization: Scope-Probe token=<token>`.
     pub upstream_token: Option<SecretString>,
     pub max_event_bytes: usize,
@@ -34,17 +39,24 @@ pub fn router(state: Arc<Ingest>) -> Router {
 
 async fn route(State(st): State<Arc<Ingest>>, req: Request) -> Response {
     let path = req.uri().path();
-    if path.ends_with("/v6/events") {
-        if req.method() != Method::POST {
-            let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST");
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return resp;
-        }
-        return fluxv1::events::handle(st, req).await;
-    }
+    let v1_events = path.ends_with("/v6/events");
+    let v2_events = path == "/" || path.trim_end_matches('/').ends_with("/v2/events");
     if is_daemon_path(path) {
         return fluxv1::daemon::handle(st, req).await;
+    }
+    if (v1_events || v2_events) && req.method() == Method::POST {
+        return if v1_events {
+            fluxv1::events::handle(st, req).await
+        } else {
+            fluxv2::events::handle(st, req).await
+        };
+    }
+    drain(req.into_body()).await;
+    if v1_events || v2_events {
+        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST");
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
     }
     error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
@@ -59,15 +71,22 @@ fn is_daemon_path(path: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Compares fluxd's `Authorization: Scope-Probe token=<token>` in constant time.
+/// Checks `--token` in constant time, as fluxd sends it (`Authorization: Scope-Probe
+/// token=<token>`) or as a notification-controller Provider's Secret `headers` can
+/// (`Authorization: Bearer <token>`).
 pub fn upstream_authorized(headers: &HeaderMap, token: &Option<SecretString>) -> bool {
     use subtle::ConstantTimeEq;
     let Some(token) = token else { return true };
     let Some(given) = headers.get(header::AUTHORIZATION) else {
         return false;
     };
-    let want = format!("Scope-Probe token={}", token.expose_secret());
-    given.as_bytes().ct_eq(want.as_bytes()).into()
+    let given = given.as_bytes();
+    let token = token.expose_secret().as_bytes();
+    let matches = |prefix: &[u8]| -> bool {
+        given.len() == prefix.len() + token.len()
+            && bool::from(given[..prefix.len()].ct_eq(prefix) & given[prefix.len()..].ct_eq(token))
+    };
+    matches(b"Scope-Probe token=") | matches(b"Bearer ")
 }
 
 pub enum BodyError {
@@ -156,7 +175,8 @@ mod tests {
         };
         assert!(upstream_authorized(&with("Scope-Probe token=s3cret"), &token));
         assert!(!upstream_authorized(&with("Scope-Probe token=s3cre"), &token));
-        assert!(!upstream_authorized(&with("Bearer s3cret"), &token));
+        assert!(upstream_authorized(&with("Bearer s3cret"), &token));
+        assert!(!upstream_authorized(&with("Bearer s3cre"), &token));
         assert!(!upstream_authorized(&HeaderMap::new(), &token));
         assert!(upstream_authorized(&HeaderMap::new(), &None));
     }

@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod delivery;
 pub mod fluxv1;
+pub mod fluxv2;
 pub mod ingest;
 pub mod mapping;
 pub mod metrics;

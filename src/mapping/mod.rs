@@ -1,6 +1,7 @@
 //! Flux events → status updates. Pure functions, table-tested with real payloads.
 
 pub mod v1;
+pub mod v2;
 
 use crate::update::StatusUpdate;
 use notifiers::ShaError;
@@ -16,6 +17,8 @@ pub enum Skip {
         revision: String,
         error: ShaError,
     },
+    /// A Flux v2 revision that names no commit we can status.
+    Revision(crate::fluxv2::event::RevisionError),
 }
 
 impl Skip {
@@ -26,6 +29,7 @@ impl Skip {
             Skip::NoMetadata => "no_metadata",
             Skip::NoCommits => "no_commits",
             Skip::InvalidSha { .. } => "invalid_sha",
+            Skip::Revision(e) => e.label(),
         }
     }
 }
@@ -36,6 +40,7 @@ impl std::fmt::Display for Skip {
             Skip::NotAStatusEvent => f.write_str("event type carries no deploy status"),
             Skip::NoMetadata => f.write_str("event has no metadata"),
             Skip::NoCommits => f.write_str("sync event lists no commits"),
+            Skip::Revision(e) => write!(f, "{e}"),
             Skip::InvalidSha { revision, error } => {
                 write!(f, "revision {revision:?} is not a commit id: {error}")
             }

@@ -1,0 +1,280 @@
+//! Flux v2 event → status. Pure: no I/O, no clock.
+//!
+//! One check per Flux object (`flux-status/<instance>/<kind>/<namespace>/<name>` by
+//! default), pending while it progresses, succeeded when reconciled, failed with the
+//! reason and the first line of the message. Descriptions are built from the reason,
+//! never from durations in the message, so notification-controller's re-sent
+//! success (every interval) is the same status and costs no API call.
+
+use super::{Mapped, Skip};
+use crate::fluxv2::event::{Event, parse_revision};
+use crate::update::{RepoId, StatusUpdate};
+use notifiers::{Check, CommitStatus, State};
+
+pub const DEFAULT_CHECK_TEMPLATE: &str = "flux-status/{instance}/{kind}/{namespace}/{name}";
+
+#[derive(Debug, Clone)]
+pub struct V2Context {
+    pub repo: RepoId,
+    pub instance: String,
+    /// Placeholders: `{instance}`, `{kind}` (lowercase), `{namespace}`, `{name}`,
+    /// and `{cluster}` (the `cluster` metadata an Alert can add, else the instance).
+    pub check_template: String,
+    pub target_url: Option<String>,
+}
+
+/// `ReconciliationSucceeded` → `Reconciliation succeeded`.
+pub fn reason_words(reason: &str) -> String {
+    let mut out = String::new();
+    let chars: Vec<char> = reason.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|j| chars[j]);
+        let next = chars.get(i + 1);
+        let boundary = c.is_uppercase()
+            && prev.is_some_and(|p| {
+                p.is_lowercase() || (p.is_uppercase() && next.is_some_and(|n| n.is_lowercase()))
+            });
+        if boundary {
+            out.push(' ');
+        }
+        out.extend(c.to_lowercase());
+    }
+    let mut cs = out.chars();
+    match cs.next() {
+        Some(first) => first.to_uppercase().chain(cs).collect(),
+        None => out,
+    }
+}
+
+/// Our state for an event, or why it carries none.
+fn state(ev: &Event) -> Result<State, Skip> {
+    let reason = ev.reason.as_str();
+    match ev.severity.as_str() {
+        "error" => Ok(State::Failed),
+        "info"
+            if matches!(
+                reason,
+                "Progressing" | "ProgressingWithRetry" | "DependencyNotReady"
+            ) =>
+        {
+            Ok(State::Pending)
+        }
+        "info"
+            if ev.meta("commit_status") == Some("update")
+                || matches!(
+                    reason,
+                    "ReconciliationSucceeded" | "InstallSucceeded" | "UpgradeSucceeded" | "TestSucceeded"
+                ) =>
+        {
+            Ok(State::Succeeded)
+        }
+        _ => Err(Skip::NotAStatusEvent),
+    }
+}
+
+pub fn check_name(ev: &Event, ctx: &V2Context) -> Check {
+    let o = &ev.involved_object;
+    let cluster = ev.meta("cluster").unwrap_or(&ctx.instance);
+    Check::new(
+        ctx.check_template
+            .replace("{instance}", &ctx.instance)
+            .replace("{cluster}", cluster)
+            .replace("{kind}", &o.kind.to_ascii_lowercase())
+            .replace("{namespace}", &o.namespace)
+            .replace("{name}", &o.name),
+    )
+}
+
+pub fn map(ev: &Event, ctx: &V2Context) -> Mapped {
+    let state = match state(ev) {
+        Ok(s) => s,
+        Err(skip) => return Mapped::skipped(skip),
+    };
+    let Some((_, revision)) = ev.revision() else {
+        return Mapped::skipped(Skip::Revision(crate::fluxv2::event::RevisionError::Missing));
+    };
+    let sha = match parse_revision(revision) {
+        Ok(sha) => sha,
+        Err(e) => return Mapped::skipped(Skip::Revision(e)),
+    };
+    let words = reason_words(&ev.reason);
+    let description = match state {
+        State::Failed => {
+            let first_line = ev
+                .message
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim();
+            if first_line.is_empty() {
+                words
+            } else {
+                format!("{words}: {first_line}")
+            }
+        }
+        _ => words,
+    };
+    Mapped {
+        updates: vec![StatusUpdate {
+            repo: ctx.repo.clone(),
+            status: CommitStatus {
+                sha,
+                check: check_name(ev, ctx),
+                state,
+                description,
+                target_url: ctx.target_url.clone(),
+            },
+        }],
+        skips: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fluxv2::event::{RevisionError, parse};
+
+    fn ctx() -> V2Context {
+        V2Context {
+            repo: "github.com/my-org/fleet".into(),
+            instance: "prod".into(),
+            check_template: DEFAULT_CHECK_TEMPLATE.into(),
+            target_url: None,
+        }
+    }
+
+    fn fixture(path: &str) -> Event {
+        let p = format!("{}/tests/fixtures/v2/{path}", env!("CARGO_MANIFEST_DIR"));
+        parse(&std::fs::read(&p).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    const SHA: &str = "731f7eaddfb6af01cb2173e18f0f75b0ba780ef1";
+
+    /// (fixture name, expected (sha, check, state, description) or the skip label)
+    /// Ok((sha, check, state, description)), Err("") for "one status", Err(label) for a skip.
+    type Want = Result<(&'static str, &'static str, State, &'static str), &'static str>;
+
+    fn expectations() -> Vec<(&'static str, Want)> {
+        let ks = "flux-status/prod/kustomization/flux-system/apps";
+        vec![
+            (
+                "kustomization-progressing-apply.json",
+                Ok((SHA, ks, State::Pending, "Progressing")),
+            ),
+            (
+                "kustomization-progressing-health-check-passed.json",
+                Ok((SHA, ks, State::Pending, "Progressing")),
+            ),
+            (
+                "kustomization-dependency-not-ready.json",
+                Ok((SHA, ks, State::Pending, "Dependency not ready")),
+            ),
+            (
+                "kustomization-reconciliation-succeeded.json",
+                Ok((SHA, ks, State::Succeeded, "Reconciliation succeeded")),
+            ),
+            (
+                "kustomization-oci-origin-revision-succeeded.json",
+                Ok((
+                    "450796ddb2ab6724ee1cc32a4be56da032d1cca0",
+                    ks,
+                    State::Succeeded,
+                    "Reconciliation succeeded",
+                )),
+            ),
+            ("kustomization-build-failed.json", Err("")),
+            ("kustomization-health-check-failed.json", Err("")),
+            ("kustomization-reconciliation-failed-apply.json", Err("")),
+            ("kustomization-reconciliation-failed-html-escape.json", Err("")),
+            ("helmrelease-install-succeeded.json", Err("chart_version")),
+            ("helmrelease-upgrade-failed.json", Err("chart_version")),
+            ("helmrelease-upgrade-succeeded-commit-annotation.json", Err("")),
+            ("gitrepository-new-artifact.json", Err("not_a_status_event")),
+        ]
+    }
+
+    #[test]
+    fn forwarded_and_raw_fixtures_map_alike() {
+        for (name, want) in expectations() {
+            let fwd = map(&fixture(&format!("forwarded/{name}")), &ctx());
+            let raw = map(&fixture(&format!("controller-to-nc/{name}")), &ctx());
+            assert_eq!(fwd, raw, "{name}: forwarded and raw shapes differ");
+            match want {
+                Ok((sha, check, state, desc)) => {
+                    let u = &fwd.updates[0].status;
+                    assert_eq!(
+                        (u.sha.as_str(), u.check.as_str(), u.state, u.description.as_str()),
+                        (sha, check, state, desc),
+                        "{name}"
+                    );
+                }
+                Err("") => assert_eq!(fwd.updates.len(), 1, "{name}"),
+                Err(label) => {
+                    assert!(fwd.updates.is_empty(), "{name}");
+                    assert_eq!(fwd.skips[0].label(), label, "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn failures_carry_reason_and_first_line() {
+        let u = &map(
+            &fixture("forwarded/kustomization-health-check-failed.json"),
+            &ctx(),
+        )
+        .updates[0]
+            .status;
+        assert_eq!(u.state, State::Failed);
+        assert!(
+            u.description.starts_with("Health check failed: "),
+            "{}",
+            u.description
+        );
+        assert!(!u.description.contains('\n'));
+        let hr = &map(
+            &fixture("forwarded/helmrelease-upgrade-succeeded-commit-annotation.json"),
+            &ctx(),
+        )
+        .updates[0]
+            .status;
+        assert_eq!(
+            (hr.state, hr.check.as_str()),
+            (State::Succeeded, "flux-status/prod/helmrelease/apps/podinfo")
+        );
+    }
+
+    #[test]
+    fn reasons_become_words() {
+        for (reason, want) in [
+            ("ReconciliationSucceeded", "Reconciliation succeeded"),
+            ("HealthCheckFailed", "Health check failed"),
+            ("InvalidCELExpression", "Invalid cel expression"),
+            ("BuildFailed", "Build failed"),
+            ("", ""),
+        ] {
+            assert_eq!(reason_words(reason), want, "{reason}");
+        }
+    }
+
+    #[test]
+    fn check_template_and_missing_revision() {
+        let mut c = ctx();
+        c.check_template = "deploy/{cluster}/{name}".into();
+        let u = &map(
+            &fixture("forwarded/kustomization-reconciliation-succeeded.json"),
+            &c,
+        )
+        .updates[0];
+        assert_eq!(
+            u.status.check.as_str(),
+            "deploy/prod-eu-1/apps",
+            "cluster from the Alert's metadata"
+        );
+        let ev = parse(br#"{"involvedObject":{"kind":"Kustomization","name":"a","namespace":"n"},"severity":"error","reason":"ArtifactFailed","message":"x"}"#).unwrap();
+        assert_eq!(
+            map(&ev, &ctx()).skips,
+            vec![Skip::Revision(RevisionError::Missing)]
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! Flux v2 end to end: notification-controller's generic-hmac Provider (forwarded
+//! events, signed) and controllers' --events-addr (raw events) into the GitHub,
+//! GitLab and Azure DevOps fakes, every request checked against the provider's spec.
+
+mod support;
+
+use serde_json::Value;
+use std::time::Duration;
+use support::{Daemon, Fake, check_against_spec, fixture, openapi::Spec};
+use wiremock::ResponseTemplate;
+
+const SHA: &str = "731f7eaddfb6af01cb2173e18f0f75b0ba780ef1";
+const OCI_ORIGIN: &str = "450796ddb2ab6724ee1cc32a4be56da032d1cca0";
+
+struct P {
+    name: &'static str,
+    git_url: &'static str,
+    env: (&'static str, &'static str),
+    spec: &'static str,
+    api_suffix: &'static str,
+}
+
+const PROVIDERS: [P; 3] = [
+    P {
+        name: "github",
+        git_url: "https://github.com/my-org/fleet",
+        env: ("GITHUB_TOKEN", "t"),
+        spec: "github",
+        api_suffix: "",
+    },
+    P {
+        name: "gitlab",
+        git_url: "https://gitlab.com/my-org/fleet",
+        env: ("GITLAB_TOKEN", "t"),
+        spec: "gitlab",
+        api_suffix: "",
+    },
+    P {
+        name: "azure-devops",
+        git_url: "https://dev.azure.com/my-org/my-project/_git/fleet",
+        env: ("AZDO_PAT", "t"),
+        spec: "azuredevops",
+        api_suffix: "/my-org",
+    },
+];
+
+fn hmac_key_file() -> std::path::PathBuf {
+    let sigs: Value = serde_json::from_slice(&fixture("v2/forwarded/signatures.json")).unwrap();
+    let dir = support::temp_dir("hmac");
+    let path = dir.join("key");
+    std::fs::write(&path, sigs["hmacKey"].as_str().unwrap()).unwrap();
+    path
+}
+
+fn signature(file: &str) -> String {
+    let sigs: Value = serde_json::from_slice(&fixture("v2/forwarded/signatures.json")).unwrap();
+    sigs["files"][file]["X-Signature"].as_str().unwrap().to_string()
+}
+
+/// POSTs as notification-controller's generic-hmac forwarder does.
+async fn forward(url: &str, body: Vec<u8>, sig: Option<&str>) -> (u16, String) {
+    let mut req = support::http()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("Gotk-Component", "kustomize-controller")
+        .body(body);
+    if let Some(s) = sig {
+        req = req.header("X-Signature", s);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+}
+
+/// The fixtures that produce a status, and (sha, state in our words) of each.
+const WRITES: [(&str, &str, &str); 4] = [
+    ("kustomization-progressing-apply.json", SHA, "pending"),
+    ("kustomization-health-check-failed.json", SHA, "failed"),
+    ("kustomization-reconciliation-succeeded.json", SHA, "succeeded"),
+    (
+        "kustomization-oci-origin-revision-succeeded.json",
+        OCI_ORIGIN,
+        "succeeded",
+    ),
+];
+
+fn provider_state(p: &P, body: &Value) -> String {
+    let s = body["state"].as_str().unwrap_or("");
+    let ours = match (p.name, s) {
+        ("github", "success") | ("gitlab", "success") | ("azure-devops", "succeeded") => "succeeded",
+        ("github", "failure") | (_, "failed") => "failed",
+        ("github", "pending") | ("gitlab", "running") | ("azure-devops", "pending") => "pending",
+        _ => "?",
+    };
+    ours.to_string()
+}
+
+#[tokio::test]
+async fn signed_forwarded_events_become_statuses_on_every_provider() {
+    let key = hmac_key_file();
+    for p in &PROVIDERS {
+        let spec = Spec::load(p.spec);
+        let fake = Fake::start(
+            ResponseTemplate::new(201).set_body_json(serde_json::json!({"id": 1})),
+            vec![],
+        )
+        .await;
+        let api = format!("{}{}", fake.uri(), p.api_suffix);
+        let d = Daemon::start(
+            &[
+                "--git-url",
+                p.git_url,
+                "--api-url",
+                &api,
+                "--instance",
+                "prod",
+                "--hmac-key-file",
+                key.to_str().unwrap(),
+            ],
+            &[p.env],
+        )
+        .await;
+        let url = d.url("/");
+        for (file, _, _) in WRITES {
+            let (code, _) = forward(
+                &url,
+                fixture(&format!("v2/forwarded/{file}")),
+                Some(&signature(file)),
+            )
+            .await;
+            assert_eq!(code, 202, "{}: {file}", p.name);
+            // One at a time, so each state is written (not coalesced into the next).
+            fake.wait_for(WRITES.iter().position(|w| w.0 == file).unwrap() + 1)
+                .await;
+        }
+        // Events that name no commit, or carry no status, are acknowledged and skipped.
+        for file in [
+            "helmrelease-install-succeeded.json",
+            "gitrepository-new-artifact.json",
+        ] {
+            let (code, _) = forward(
+                &url,
+                fixture(&format!("v2/forwarded/{file}")),
+                Some(&signature(file)),
+            )
+            .await;
+            assert_eq!(code, 202, "{file}");
+        }
+        // notification-controller re-sends the same success every interval: no new write.
+        let again = "kustomization-reconciliation-succeeded.json";
+        forward(
+            &url,
+            fixture(&format!("v2/forwarded/{again}")),
+            Some(&signature(again)),
+        )
+        .await;
+        let reqs = fake
+            .expect_exactly(WRITES.len(), Duration::from_millis(400))
+            .await;
+        for (req, (file, sha, state)) in reqs.iter().zip(WRITES) {
+            check_against_spec(&spec, req);
+            assert!(
+                req.url.path().contains(sha),
+                "{}: {file} → {}",
+                p.name,
+                req.url.path()
+            );
+            let body: Value = serde_json::from_slice(&req.body).unwrap();
+            assert_eq!(provider_state(p, &body), state, "{}: {file}: {body}", p.name);
+            let check = match p.name {
+                "azure-devops" => format!(
+                    "{}/{}",
+                    body["context"]["genre"].as_str().unwrap(),
+                    body["context"]["name"].as_str().unwrap()
+                ),
+                "gitlab" => body["name"].as_str().unwrap().to_string(),
+                _ => body["context"].as_str().unwrap().to_string(),
+            };
+            assert_eq!(
+                check, "flux-status/prod/kustomization/flux-system/apps",
+                "{}",
+                p.name
+            );
+        }
+        assert!(
+            d.metric(r#"flux_status_events_skipped_total{reason="chart_version"}"#)
+                .await
+                >= 1.0,
+            "chart versions are skipped with a reason"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unsigned_oversized_and_malformed_events_get_their_answers() {
+    let key = hmac_key_file();
+    let fake = Fake::start(ResponseTemplate::new(201), vec![]).await;
+    let api = fake.uri();
+    let d = Daemon::start(
+        &[
+            "--git-url",
+            "https://github.com/my-org/fleet",
+            "--api-url",
+            &api,
+            "--hmac-key-file",
+            key.to_str().unwrap(),
+        ],
+        &[("GITHUB_TOKEN", "t")],
+    )
+    .await;
+    let file = "kustomization-reconciliation-succeeded.json";
+    let body = fixture(&format!("v2/forwarded/{file}"));
+    let url = d.url("/v2/events");
+    assert_eq!(forward(&url, body.clone(), None).await.0, 401, "unsigned");
+    let wrong = format!("sha256={}", "0".repeat(64));
+    let (code, text) = forward(&url, body.clone(), Some(&wrong)).await;
+    assert_eq!(code, 401);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["reason"],
+        "bad_signature"
+    );
+    let mut tampered = body.clone();
+    tampered.extend_from_slice(b" ");
+    assert_eq!(
+        forward(&url, tampered, Some(&signature(file))).await.0,
+        401,
+        "body changed after signing"
+    );
+    assert_eq!(forward(&url, vec![b' '; 3 * 1024 * 1024 + 1], None).await.0, 413);
+    // Valid signature, invalid event.
+    let key_bytes = std::fs::read(&key).unwrap();
+    let garbage = b"{\"not\":\"an event\"}".to_vec();
+    let sig = {
+        use hmac::Mac;
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(&key_bytes).unwrap();
+        mac.update(&garbage);
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(
+        forward(&url, garbage, Some(&format!("sha256={sig}"))).await.0,
+        400
+    );
+    assert_eq!(forward(&url, body, Some(&signature(file))).await.0, 202);
+    fake.expect_exactly(1, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn raw_controller_events_work_without_notification_controller() {
+    let fake = Fake::start(ResponseTemplate::new(201), vec![]).await;
+    let api = fake.uri();
+    let d = Daemon::start(
+        &["--git-url", "https://github.com/my-org/fleet", "--api-url", &api],
+        &[("GITHUB_TOKEN", "t")],
+    )
+    .await;
+    let file = "kustomization-build-failed.json";
+    let (code, _) = forward(&d.url("/"), fixture(&format!("v2/controller-to-nc/{file}")), None).await;
+    assert_eq!(code, 202);
+    let reqs = fake.expect_exactly(1, Duration::from_millis(300)).await;
+    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    assert_eq!(body["state"], "failure");
+    assert!(
+        body["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Build failed: "),
+        "{body}"
+    );
+    assert_eq!(
+        body["context"],
+        "flux-status/default/kustomization/flux-system/apps"
+    );
+}
+
+#[test]
+fn an_open_port_without_authentication_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flux-status"))
+        .args([
+            "--dry-run",
+            "--git-url",
+            "https://github.com/a/b",
+            "--listen",
+            "0.0.0.0:0",
+            "--no-persistence",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("could forge deploy statuses") && err.contains("--insecure-allow-unauthenticated"),
+        "{err}"
+    );
+}
