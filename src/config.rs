@@ -6,6 +6,7 @@
 use crate::credentials::{SecretSource, load_or_report};
 use crate::delivery::DeliveryConfig;
 use crate::delivery::limiter::Limits;
+use crate::repos::ObjectPattern;
 use clap::{ArgAction, Parser, ValueEnum};
 use notifiers::http::HttpConfig;
 use notifiers::{GitUrl, Provider};
@@ -128,6 +129,11 @@ pub struct Args {
     /// Allow listening beyond loopback with neither --token nor --hmac-key-file.
     #[arg(long, env = "FLUX_STATUS_INSECURE_ALLOW_UNAUTHENTICATED")]
     pub insecure_allow_unauthenticated: bool,
+
+    /// YAML file mapping Flux objects to repositories and their providers (Flux v2);
+    /// see the README. --git-url, if given, takes the objects no rule matches.
+    #[arg(long, env = "FLUX_STATUS_CONFIG")]
+    pub config: Option<PathBuf>,
 
     /// Also status up to N older commits of a sync's range (never on the initial sync).
     #[arg(long, env = "FLUX_STATUS_STATUS_RANGE", default_value_t = 0)]
@@ -257,11 +263,15 @@ pub struct Config {
     pub check_template: String,
     /// `None`: no persistence (`--no-persistence`).
     pub state_dir: Option<PathBuf>,
-    pub limits: Limits,
     pub listen: SocketAddr,
     pub ops_listen: Option<SocketAddr>,
     pub instance: String,
-    pub target: Target,
+    /// `--git-url`: fluxd v1's repository, and Flux v2 objects no rule matches.
+    pub fallback: Option<Target>,
+    /// `--config` rules, in order.
+    pub rules: Vec<(Target, Vec<ObjectPattern>)>,
+    writes_per_minute: Option<u32>,
+    requests_per_hour: Option<u32>,
     pub upstream_token: Option<SecretString>,
     pub status_range: usize,
     pub target_url: Option<String>,
@@ -305,77 +315,155 @@ impl TargetArgs {
         }
     }
 
+    /// Each provider's credential as configured by flags, env and files.
+    pub fn credentials(&mut self, errors: &mut Vec<String>) -> Credentials {
+        Credentials {
+            github: load_or_report(
+                "GitHub token",
+                SecretSource::new(
+                    self.github_token.take(),
+                    self.github_token_file.take(),
+                    "--github-token",
+                ),
+                errors,
+            ),
+            gitlab: load_or_report(
+                "GitLab token",
+                SecretSource::new(
+                    self.gitlab_token.take(),
+                    self.gitlab_token_file.take(),
+                    "--gitlab-token",
+                ),
+                errors,
+            ),
+            azdo: load_or_report(
+                "Azure DevOps PAT",
+                SecretSource::new(self.azdo_pat.take(), self.azdo_pat_file.take(), "--azdo-pat"),
+                errors,
+            ),
+        }
+    }
+
     /// The repository, its provider and that provider's own credential. Problems go
     /// to `errors`, so a caller can report them together with its own.
-    pub fn resolve(self, dry_run: bool, errors: &mut Vec<String>) -> Option<Target> {
-        let git_url = match self.git_url.as_deref() {
-            None => {
-                errors.push("--git-url is required (the repository Flux syncs from)".into());
-                None
-            }
-            Some(raw) => GitUrl::parse(raw)
-                .map_err(|e| errors.push(format!("--git-url: {e}")))
-                .ok(),
-        };
-        let github = load_or_report(
-            "GitHub token",
-            SecretSource::new(self.github_token, self.github_token_file, "--github-token"),
-            errors,
-        );
-        let gitlab = load_or_report(
-            "GitLab token",
-            SecretSource::new(self.gitlab_token, self.gitlab_token_file, "--gitlab-token"),
-            errors,
-        );
-        let azdo = load_or_report(
-            "Azure DevOps PAT",
-            SecretSource::new(self.azdo_pat, self.azdo_pat_file, "--azdo-pat"),
-            errors,
-        );
-        if let Some(url) = &self.api_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                errors.push(format!("--api-url {url:?} must start with https:// or http://"));
-            }
-        }
-        let git_url = git_url?;
-        let provider = match self.provider {
-            ProviderChoice::Auto => Provider::detect(&git_url.host),
-            ProviderChoice::Github => Some(Provider::GitHub),
-            ProviderChoice::Gitlab => Some(Provider::GitLab),
-            ProviderChoice::AzureDevops => Some(Provider::AzureDevOps),
-        };
-        if dry_run {
-            return Some(Target::DryRun { git_url, provider });
-        }
-        let Some(provider) = provider else {
-            errors.push(format!(
-                "cannot tell which provider hosts {:?}; pass --provider github, gitlab or azure-devops",
-                git_url.host
-            ));
+    pub fn resolve(mut self, dry_run: bool, errors: &mut Vec<String>) -> Option<Target> {
+        check_api_url("--api-url", self.api_url.as_deref(), errors);
+        let creds = self.credentials(errors);
+        let Some(raw) = self.git_url.as_deref() else {
+            errors.push("--git-url is required (the repository Flux syncs from)".into());
             return None;
         };
-        if let Err(e) = provider.check_url(&git_url) {
-            errors.push(format!("--git-url: {e}"));
+        resolve_target(
+            "--git-url",
+            raw,
+            self.provider,
+            self.api_url.clone(),
+            |p| creds.get(p),
+            dry_run,
+            errors,
+        )
+    }
+}
+
+/// Credentials per provider; a repository always uses its own provider's.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub github: Option<SecretString>,
+    pub gitlab: Option<SecretString>,
+    pub azdo: Option<SecretString>,
+}
+
+impl Credentials {
+    fn get(&self, p: Provider) -> Option<SecretString> {
+        match p {
+            Provider::GitHub => self.github.clone(),
+            Provider::GitLab => self.gitlab.clone(),
+            Provider::AzureDevOps => self.azdo.clone(),
         }
-        // The chosen provider's own credential, never whichever one is set.
-        let credential = match provider {
-            Provider::GitHub => github,
-            Provider::GitLab => gitlab,
-            Provider::AzureDevOps => azdo,
+    }
+}
+
+fn check_api_url(what: &str, url: Option<&str>, errors: &mut Vec<String>) {
+    if let Some(url) = url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            errors.push(format!("{what} {url:?} must start with https:// or http://"));
+        }
+    }
+}
+
+/// One repository: URL, provider (chosen or detected), API base and credential.
+/// `what` names the source in messages (`--git-url`, `--config repos[2]`).
+fn resolve_target(
+    what: &str,
+    raw_url: &str,
+    choice: ProviderChoice,
+    api_url: Option<String>,
+    credential_for: impl FnOnce(Provider) -> Option<SecretString>,
+    dry_run: bool,
+    errors: &mut Vec<String>,
+) -> Option<Target> {
+    let git_url = GitUrl::parse(raw_url)
+        .map_err(|e| errors.push(format!("{what}: {e}")))
+        .ok()?;
+    let provider = match choice {
+        ProviderChoice::Auto => Provider::detect(&git_url.host),
+        ProviderChoice::Github => Some(Provider::GitHub),
+        ProviderChoice::Gitlab => Some(Provider::GitLab),
+        ProviderChoice::AzureDevops => Some(Provider::AzureDevOps),
+    };
+    if dry_run {
+        return Some(Target::DryRun { git_url, provider });
+    }
+    let Some(provider) = provider else {
+        errors.push(format!(
+            "{what}: cannot tell which provider hosts {:?}; give the provider (github, gitlab or azure-devops)",
+            git_url.host
+        ));
+        return None;
+    };
+    if let Err(e) = provider.check_url(&git_url) {
+        errors.push(format!("{what}: {e}"));
+    }
+    let Some(credential) = credential_for(provider) else {
+        errors.push(format!(
+            "{what}: {provider} needs a credential: set {}",
+            provider.credential_flag()
+        ));
+        return None;
+    };
+    Some(Target::Provider {
+        provider,
+        git_url,
+        api_url,
+        credential,
+    })
+}
+
+impl Config {
+    /// The client-side limits for a target: the flags, else the provider's defaults.
+    pub fn limits(&self, target: &Target) -> Limits {
+        let (default_writes, default_requests) = match target {
+            Target::Provider {
+                provider: Provider::GitHub,
+                ..
+            } => (Some(80), Some(5000)),
+            Target::Provider { .. } => (Some(300), None),
+            Target::DryRun { .. } => (None, None),
         };
-        let Some(credential) = credential else {
-            errors.push(format!(
-                "{provider} needs a credential: set {}",
-                provider.credential_flag()
-            ));
-            return None;
+        let limit = |given: Option<u32>, default: Option<u32>| match given {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => default,
         };
-        Some(Target::Provider {
-            provider,
-            git_url,
-            api_url: self.api_url,
-            credential,
-        })
+        Limits {
+            writes_per_minute: limit(self.writes_per_minute, default_writes),
+            requests_per_hour: limit(self.requests_per_hour, default_requests),
+        }
+    }
+
+    /// Every target, the `--git-url` one first.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.fallback.iter().chain(self.rules.iter().map(|(t, _)| t))
     }
 }
 
@@ -439,7 +527,75 @@ impl Args {
             errors.push("--check-template must contain {name} (one check per Flux object)".into());
         }
         let http = self.target.http_config(&mut errors);
-        let target = self.target.resolve(self.dry_run, &mut errors);
+        check_api_url("--api-url", self.target.api_url.as_deref(), &mut errors);
+        let mut target_args = self.target;
+        let creds = target_args.credentials(&mut errors);
+        let fallback = target_args.git_url.as_deref().and_then(|raw| {
+            let choice = target_args.provider;
+            resolve_target(
+                "--git-url",
+                raw,
+                choice,
+                target_args.api_url.clone(),
+                |p| creds.get(p),
+                self.dry_run,
+                &mut errors,
+            )
+        });
+        let mut rules = Vec::new();
+        if let Some(path) = &self.config {
+            match crate::repos::load(path) {
+                Err(e) => errors.push(e),
+                Ok(file) => {
+                    for (i, r) in file.repos.into_iter().enumerate() {
+                        let what = format!("--config repos[{i}] ({})", r.git_url);
+                        let choice = crate::repos::provider_choice(r.provider.as_deref())
+                            .map_err(|e| errors.push(format!("{what}: {e}")))
+                            .unwrap_or(ProviderChoice::Auto);
+                        let own = match (&r.token_file, &r.token_env) {
+                            (Some(_), Some(_)) => {
+                                errors.push(format!("{what}: give tokenFile or tokenEnv, not both"));
+                                None
+                            }
+                            (Some(f), None) => load_or_report(
+                                "token",
+                                SecretSource::new(None, Some(f.clone()), "tokenFile"),
+                                &mut errors,
+                            ),
+                            (None, Some(var)) => match std::env::var(var) {
+                                Ok(v) if !v.trim().is_empty() => {
+                                    Some(SecretString::from(v.trim().to_string()))
+                                }
+                                _ => {
+                                    errors.push(format!("{what}: environment variable {var} is not set"));
+                                    None
+                                }
+                            },
+                            (None, None) => None,
+                        };
+                        check_api_url(&format!("{what}: apiUrl"), r.api_url.as_deref(), &mut errors);
+                        if r.objects.is_empty() {
+                            errors.push(format!("{what}: objects must list at least one pattern"));
+                        }
+                        let target = resolve_target(
+                            &what,
+                            &r.git_url,
+                            choice,
+                            r.api_url.clone(),
+                            |p| own.clone().or_else(|| creds.get(p)),
+                            self.dry_run,
+                            &mut errors,
+                        );
+                        if let Some(t) = target {
+                            rules.push((t, r.objects));
+                        }
+                    }
+                }
+            }
+        }
+        if target_args.git_url.is_none() && self.config.is_none() {
+            errors.push("--git-url (or --config with at least one repository) is required".into());
+        }
 
         if self.queue_capacity == 0 {
             errors.push("--queue-capacity must be at least 1".into());
@@ -457,35 +613,17 @@ impl Args {
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
-        let Some(target) = target else {
-            return Err(ConfigError(vec!["no target repository configured".into()]));
-        };
-        let provider = match &target {
-            Target::Provider { provider, .. } => Some(*provider),
-            Target::DryRun { .. } => None,
-        };
-        let (default_writes, default_requests) = match provider {
-            Some(Provider::GitHub) => (Some(80), Some(5000)),
-            Some(Provider::GitLab | Provider::AzureDevOps) => (Some(300), None),
-            None => (None, None),
-        };
-        let limit = |given: Option<u32>, default: Option<u32>| match given {
-            Some(0) => None,
-            Some(n) => Some(n),
-            None => default,
-        };
         Ok(Config {
+            fallback,
+            rules,
+            writes_per_minute: self.writes_per_minute,
+            requests_per_hour: self.requests_per_hour,
             hmac_key,
             check_template: self.check_template,
             state_dir: (!self.no_persistence).then_some(self.state_dir),
-            limits: Limits {
-                writes_per_minute: limit(self.writes_per_minute, default_writes),
-                requests_per_hour: limit(self.requests_per_hour, default_requests),
-            },
             listen: self.listen,
             ops_listen,
             instance,
-            target,
             upstream_token,
             status_range: self.status_range,
             target_url: self.target_url,
@@ -557,7 +695,7 @@ mod tests {
         let c = a.validate().unwrap();
         assert_eq!(c.log_level, "debug");
         assert!(matches!(
-            c.target,
+            c.fallback.unwrap(),
             Target::Provider {
                 provider: Provider::GitHub,
                 ..
@@ -581,7 +719,7 @@ mod tests {
         for want in [
             "--instance",
             "--ops-listen",
-            "--git-url is required",
+            "--git-url (or --config",
             "--queue-capacity",
             "--api-url",
         ] {
@@ -596,7 +734,7 @@ mod tests {
             .validate()
             .err()
             .unwrap();
-        assert!(err.to_string().contains("pass --provider"), "{err}");
+        assert!(err.to_string().contains("give the provider"), "{err}");
         let ok = args(&[
             "--git-url=git@git.example.com:o/r.git",
             "--github-token=t",
@@ -606,7 +744,7 @@ mod tests {
         .validate()
         .unwrap();
         assert!(matches!(
-            ok.target,
+            ok.fallback.unwrap(),
             Target::Provider {
                 provider: Provider::GitHub,
                 ..
@@ -621,7 +759,7 @@ mod tests {
             .validate()
             .unwrap();
         assert!(matches!(
-            c.target,
+            c.fallback.unwrap(),
             Target::DryRun {
                 provider: Some(Provider::GitHub),
                 ..

@@ -8,7 +8,9 @@ use crate::mapping::v1::V1Context;
 use crate::mapping::v2::V2Context;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::ops::{self, Health, Ops};
+use crate::repos::ObjectPattern;
 use crate::update::RepoId;
+use notifiers::http::HttpConfig;
 use notifiers::{GitUrl, Notifier};
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,8 +40,11 @@ fn repo_id(url: &GitUrl) -> RepoId {
     format!("{}/{}", url.host, url.repo_segments().join("/")).into()
 }
 
-pub fn build_notifier(config: &Config) -> Result<(RepoId, Arc<dyn Notifier>), DaemonError> {
-    match &config.target {
+pub fn build_notifier(
+    target: &Target,
+    http: &HttpConfig,
+) -> Result<(RepoId, Arc<dyn Notifier>), DaemonError> {
+    match target {
         Target::DryRun { git_url, provider } => {
             let id = repo_id(git_url);
             Ok((
@@ -53,8 +58,7 @@ pub fn build_notifier(config: &Config) -> Result<(RepoId, Arc<dyn Notifier>), Da
             api_url,
             credential,
         } => {
-            let client =
-                notifiers::http::client(&config.http).map_err(|e| DaemonError::Notifier(e.to_string()))?;
+            let client = notifiers::http::client(http).map_err(|e| DaemonError::Notifier(e.to_string()))?;
             let notifier = provider
                 .notifier(client, git_url, api_url.as_deref(), credential.clone())
                 .map_err(|e| DaemonError::Notifier(e.to_string()))?;
@@ -67,8 +71,39 @@ pub fn build_notifier(config: &Config) -> Result<(RepoId, Arc<dyn Notifier>), Da
 /// `--shutdown-timeout`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new());
-    let (repo, notifier) = build_notifier(&config)?;
-    info!(provider = notifier.name(), repo = %repo, instance = %config.instance, "using notifier");
+    let mut routes = HashMap::new();
+    let mut notifiers = Vec::new();
+    for target in config.targets() {
+        let (repo, notifier) = build_notifier(target, &config.http)?;
+        if routes.contains_key(&repo) {
+            return Err(DaemonError::Notifier(format!(
+                "repository {repo} is configured twice"
+            )));
+        }
+        info!(provider = notifier.name(), repo = %repo, instance = %config.instance, "using notifier");
+        notifiers.push(notifier.clone());
+        routes.insert(
+            repo,
+            Route {
+                notifier,
+                limits: config.limits(target),
+            },
+        );
+    }
+    let repo_of = |t: &Target| match t {
+        Target::DryRun { git_url, .. } | Target::Provider { git_url, .. } => repo_id(git_url),
+    };
+    let fallback = config.fallback.as_ref().map(repo_of);
+    let rules: Vec<(Vec<ObjectPattern>, RepoId)> = config
+        .rules
+        .iter()
+        .map(|(t, patterns)| (patterns.clone(), repo_of(t)))
+        .collect();
+    // fluxd v1 syncs one repository: --git-url, else the first --config repository.
+    let v1_repo = fallback
+        .clone()
+        .or_else(|| rules.first().map(|(_, r)| r.clone()))
+        .unwrap_or_else(|| "none".into());
     let ops_state = Arc::new(Ops {
         metrics: metrics.clone(),
         health: Health::default(),
@@ -102,13 +137,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             (Persister::in_memory(), Recovered::default())
         }
     };
-    tokio::spawn(check_credentials(notifier.clone(), ops_state.clone()));
-    let route = Route {
-        notifier,
-        limits: config.limits,
-    };
+    ops_state
+        .health
+        .credentials_unchecked
+        .store(notifiers.len(), Ordering::Relaxed);
+    for notifier in notifiers {
+        tokio::spawn(check_credentials(notifier, ops_state.clone()));
+    }
     let delivery = Arc::new(Delivery::new(
-        HashMap::from([(repo.clone(), route)]),
+        routes,
         persister,
         recovered,
         metrics.clone(),
@@ -120,13 +157,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics: metrics.clone(),
         delivery: delivery.clone(),
         v1: V1Context {
-            repo: repo.clone(),
+            repo: v1_repo,
             instance: config.instance.clone(),
             status_range: config.status_range,
             target_url: config.target_url.clone(),
         },
         v2: V2Context {
-            repo,
+            rules,
+            fallback,
             instance: config.instance.clone(),
             check_template: config.check_template.clone(),
             target_url: config.target_url.clone(),
@@ -193,7 +231,7 @@ async fn check_credentials(notifier: Arc<dyn Notifier>, ops: Arc<Ops>) {
     loop {
         match notifier.check_credentials().await {
             Ok(()) => {
-                ops.health.credentials.store(true, Ordering::Relaxed);
+                ops.health.credentials_unchecked.fetch_sub(1, Ordering::Relaxed);
                 info!(
                     provider = notifier.name(),
                     repo = notifier.repo(),

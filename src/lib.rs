@@ -16,5 +16,6 @@ pub mod ingest;
 pub mod mapping;
 pub mod metrics;
 pub mod ops;
+pub mod repos;
 pub mod telemetry;
 pub mod update;

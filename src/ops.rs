@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub struct Ops {
     pub metrics: Arc<Metrics>,
@@ -21,8 +21,8 @@ pub struct Health {
     pub draining: AtomicBool,
     /// The last commit to the state store succeeded.
     pub store: AtomicBool,
-    /// The provider accepted our credential for the repository.
-    pub credentials: AtomicBool,
+    /// Repositories whose provider has not yet accepted our credential.
+    pub credentials_unchecked: AtomicUsize,
 }
 
 impl Default for Health {
@@ -31,7 +31,7 @@ impl Default for Health {
             listening: false.into(),
             draining: false.into(),
             store: true.into(),
-            credentials: false.into(),
+            credentials_unchecked: AtomicUsize::new(usize::MAX),
         }
     }
 }
@@ -60,7 +60,10 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
         ("listening", h.listening.load(Ordering::Relaxed)),
         ("not_draining", !h.draining.load(Ordering::Relaxed)),
         ("outbox_writable", h.store.load(Ordering::Relaxed)),
-        ("credentials", h.credentials.load(Ordering::Relaxed)),
+        (
+            "credentials",
+            h.credentials_unchecked.load(Ordering::Relaxed) == 0,
+        ),
     ];
     let ready = checks.iter().all(|(_, ok)| *ok);
     let body = serde_json::json!({

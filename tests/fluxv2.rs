@@ -296,3 +296,133 @@ fn an_open_port_without_authentication_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_config_file_routes_objects_to_their_repositories_and_providers() {
+    let gitlab = Fake::start(
+        ResponseTemplate::new(201).set_body_json(serde_json::json!({"id": 1})),
+        vec![],
+    )
+    .await;
+    let azure = Fake::start(
+        ResponseTemplate::new(201).set_body_json(serde_json::json!({"id": 1})),
+        vec![],
+    )
+    .await;
+    let dir = support::temp_dir("config");
+    std::fs::write(dir.join("gitlab-token"), "glpat-config\n").unwrap();
+    let config = format!(
+        r#"
+repos:
+  - gitUrl: https://gitlab.example.com/platform/apps.git
+    provider: gitlab
+    apiUrl: {gitlab}
+    tokenFile: {token}
+    objects:
+      - {{ kind: Kustomization, namespace: "flux-*" }}
+  - gitUrl: https://dev.azure.com/my-org/my-project/_git/charts
+    apiUrl: {azure}/my-org
+    tokenEnv: CHARTS_PAT
+    objects:
+      - kind: helmrelease
+"#,
+        gitlab = gitlab.uri(),
+        azure = azure.uri(),
+        token = dir.join("gitlab-token").display()
+    );
+    std::fs::write(dir.join("repos.yaml"), config).unwrap();
+    let d = Daemon::start(
+        &[
+            "--config",
+            dir.join("repos.yaml").to_str().unwrap(),
+            "--instance",
+            "prod",
+        ],
+        &[("CHARTS_PAT", "azdo-config")],
+    )
+    .await;
+    d.wait_log(|l| l["message"] == "provider accepted the credential" && l["provider"] == "azure-devops")
+        .await;
+    let url = d.url("/");
+    for file in [
+        "kustomization-reconciliation-succeeded.json",
+        "helmrelease-upgrade-succeeded-commit-annotation.json",
+    ] {
+        assert_eq!(
+            forward(&url, fixture(&format!("v2/forwarded/{file}")), None)
+                .await
+                .0,
+            202,
+            "{file}"
+        );
+    }
+    let gl = gitlab.expect_exactly(1, Duration::from_millis(300)).await;
+    assert!(
+        gl[0]
+            .url
+            .path()
+            .starts_with("/api/v4/projects/platform%2Fapps/statuses/"),
+        "{}",
+        gl[0].url.path()
+    );
+    assert_eq!(gl[0].headers.get("private-token").unwrap(), "glpat-config");
+    check_against_spec(&Spec::load("gitlab"), &gl[0]);
+    let az = azure.expect_exactly(1, Duration::from_millis(300)).await;
+    assert!(
+        az[0]
+            .url
+            .path()
+            .starts_with("/my-org/my-project/_apis/git/repositories/charts/commits/"),
+        "{}",
+        az[0].url.path()
+    );
+    check_against_spec(&Spec::load("azuredevops"), &az[0]);
+    // An object no rule matches, with no --git-url: acknowledged, skipped with a reason.
+    let file = "gitrepository-new-artifact.json";
+    assert_eq!(
+        forward(&url, fixture(&format!("v2/forwarded/{file}")), None)
+            .await
+            .0,
+        202
+    );
+    let ready = support::http()
+        .get(format!("http://{}/readyz", d.ops))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status().as_u16(),
+        200,
+        "both providers accepted their credentials"
+    );
+}
+
+#[test]
+fn config_file_errors_are_all_reported_at_startup() {
+    let dir = support::temp_dir("badconfig");
+    std::fs::write(
+        dir.join("repos.yaml"),
+        "repos:\n  - gitUrl: https://git.example.com/a/b\n    objects: [{kind: Kustomization}]\n  - gitUrl: https://github.com/a/b\n    tokenEnv: NOT_SET_ANYWHERE\n    objects: []\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flux-status"))
+        .args([
+            "--config",
+            dir.join("repos.yaml").to_str().unwrap(),
+            "--no-persistence",
+        ])
+        .env_remove("GITHUB_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "repos[0]",
+        "cannot tell which provider",
+        "repos[1]",
+        "NOT_SET_ANYWHERE",
+        "at least one pattern",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+}

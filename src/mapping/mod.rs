@@ -17,6 +17,8 @@ pub enum Skip {
         revision: String,
         error: ShaError,
     },
+    /// No `--config` rule matches the Flux object, and there is no `--git-url`.
+    NoRepo,
     /// A Flux v2 revision that names no commit we can status.
     Revision(crate::fluxv2::event::RevisionError),
 }
@@ -30,6 +32,7 @@ impl Skip {
             Skip::NoCommits => "no_commits",
             Skip::InvalidSha { .. } => "invalid_sha",
             Skip::Revision(e) => e.label(),
+            Skip::NoRepo => "no_repo",
         }
     }
 }
@@ -41,6 +44,7 @@ impl std::fmt::Display for Skip {
             Skip::NoMetadata => f.write_str("event has no metadata"),
             Skip::NoCommits => f.write_str("sync event lists no commits"),
             Skip::Revision(e) => write!(f, "{e}"),
+            Skip::NoRepo => f.write_str("no --config rule matches the object and there is no --git-url"),
             Skip::InvalidSha { revision, error } => {
                 write!(f, "revision {revision:?} is not a commit id: {error}")
             }

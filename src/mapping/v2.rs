@@ -8,6 +8,7 @@
 
 use super::{Mapped, Skip};
 use crate::fluxv2::event::{Event, parse_revision};
+use crate::repos::ObjectPattern;
 use crate::update::{RepoId, StatusUpdate};
 use notifiers::{Check, CommitStatus, State};
 
@@ -15,7 +16,10 @@ pub const DEFAULT_CHECK_TEMPLATE: &str = "flux-status/{instance}/{kind}/{namespa
 
 #[derive(Debug, Clone)]
 pub struct V2Context {
-    pub repo: RepoId,
+    /// `--config` rules, in order: the first whose patterns match the object wins.
+    pub rules: Vec<(Vec<ObjectPattern>, RepoId)>,
+    /// `--git-url`, for objects no rule matches.
+    pub fallback: Option<RepoId>,
     pub instance: String,
     /// Placeholders: `{instance}`, `{kind}` (lowercase), `{namespace}`, `{name}`,
     /// and `{cluster}` (the `cluster` metadata an Alert can add, else the instance).
@@ -72,6 +76,17 @@ fn state(ev: &Event) -> Result<State, Skip> {
     }
 }
 
+impl V2Context {
+    /// The repository whose statuses an object's events become.
+    pub fn repo_for(&self, o: &crate::fluxv2::event::ObjectRef) -> Option<RepoId> {
+        self.rules
+            .iter()
+            .find(|(patterns, _)| patterns.iter().any(|p| p.matches(o)))
+            .map(|(_, repo)| repo.clone())
+            .or_else(|| self.fallback.clone())
+    }
+}
+
 pub fn check_name(ev: &Event, ctx: &V2Context) -> Check {
     let o = &ev.involved_object;
     let cluster = ev.meta("cluster").unwrap_or(&ctx.instance);
@@ -89,6 +104,9 @@ pub fn map(ev: &Event, ctx: &V2Context) -> Mapped {
     let state = match state(ev) {
         Ok(s) => s,
         Err(skip) => return Mapped::skipped(skip),
+    };
+    let Some(repo) = ctx.repo_for(&ev.involved_object) else {
+        return Mapped::skipped(Skip::NoRepo);
     };
     let Some((_, revision)) = ev.revision() else {
         return Mapped::skipped(Skip::Revision(crate::fluxv2::event::RevisionError::Missing));
@@ -116,7 +134,7 @@ pub fn map(ev: &Event, ctx: &V2Context) -> Mapped {
     };
     Mapped {
         updates: vec![StatusUpdate {
-            repo: ctx.repo.clone(),
+            repo,
             status: CommitStatus {
                 sha,
                 check: check_name(ev, ctx),
@@ -136,7 +154,8 @@ mod tests {
 
     fn ctx() -> V2Context {
         V2Context {
-            repo: "github.com/my-org/fleet".into(),
+            rules: Vec::new(),
+            fallback: Some("github.com/my-org/fleet".into()),
             instance: "prod".into(),
             check_template: DEFAULT_CHECK_TEMPLATE.into(),
             target_url: None,
@@ -242,6 +261,42 @@ mod tests {
             (hr.state, hr.check.as_str()),
             (State::Succeeded, "flux-status/prod/helmrelease/apps/podinfo")
         );
+    }
+
+    #[test]
+    fn rules_route_objects_to_repositories() {
+        let mut c = ctx();
+        let helm: ObjectPattern = serde_norway::from_str("{ kind: HelmRelease }").unwrap();
+        let infra: ObjectPattern = serde_norway::from_str("{ namespace: 'flux-*', name: apps }").unwrap();
+        c.rules = vec![
+            (vec![helm], "gitlab.com/acme/charts".into()),
+            (vec![infra], "dev.azure.com/acme/infra".into()),
+        ];
+        let ks = map(
+            &fixture("forwarded/kustomization-reconciliation-succeeded.json"),
+            &c,
+        );
+        assert_eq!(&*ks.updates[0].repo, "dev.azure.com/acme/infra");
+        let hr = map(
+            &fixture("forwarded/helmrelease-upgrade-succeeded-commit-annotation.json"),
+            &c,
+        );
+        assert_eq!(&*hr.updates[0].repo, "gitlab.com/acme/charts");
+        c.rules.truncate(1);
+        let ks = map(
+            &fixture("forwarded/kustomization-reconciliation-succeeded.json"),
+            &c,
+        );
+        assert_eq!(
+            &*ks.updates[0].repo, "github.com/my-org/fleet",
+            "unmatched objects go to --git-url"
+        );
+        c.fallback = None;
+        let ks = map(
+            &fixture("forwarded/kustomization-reconciliation-succeeded.json"),
+            &c,
+        );
+        assert_eq!(ks.skips, vec![Skip::NoRepo]);
     }
 
     #[test]
