@@ -3,12 +3,16 @@
 //! Routing is by path suffix so that a path prefix in fluxd's `--connect`
 //! (`ws://host:3000/flux` → `/flux/v11/daemon`, `/flux/v6/events`) just works.
 
+use crate::delivery::AcceptError;
 use crate::delivery::Delivery;
 use crate::fluxv1;
 use crate::fluxv2;
+use crate::mapping::Skip;
 use crate::mapping::v1::V1Context;
 use crate::mapping::v2::V2Context;
 use crate::metrics::Metrics;
+use crate::metrics::SkipLabels;
+use crate::update::StatusUpdate;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -18,6 +22,7 @@ use http_body_util::BodyExt;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 pub struct Ingest {
     pub metrics: Arc<Metrics>,
@@ -92,6 +97,94 @@ pub fn upstream_authorized(headers: &HeaderMap, token: &Option<SecretString>) ->
 pub enum BodyError {
     TooLarge,
     Unreadable(String),
+}
+
+/// The gate every event route shares: the token, then a body within `limit`.
+/// Returns the body, or the answer to give instead (401, 413, 400).
+pub async fn event_body(
+    st: &Ingest,
+    source: &'static str,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, Response> {
+    if !upstream_authorized(headers, &st.upstream_token) {
+        drain(body).await;
+        st.metrics.event(source, "unknown", "unauthorized");
+        warn!(source, "event rejected: missing or wrong token");
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong token",
+        ));
+    }
+    read_body(headers, body, limit).await.map_err(|e| match e {
+        BodyError::TooLarge => {
+            st.metrics.event(source, "unknown", "too_large");
+            warn!(source, limit, "event rejected: body too large");
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("event body exceeds {limit} bytes"),
+            )
+        }
+        BodyError::Unreadable(e) => {
+            st.metrics.event(source, "unknown", "unreadable");
+            warn!(source, error = %e, "event rejected: body could not be read");
+            error(StatusCode::BAD_REQUEST, "unreadable", e)
+        }
+    })
+}
+
+/// 400 for a body that is not an event, counted and logged with `label`.
+pub fn not_an_event(
+    st: &Ingest,
+    source: &'static str,
+    label: &'static str,
+    message: String,
+    bytes: usize,
+) -> Response {
+    st.metrics.event(source, "unknown", label);
+    warn!(source, reason = label, error = %message, bytes, "event rejected");
+    error(StatusCode::BAD_REQUEST, label, message)
+}
+
+/// Counts why an event, or part of it, became no status.
+pub fn count_skips(st: &Ingest, skips: &[Skip]) {
+    for skip in skips {
+        st.metrics
+            .skipped
+            .get_or_create(&SkipLabels { reason: skip.label() })
+            .inc();
+    }
+}
+
+/// Persists an event's updates; `Err` is the 503 to give when the outbox is full or
+/// the store is failing (the sender retries).
+pub async fn persist(
+    st: &Ingest,
+    source: &'static str,
+    kind: &'static str,
+    updates: Vec<StatusUpdate>,
+) -> Result<(), Response> {
+    match st.delivery.accept(updates).await {
+        Ok(_) => {
+            st.metrics.event(source, kind, "accepted");
+            Ok(())
+        }
+        Err(e) => {
+            let reason = match e {
+                AcceptError::Full(_) => "queue_full",
+                AcceptError::Store(_) => "store_unavailable",
+            };
+            st.metrics.event(source, kind, reason);
+            warn!(source, r#type = kind, reason, error = %e, "event refused; the sender will retry");
+            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, reason, e.to_string());
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            Err(resp)
+        }
+    }
 }
 
 /// How much of an oversized body is read and thrown away so the client, still

@@ -164,17 +164,23 @@ impl Daemon {
         }
     }
 
-    /// One sample from /metrics, e.g. `flux_status_statuses_total{provider="github",state="succeeded",result="written"}`.
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = http()
+    /// The whole /metrics exposition.
+    pub async fn metrics_text(&self) -> String {
+        http()
             .get(format!("http://{}/metrics", self.ops))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// One sample from /metrics, e.g. `flux_status_statuses_total{provider="github",state="succeeded",result="written"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)

@@ -267,20 +267,7 @@ impl Operation<'_> {
                     Ok(())
                 }
             }
-            (Some(schema), Some(body)) => {
-                let schema = self.spec.strict_schema(schema, 0);
-                let validator =
-                    jsonschema::draft4::new(&schema).map_err(|e| format!("{}: bad schema: {e}", self.id))?;
-                let errors: Vec<String> = validator
-                    .iter_errors(body)
-                    .map(|e| format!("{} at {}", e, e.instance_path()))
-                    .collect();
-                if errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("{}: {}", self.id, errors.join("; ")))
-                }
-            }
+            (Some(schema), Some(body)) => self.check(&self.spec.strict_schema(schema, 0), body, &self.id),
         }
     }
 
@@ -300,8 +287,12 @@ impl Operation<'_> {
         };
         let mut schema = self.spec.strict_schema(schema, 0);
         allow_additional(&mut schema);
-        let validator =
-            jsonschema::draft4::new(&schema).map_err(|e| format!("{}: bad schema: {e}", self.id))?;
+        self.check(&schema, body, &format!("{} response {status}", self.id))
+    }
+
+    /// Every way `body` breaks `schema`, as one error naming `what`.
+    fn check(&self, schema: &Value, body: &Value, what: &str) -> Result<(), String> {
+        let validator = jsonschema::draft4::new(schema).map_err(|e| format!("{what}: bad schema: {e}"))?;
         let errors: Vec<String> = validator
             .iter_errors(body)
             .map(|e| format!("{} at {}", e, e.instance_path()))
@@ -309,7 +300,7 @@ impl Operation<'_> {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(format!("{} response {status}: {}", self.id, errors.join("; ")))
+            Err(format!("{what}: {}", errors.join("; ")))
         }
     }
 
