@@ -384,10 +384,10 @@ impl Credentials {
 }
 
 fn check_api_url(what: &str, url: Option<&str>, errors: &mut Vec<String>) {
-    if let Some(url) = url {
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            errors.push(format!("{what} {url:?} must start with https:// or http://"));
-        }
+    if let Some(url) = url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        errors.push(format!("{what} {url:?} must start with https:// or http://"));
     }
 }
 
@@ -491,12 +491,12 @@ impl Args {
             SecretSource::new(self.token, self.token_file, "--token"),
             &mut errors,
         );
-        if let Some(url) = &self.target_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                errors.push(format!(
-                    "--target-url {url:?} must start with https:// or http://"
-                ));
-            }
+        if let Some(url) = &self.target_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            errors.push(format!(
+                "--target-url {url:?} must start with https:// or http://"
+            ));
         }
         // The key is used byte for byte, as notification-controller uses the Secret's
         // value: no trimming.

@@ -164,10 +164,10 @@ async fn a_thousand_hostile_requests_are_all_answered_and_the_daemon_survives() 
                 if !ct.is_empty() {
                     req = req.header("Content-Type", ct);
                 }
-                if let Ok(v) = reqwest::header::HeaderValue::from_bytes(auth.as_bytes()) {
-                    if !auth.is_empty() {
-                        req = req.header("Authorization", v);
-                    }
+                if let Ok(v) = reqwest::header::HeaderValue::from_bytes(auth.as_bytes())
+                    && !auth.is_empty()
+                {
+                    req = req.header("Authorization", v);
                 }
                 req.send()
                     .await

@@ -294,12 +294,12 @@ pub fn wait_from_headers(headers: &HeaderMap, now: SystemTime) -> Option<Duratio
         ("x-ratelimit-remaining", "x-ratelimit-reset"),
         ("ratelimit-remaining", "ratelimit-reset"),
     ] {
-        if header_is(headers, remaining, "0") {
-            if let Some(at) = header_str(headers, reset).and_then(|v| v.parse::<u64>().ok()) {
-                let at = UNIX_EPOCH + Duration::from_secs(at);
-                // The reset is a whole second; wait until it has fully passed.
-                return Some(at.duration_since(now).unwrap_or(Duration::ZERO) + Duration::from_secs(1));
-            }
+        if header_is(headers, remaining, "0")
+            && let Some(at) = header_str(headers, reset).and_then(|v| v.parse::<u64>().ok())
+        {
+            let at = UNIX_EPOCH + Duration::from_secs(at);
+            // The reset is a whole second; wait until it has fully passed.
+            return Some(at.duration_since(now).unwrap_or(Duration::ZERO) + Duration::from_secs(1));
         }
     }
     None

@@ -341,15 +341,15 @@ impl Delivery {
                                 .get_or_create(&crate::metrics::ProviderOnly { provider })
                                 .set(remaining as i64);
                         }
-                        if budget.remaining == Some(0) {
-                            if let Some(reset) = budget.reset_after {
-                                warn!(
-                                    provider,
-                                    reset_in_s = reset.as_secs(),
-                                    "provider request budget spent; pausing"
-                                );
-                                self.pause(&u.repo, now + reset);
-                            }
+                        if budget.remaining == Some(0)
+                            && let Some(reset) = budget.reset_after
+                        {
+                            warn!(
+                                provider,
+                                reset_in_s = reset.as_secs(),
+                                "provider request budget spent; pausing"
+                            );
+                            self.pause(&u.repo, now + reset);
                         }
                         ("written", "commit status written")
                     }

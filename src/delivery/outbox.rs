@@ -237,13 +237,12 @@ impl Outbox {
             if *at > now {
                 break;
             }
-            if let Some(Reverse((at, _, KeyOrd(key)))) = self.delayed.pop() {
-                if let Some(entry) = self.entries.get_mut(&key) {
-                    if entry.due == Some(at) {
-                        entry.due = None;
-                        self.ready.push_back(key);
-                    }
-                }
+            if let Some(Reverse((at, _, KeyOrd(key)))) = self.delayed.pop()
+                && let Some(entry) = self.entries.get_mut(&key)
+                && entry.due == Some(at)
+            {
+                entry.due = None;
+                self.ready.push_back(key);
             }
         }
     }

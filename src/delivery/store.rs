@@ -157,14 +157,14 @@ impl Store {
         let in_flight = read.open_table(IN_FLIGHT).map_err(|e| err(&e))?;
         for item in in_flight.iter().map_err(|e| err(&e))? {
             let (k, _) = item.map_err(|e| err(&e))?;
-            if let Ok(r) = serde_json::from_slice::<KeyRecord>(k.value()) {
-                if let Ok(sha) = Sha::parse(r.sha) {
-                    rec.in_flight.push(Key {
-                        repo: r.repo.into(),
-                        sha,
-                        check: Check::new(r.check),
-                    });
-                }
+            if let Ok(r) = serde_json::from_slice::<KeyRecord>(k.value())
+                && let Ok(sha) = Sha::parse(r.sha)
+            {
+                rec.in_flight.push(Key {
+                    repo: r.repo.into(),
+                    sha,
+                    check: Check::new(r.check),
+                });
             }
         }
         let written = read.open_table(WRITTEN).map_err(|e| err(&e))?;

@@ -118,10 +118,10 @@ impl Spec {
                     };
                     out.insert(k.clone(), child);
                 }
-                if m.get("nullable").and_then(Value::as_bool) == Some(true) {
-                    if let Some(t) = out.get("type").cloned() {
-                        out.insert("type".into(), json!([t, "null"]));
-                    }
+                if m.get("nullable").and_then(Value::as_bool) == Some(true)
+                    && let Some(t) = out.get("type").cloned()
+                {
+                    out.insert("type".into(), json!([t, "null"]));
                 }
                 if out.contains_key("properties") && !out.contains_key("additionalProperties") {
                     out.insert("additionalProperties".into(), json!(false));
@@ -218,21 +218,21 @@ impl Operation<'_> {
                     .and_then(|d| d.split("(max ").nth(1))
                     .and_then(|rest| rest.split(')').next())
                     .and_then(|n| n.trim().parse::<i64>().ok());
-                if let Some(max) = schema["maximum"].as_i64().or(documented_max) {
-                    if n > max {
-                        return Err(format!("{}: {name}={n} above maximum {max}", self.id));
-                    }
+                if let Some(max) = schema["maximum"].as_i64().or(documented_max)
+                    && n > max
+                {
+                    return Err(format!("{}: {name}={n} above maximum {max}", self.id));
                 }
-                if let Some(min) = schema["minimum"].as_i64() {
-                    if n < min {
-                        return Err(format!("{}: {name}={n} below minimum {min}", self.id));
-                    }
+                if let Some(min) = schema["minimum"].as_i64()
+                    && n < min
+                {
+                    return Err(format!("{}: {name}={n} below minimum {min}", self.id));
                 }
             }
-            if let Some(allowed) = schema["enum"].as_array() {
-                if !allowed.iter().any(|a| a.as_str() == Some(value)) {
-                    return Err(format!("{}: {name}={value:?} not one of {allowed:?}", self.id));
-                }
+            if let Some(allowed) = schema["enum"].as_array()
+                && !allowed.iter().any(|a| a.as_str() == Some(value))
+            {
+                return Err(format!("{}: {name}={value:?} not one of {allowed:?}", self.id));
             }
         }
         for p in &params {
