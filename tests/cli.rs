@@ -241,7 +241,17 @@ fn cli(p: P, api: &str, extra: &[&str]) -> (i32, String, String) {
 }
 
 async fn run(p: P, snapshots: Vec<Vec<Value>>, extra: &[&str]) -> (i32, String, String, Vec<Request>) {
-    let fake = Fake::start(p, snapshots, vec![]).await;
+    run_scripted(p, snapshots, vec![], extra).await
+}
+
+/// [`run`], with the fake answering `errors_first` (last first) before any listing.
+async fn run_scripted(
+    p: P,
+    snapshots: Vec<Vec<Value>>,
+    errors_first: Vec<ResponseTemplate>,
+    extra: &[&str],
+) -> (i32, String, String, Vec<Request>) {
+    let fake = Fake::start(p, snapshots, errors_first).await;
     let uri = fake.server.uri();
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let result = tokio::task::spawn_blocking(move || {
@@ -421,36 +431,27 @@ async fn wait_follows_pending_to_the_final_state() {
 #[tokio::test]
 async fn wait_rides_out_rate_limits_and_outages() {
     for p in P::all() {
-        let fake = Fake::start(
+        let started = std::time::Instant::now();
+        let (code, out, err, _) = run_scripted(
             p,
             vec![vec![p.entry(1, "flux-status/dev/sync", "succeeded")]],
             vec![
                 ResponseTemplate::new(503),
                 ResponseTemplate::new(429).insert_header("retry-after", "1"),
             ],
+            &[
+                "--instance",
+                "dev",
+                "--action",
+                "sync",
+                "--wait",
+                "--interval",
+                "50ms",
+                "--timeout",
+                "30s",
+            ],
         )
         .await;
-        let uri = fake.server.uri();
-        let started = std::time::Instant::now();
-        let (code, out, err) = tokio::task::spawn_blocking(move || {
-            cli(
-                p,
-                &uri,
-                &[
-                    "--instance",
-                    "dev",
-                    "--action",
-                    "sync",
-                    "--wait",
-                    "--interval",
-                    "50ms",
-                    "--timeout",
-                    "30s",
-                ],
-            )
-        })
-        .await
-        .unwrap();
         assert_eq!(
             (code, out.as_str()),
             (0, "{\"name\":\"flux-status/dev/sync\",\"state\":\"succeeded\"}\n"),
@@ -467,16 +468,13 @@ async fn wait_rides_out_rate_limits_and_outages() {
 #[tokio::test]
 async fn provider_errors_and_bad_usage_have_their_own_exit_codes() {
     for p in P::all() {
-        let fake = Fake::start(
+        let (code, out, err, _) = run_scripted(
             p,
             vec![vec![]],
             vec![ResponseTemplate::new(401).set_body_json(json!({"message": "Bad credentials"}))],
+            &["--instance", "dev"],
         )
         .await;
-        let uri = fake.server.uri();
-        let (code, out, err) = tokio::task::spawn_blocking(move || cli(p, &uri, &["--instance", "dev"]))
-            .await
-            .unwrap();
         assert_eq!((code, out.as_str()), (3, ""), "{p:?}");
         assert!(
             err.contains("401") && err.contains("Bad credentials"),
