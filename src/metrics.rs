@@ -47,8 +47,25 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `succeeded`, `failed`, `timed_out`, `superseded`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FluxdCallLabels {
+    /// `rpc` (over the websocket) or `http` (fluxd's API at `--flux`).
+    pub transport: &'static str,
+    /// `ok`, or why not (`timeout`, `method_missing`, `malformed`, …).
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub workload_polls: Family<OutcomeLabel, Counter>,
+    pub workload_polls_active: Gauge,
+    pub fluxd_calls: Family<FluxdCallLabels, Counter>,
     pub outbox_pending: Gauge,
     pub outbox_commits: Family<ResultLabel, Counter>,
     pub rate_limit_remaining: Family<ProviderOnly, Gauge>,
@@ -132,6 +149,24 @@ impl Metrics {
             "fluxd websocket connections open",
             fluxd_connected.clone(),
         );
+        let workload_polls = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "workload_polls",
+            "Flux v1 workload polls ended, by outcome",
+            workload_polls.clone(),
+        );
+        let workload_polls_active = Gauge::default();
+        registry.register(
+            "workload_polls_active",
+            "Flux v1 workload polls under way (0 or 1)",
+            workload_polls_active.clone(),
+        );
+        let fluxd_calls = Family::<FluxdCallLabels, Counter>::default();
+        registry.register(
+            "fluxd_calls",
+            "Workload list requests to fluxd, by transport and result",
+            fluxd_calls.clone(),
+        );
         let delivery_seconds = Histogram::new(exponential_buckets(0.0005, 4.0, 12));
         registry.register(
             "delivery_seconds",
@@ -145,6 +180,9 @@ impl Metrics {
         );
         Metrics {
             registry,
+            workload_polls,
+            workload_polls_active,
+            fluxd_calls,
             outbox_pending,
             outbox_commits,
             rate_limit_remaining,
@@ -177,6 +215,16 @@ impl Metrics {
                 state: state.as_str(),
                 result,
             })
+            .inc();
+    }
+
+    pub fn workload_poll(&self, outcome: &'static str) {
+        self.workload_polls.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub fn fluxd_call(&self, transport: &'static str, result: &'static str) {
+        self.fluxd_calls
+            .get_or_create(&FluxdCallLabels { transport, result })
             .inc();
     }
 

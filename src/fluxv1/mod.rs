@@ -3,3 +3,5 @@
 pub mod daemon;
 pub mod event;
 pub mod events;
+pub mod rpc;
+pub mod workloads;

@@ -2,6 +2,7 @@
 
 pub mod v1;
 pub mod v2;
+pub mod workload;
 
 use crate::update::StatusUpdate;
 use notifiers::ShaError;
