@@ -194,9 +194,15 @@ pub struct Args {
           default_value = "5s", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
-    /// Give up waiting for workloads after this long; bare numbers are seconds.
+    /// Give up waiting for workloads after this long; bare numbers are seconds; 0 waits
+    /// until they settle or a newer sync takes over.
     #[arg(long, env = "FLUX_STATUS_POLL_TIMEOUT", default_value = "360s", value_parser = parse_duration)]
     pub poll_timeout: Duration,
+
+    /// How long one workload list request to fluxd may take (RPC or HTTP); fluxd's own
+    /// --rpc-timeout is 10s.
+    #[arg(long, env = "FLUX_STATUS_FLUX_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub flux_timeout: Duration,
 }
 
 /// `host:port`, or Go's `:port` (all interfaces) as the original flux-status took it.
@@ -279,8 +285,20 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub http: HttpConfig,
     pub shutdown_timeout: Duration,
+    /// `None`: `--poll-workloads=false`.
+    pub workloads: Option<WorkloadPolling>,
     pub log_format: LogFormat,
     pub log_level: String,
+}
+
+/// Flux v1 workload polling after each sync.
+#[derive(Debug, Clone)]
+pub struct WorkloadPolling {
+    /// `--flux`: fluxd's HTTP API, used when no websocket is connected.
+    pub flux: String,
+    pub interval: Duration,
+    pub timeout: Option<Duration>,
+    pub call_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -609,6 +627,12 @@ impl Args {
         if self.max_event_bytes < 1024 {
             errors.push("--max-event-bytes must be at least 1024".into());
         }
+        if self.poll_interval.is_zero() {
+            errors.push("--poll-interval must be above zero".into());
+        }
+        if self.flux_timeout.is_zero() {
+            errors.push("--flux-timeout must be above zero".into());
+        }
 
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -637,6 +661,12 @@ impl Args {
             },
             http,
             shutdown_timeout: self.shutdown_timeout,
+            workloads: self.poll_workloads.then(|| WorkloadPolling {
+                flux: self.flux.clone(),
+                interval: self.poll_interval,
+                timeout: (!self.poll_timeout.is_zero()).then_some(self.poll_timeout),
+                call_timeout: self.flux_timeout,
+            }),
             log_format: self.log_format,
             log_level: if self.debug {
                 "debug".into()

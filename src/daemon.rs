@@ -3,6 +3,9 @@
 use crate::config::{Config, Target};
 use crate::delivery::store::{Persister, Recovered, Store};
 use crate::delivery::{Delivery, Route};
+use crate::fluxv1::poller::{Poller, PollerConfig};
+use crate::fluxv1::rpc::FluxdLink;
+use crate::fluxv1::workloads::Workloads;
 use crate::ingest::{self, Ingest};
 use crate::mapping::v1::V1Context;
 use crate::mapping::v2::V2Context;
@@ -108,7 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics: metrics.clone(),
         health: Health::default(),
     });
-    let (persister, recovered) = match &config.state_dir {
+    let (persister, mut recovered) = match &config.state_dir {
         Some(dir) => {
             let (store, recovered) = Store::open(dir)?;
             info!(path = %dir.display(), "durable outbox opened");
@@ -144,6 +147,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     for notifier in notifiers {
         tokio::spawn(check_credentials(notifier, ops_state.clone()));
     }
+    let saved_poll = recovered.poll.take();
     let delivery = Arc::new(Delivery::new(
         routes,
         persister,
@@ -153,6 +157,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
 
     let stop_ingest = CancellationToken::new();
+    let fluxd = Arc::new(FluxdLink::default());
+    let (poller, poller_task) = match &config.workloads {
+        Some(polling) => {
+            let workloads = Workloads::new(
+                fluxd.clone(),
+                fluxd_http_client()?,
+                &polling.flux,
+                polling.call_timeout,
+                metrics.clone(),
+            );
+            let cfg = PollerConfig {
+                repo: v1_repo.clone(),
+                instance: config.instance.clone(),
+                target_url: config.target_url.clone(),
+                interval: polling.interval,
+                timeout: polling.timeout,
+            };
+            let (handle, task) = Poller::start(
+                cfg,
+                workloads,
+                delivery.clone(),
+                metrics.clone(),
+                saved_poll,
+                stop_ingest.clone(),
+            );
+            (Some(handle), Some(task))
+        }
+        None => (None, None),
+    };
     let ingest_state = Arc::new(Ingest {
         metrics: metrics.clone(),
         delivery: delivery.clone(),
@@ -173,6 +206,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         upstream_token: config.upstream_token.clone(),
         max_event_bytes: config.max_event_bytes,
         shutdown: stop_ingest.clone(),
+        fluxd,
+        poller,
     });
 
     let ingest_listener = bind(config.listen).await?;
@@ -214,6 +249,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ops_state.health.draining.store(true, Ordering::Relaxed);
     stop_ingest.cancel();
     let _ = ingest_task.await;
+    if let Some(task) = poller_task {
+        let _ = task.await;
+    }
     stop_delivery.cancel();
     let undelivered = delivery_task.await.unwrap_or(0);
     stop_ops.cancel();
@@ -253,6 +291,17 @@ async fn check_credentials(notifier: Arc<dyn Notifier>, ops: Arc<Ops>) {
             }
         }
     }
+}
+
+/// fluxd's HTTP API is local (a sidecar's `localhost:3030`): no proxy, short connect.
+fn fluxd_http_client() -> Result<reqwest::Client, DaemonError> {
+    notifiers::http::install_crypto_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("flux-status/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| DaemonError::Notifier(format!("building fluxd's HTTP client: {e}")))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {

@@ -36,6 +36,10 @@ pub struct Ingest {
     pub max_event_bytes: usize,
     /// Fired on shutdown: websocket sessions close.
     pub shutdown: CancellationToken,
+    /// fluxd's websocket, for RPC calls to it.
+    pub fluxd: Arc<fluxv1::rpc::FluxdLink>,
+    /// Checks the workloads of each sync (`--poll-workloads`).
+    pub poller: Option<fluxv1::poller::PollHandle>,
 }
 
 pub fn router(state: Arc<Ingest>) -> Router {

@@ -7,18 +7,15 @@ mod support;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::{Daemon, Fake, check_against_spec, compact, openapi::Spec, post_as_fluxd};
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+use support::{
+    Daemon, Fake, check_against_spec, compact, connect_fluxd, github_created as created, openapi::Spec,
+    post_as_fluxd,
+};
+use tokio_tungstenite::tungstenite::Message;
 use wiremock::ResponseTemplate;
 
 const TOKEN: &str = "ghp_test_token_do_not_log";
 const PVC_TEST: &str = "default:persistentvolumeclaim/test";
-
-fn created() -> ResponseTemplate {
-    let spec = Spec::load("github");
-    let op = spec.operation("POST", "/repos/o/r/statuses/abc").unwrap();
-    ResponseTemplate::new(201).set_body_json(op.example_response(201).expect("spec example"))
-}
 
 async fn github_daemon(fake: &Fake, extra: &[&str]) -> Daemon {
     let mut args = vec![
@@ -33,30 +30,6 @@ async fn github_daemon(fake: &Fake, extra: &[&str]) -> Daemon {
     let api = fake.uri();
     args.extend_from_slice(&["--api-url", &api]);
     Daemon::start(&args, &[("GITHUB_TOKEN", TOKEN)]).await
-}
-
-/// Connects as fluxd 1.25.4 does.
-async fn connect_fluxd(
-    daemon: &Daemon,
-    path: &str,
-    token: Option<&str>,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    String,
-> {
-    let mut req = format!("ws://{}{path}", daemon.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("User-Agent", "fluxd/1.25.4".parse().unwrap());
-    if let Some(t) = token {
-        req.headers_mut()
-            .insert("Authorization", format!("Scope-Probe token={t}").parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(req)
-        .await
-        .map(|(ws, _)| ws)
-        .map_err(|e| e.to_string())
 }
 
 fn expected_status(state: &str, description: &str) -> Value {

@@ -185,6 +185,14 @@ impl Delivery {
         lock(&self.outbox).len()
     }
 
+    /// Saves the workload poll under way (`None`: finished) in the same store, in
+    /// order with the statuses it posted.
+    pub async fn save_poll(&self, poll: Option<Vec<u8>>) {
+        if let Err(e) = self.persister.submit(vec![Op::Poll(poll)]).wait().await {
+            warn!(error = %e, "could not save the workload poll; a restart now would not resume it");
+        }
+    }
+
     fn provider_name(&self, repo: &RepoId) -> &'static str {
         self.routes
             .get(repo)

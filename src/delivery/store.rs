@@ -17,6 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending");
 const IN_FLIGHT: TableDefinition<&[u8], ()> = TableDefinition::new("in_flight");
 const WRITTEN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("written");
+/// The Flux v1 workload poll under way, if any (one record).
+const POLL: TableDefinition<&str, &[u8]> = TableDefinition::new("poll");
+const POLL_KEY: &str = "fluxv1";
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// Most changes one transaction applies; bounds commit latency under a flood.
 const MAX_BATCH: usize = 4096;
@@ -43,6 +46,8 @@ pub enum Op {
     Written(StatusUpdate, u64),
     /// Forget an old written state (the memory is bounded).
     Forget(Key),
+    /// The workload poll under way (its own encoding), or none.
+    Poll(Option<Vec<u8>>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -115,6 +120,8 @@ pub struct Recovered {
     pub in_flight: Vec<Key>,
     /// Oldest first.
     pub written: Vec<(StatusUpdate, u64)>,
+    /// The workload poll that was under way.
+    pub poll: Option<Vec<u8>>,
 }
 
 pub struct Store {
@@ -142,6 +149,7 @@ impl Store {
             txn.open_table(PENDING).map_err(|e| err(&e))?;
             txn.open_table(IN_FLIGHT).map_err(|e| err(&e))?;
             txn.open_table(WRITTEN).map_err(|e| err(&e))?;
+            txn.open_table(POLL).map_err(|e| err(&e))?;
         }
         txn.commit().map_err(|e| err(&e))?;
 
@@ -176,7 +184,12 @@ impl Store {
         }
         rec.written.sort_by_key(|(_, seq)| *seq);
         rec.pending.sort_by_key(|(_, at)| *at);
-        drop((pending, in_flight, written, read));
+        let poll = read.open_table(POLL).map_err(|e| err(&e))?;
+        rec.poll = poll
+            .get(POLL_KEY)
+            .map_err(|e| err(&e))?
+            .map(|v| v.value().to_vec());
+        drop((pending, in_flight, written, poll, read));
         Ok((Store { db, path }, rec))
     }
 
@@ -191,6 +204,7 @@ impl Store {
             let mut pending = txn.open_table(PENDING).map_err(|e| err(&e))?;
             let mut in_flight = txn.open_table(IN_FLIGHT).map_err(|e| err(&e))?;
             let mut written = txn.open_table(WRITTEN).map_err(|e| err(&e))?;
+            let mut poll = txn.open_table(POLL).map_err(|e| err(&e))?;
             for op in ops {
                 match op {
                     Op::Pending(u, at) => {
@@ -204,6 +218,8 @@ impl Store {
                         .insert(key_bytes(&u.key()).as_slice(), record(u, *seq).as_slice())
                         .map(drop),
                     Op::Forget(k) => written.remove(key_bytes(k).as_slice()).map(drop),
+                    Op::Poll(Some(p)) => poll.insert(POLL_KEY, p.as_slice()).map(drop),
+                    Op::Poll(None) => poll.remove(POLL_KEY).map(drop),
                 }
                 .map_err(|e| err(&e))?;
             }

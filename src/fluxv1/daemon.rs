@@ -1,6 +1,9 @@
 //! fluxd's websocket (`--connect`): fluxd dials us and keeps the connection open,
 //! pinging every ~13 s; we answer pings and never answer 410 (fluxd exits on 410).
+//! On it we are the JSON-RPC client: calls from the workload poller go out as binary
+//! frames, and replies are matched to them by id ([`super::rpc`]).
 
+use super::rpc::{Calls, Incoming};
 use crate::ingest::{Ingest, drain, error, upstream_authorized};
 use axum::extract::FromRequestParts;
 use axum::extract::Request;
@@ -53,12 +56,22 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
 
 async fn session(mut socket: WebSocket, st: Arc<Ingest>, user_agent: String, path: String) {
     st.metrics.fluxd_connected.inc();
-    info!(user_agent = %user_agent, path = %path, "fluxd connected");
+    let (connection, mut outgoing) = st.fluxd.attach();
+    let mut calls = Calls::default();
+    info!(user_agent = %user_agent, path = %path, connection, "fluxd connected");
     loop {
         tokio::select! {
+            Some(call) = outgoing.recv() => {
+                let frame = calls.frame(call);
+                if let Err(e) = socket.send(Message::Binary(frame.into())).await {
+                    info!(error = %e, "fluxd websocket error");
+                    break;
+                }
+            }
             msg = socket.recv() => match msg {
                 // Pings are answered by the websocket layer while we read.
-                Some(Ok(Message::Binary(data))) => debug!(bytes = data.len(), "fluxd sent data"),
+                Some(Ok(Message::Binary(data))) => receive(&mut calls, &data),
+                Some(Ok(Message::Text(text))) => receive(&mut calls, text.as_bytes()),
                 Some(Ok(Message::Close(frame))) => {
                     debug!(?frame, "fluxd closed the websocket");
                     break;
@@ -78,6 +91,18 @@ async fn session(mut socket: WebSocket, st: Arc<Ingest>, user_agent: String, pat
             }
         }
     }
+    st.fluxd.detach(connection);
+    calls.disconnected();
     st.metrics.fluxd_connected.dec();
-    info!(user_agent = %user_agent, "fluxd disconnected");
+    info!(user_agent = %user_agent, connection, "fluxd disconnected");
+}
+
+fn receive(calls: &mut Calls, frame: &[u8]) {
+    match calls.receive(frame) {
+        Incoming::Answered => {}
+        Incoming::Unmatched(what) => debug!(%what, "fluxd replied to a call nobody waits for (timed out)"),
+        Incoming::Malformed(e) => {
+            warn!(error = %e, bytes = frame.len(), "fluxd sent a frame that is not a JSON-RPC reply")
+        }
+    }
 }

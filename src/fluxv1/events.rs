@@ -4,6 +4,7 @@
 //! event gets 202 with an empty body (fluxd parses a non-empty body as JSON).
 
 use super::event::{self, V1Event};
+use super::poller::SyncDone;
 use crate::ingest::{Ingest, count_skips, event_body, not_an_event, persist};
 use crate::mapping::{self, Skip};
 use axum::extract::Request;
@@ -35,12 +36,21 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
         .updates
         .first()
         .map(|u| (u.status.sha.to_string(), u.status.state));
+    let head_sha = mapped.updates.first().map(|u| u.status.sha.clone());
     if let Err(answer) = persist(&st, SOURCE, kind, mapped.updates).await {
         return answer;
     }
     if let (V1Event::Sync(sync), Some((sha, state))) = (&ev, head) {
         info!(source = SOURCE, r#type = kind, sha = %sha, state = %state, commits = sync.commits.len(),
             errors = sync.errors.len(), statuses = queued, "sync event accepted");
+        // A sync with errors still applied everything else: its workloads are
+        // checked too.
+        if let (Some(poller), Some(head)) = (&st.poller, head_sha) {
+            poller.sync_done(SyncDone {
+                head,
+                service_ids: sync.service_ids.clone(),
+            });
+        }
     }
     // fluxd parses a non-empty answer as JSON: the body stays empty.
     (StatusCode::ACCEPTED, "").into_response()

@@ -3,5 +3,6 @@
 pub mod daemon;
 pub mod event;
 pub mod events;
+pub mod poller;
 pub mod rpc;
 pub mod workloads;

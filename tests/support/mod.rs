@@ -71,6 +71,9 @@ impl Daemon {
         for var in ["GITHUB_TOKEN", "GITLAB_TOKEN", "AZDO_PAT", "RUST_LOG"] {
             cmd.env_remove(var);
         }
+        // Sync-status tests count provider writes: workload statuses would add to
+        // them. tests/workloads.rs turns polling on with `--poll-workloads`.
+        cmd.env("FLUX_STATUS_POLL_WORKLOADS", "false");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -344,4 +347,32 @@ pub fn check_against_spec(spec: &openapi::Spec, req: &Request) -> String {
     op.validate(&query, body.as_ref())
         .unwrap_or_else(|e| panic!("{} {}: {e}", req.method, req.url));
     op.id.clone()
+}
+
+/// GitHub's answer to a status write: the spec's own 201 example.
+pub fn github_created() -> ResponseTemplate {
+    let spec = openapi::Spec::load("github");
+    let op = spec.operation("POST", "/repos/o/r/statuses/abc").unwrap();
+    ResponseTemplate::new(201).set_body_json(op.example_response(201).expect("spec example"))
+}
+
+pub type FluxdSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to the daemon's websocket as fluxd 1.25.4 does.
+pub async fn connect_fluxd(daemon: &Daemon, path: &str, token: Option<&str>) -> Result<FluxdSocket, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}{path}", daemon.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("User-Agent", "fluxd/1.25.4".parse().unwrap());
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("Authorization", format!("Scope-Probe token={t}").parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
 }
