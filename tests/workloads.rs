@@ -272,6 +272,14 @@ async fn wait_workload(github: &Fake, sha: &str, last: (String, String)) -> Vec<
     }
 }
 
+/// How many workload polls ended with `outcome`.
+async fn polls(d: &Daemon, outcome: &str) -> f64 {
+    d.metric(&format!(
+        "flux_status_workload_polls_total{{outcome=\"{outcome}\"}}"
+    ))
+    .await
+}
+
 async fn post_sync(d: &Daemon, head: &str, service_ids: &[&str]) {
     let (code, _) = support::post_as_fluxd(&d.url("/v6/events"), sync(head, service_ids), None).await;
     assert_eq!(code, 202);
@@ -339,11 +347,7 @@ async fn workloads_that_become_ready_succeed_over_the_websocket_rpc() {
         http.script.requests().is_empty(),
         "no HTTP call while the websocket serves"
     );
-    assert_eq!(
-        d.metric("flux_status_workload_polls_total{outcome=\"succeeded\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(polls(&d, "succeeded").await, 1.0);
     assert!(
         d.metric("flux_status_fluxd_calls_total{transport=\"rpc\",result=\"ok\"}")
             .await
@@ -396,11 +400,7 @@ async fn a_failing_rollout_or_helm_release_fails_at_once_with_its_message() {
         st("failure", "default:helmrelease/redis failed: release failed"),
     )
     .await;
-    assert_eq!(
-        d.metric("flux_status_workload_polls_total{outcome=\"failed\"}")
-            .await,
-        2.0
-    );
+    assert_eq!(polls(&d, "failed").await, 2.0);
 }
 
 #[tokio::test]
@@ -428,11 +428,7 @@ async fn workloads_never_ready_time_out_naming_them() {
     )
     .await;
     assert_eq!(seen[0], st("pending", "waiting for 2 workloads"));
-    assert_eq!(
-        d.metric("flux_status_workload_polls_total{outcome=\"timed_out\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(polls(&d, "timed_out").await, 1.0);
 }
 
 #[tokio::test]
@@ -449,16 +445,8 @@ async fn a_newer_sync_decides_the_older_commits_pending_status() {
     wait_workload(&github, B, st("success", "1 workload ready")).await;
     let a = wait_workload(&github, A, st("success", "1 workload ready (as part of bbbbbbb)")).await;
     assert_eq!(a.len(), 2, "pending, then the newer poll's outcome: {a:?}");
-    assert_eq!(
-        d.metric("flux_status_workload_polls_total{outcome=\"superseded\"}")
-            .await,
-        1.0
-    );
-    assert_eq!(
-        d.metric("flux_status_workload_polls_total{outcome=\"succeeded\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(polls(&d, "superseded").await, 1.0);
+    assert_eq!(polls(&d, "succeeded").await, 1.0);
 }
 
 #[tokio::test]

@@ -262,11 +262,7 @@ mod tests {
 
     #[test]
     fn the_fixture_list_decodes_over_both_transports() {
-        let body = std::fs::read(format!(
-            "{}/tests/fixtures/v1/controller-status-list.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
+        let body = crate::mapping::fixture("v1/controller-status-list.json");
         let list = decode_http_body(&body).unwrap();
         assert!(list.len() >= 3);
         assert_eq!(list[0].id, "default:deployment/podinfo");
@@ -281,11 +277,7 @@ mod tests {
 
     #[test]
     fn transcript_replies_decode_as_fluxd_means_them() {
-        let transcript = std::fs::read_to_string(format!(
-            "{}/tests/fixtures/v1/rpc-transcript.jsonl",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
+        let transcript = String::from_utf8(crate::mapping::fixture("v1/rpc-transcript.jsonl")).unwrap();
         let lines: Vec<&str> = transcript.lines().collect();
         let reply_to = |param: &str| -> Box<RawValue> {
             let i = lines

@@ -53,6 +53,29 @@ impl std::fmt::Display for Skip {
     }
 }
 
+/// `a, b, c and 2 more`: the first `named` items, then how many were left out, since
+/// providers cut descriptions short.
+pub fn name_a_few<S: AsRef<str>>(items: &[S], named: usize) -> String {
+    let mut s = items
+        .iter()
+        .take(named)
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > named {
+        s.push_str(&format!(" and {} more", items.len() - named));
+    }
+    s
+}
+
+/// A fixture under `tests/fixtures/` (unit tests read the same files the end-to-end
+/// tests do).
+#[cfg(test)]
+pub(crate) fn fixture(rel: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Mapped {
     pub updates: Vec<StatusUpdate>,

@@ -95,17 +95,11 @@ fn failure_description(errors: &[ResourceError]) -> String {
         })
         .collect();
     let noun = if ids.len() == 1 { "resource" } else { "resources" };
-    let mut s = format!("Sync failed for {} {noun}: ", ids.len());
-    s.push_str(
-        &ids.iter()
-            .take(NAMED_RESOURCES)
-            .copied()
-            .collect::<Vec<_>>()
-            .join(", "),
+    let mut s = format!(
+        "Sync failed for {} {noun}: {}",
+        ids.len(),
+        super::name_a_few(&ids, NAMED_RESOURCES)
     );
-    if ids.len() > NAMED_RESOURCES {
-        s.push_str(&format!(" and {} more", ids.len() - NAMED_RESOURCES));
-    }
     if let Some(first) = errors.iter().find(|e| !e.error.is_empty()) {
         s.push_str(" — ");
         s.push_str(first.error.trim());
@@ -129,8 +123,7 @@ mod tests {
     }
 
     fn fixture(name: &str) -> V1Event {
-        let path = format!("{}/tests/fixtures/v1/{name}", env!("CARGO_MANIFEST_DIR"));
-        let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let body = crate::mapping::fixture(&format!("v1/{name}"));
         parse(&body).unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 

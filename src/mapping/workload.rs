@@ -183,17 +183,7 @@ pub fn timeout_description(after_secs: u64, not_ready: &[String], last_error: Op
         }
         return s;
     }
-    s.push_str(
-        &not_ready
-            .iter()
-            .take(NAMED_WORKLOADS)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    if not_ready.len() > NAMED_WORKLOADS {
-        s.push_str(&format!(" and {} more", not_ready.len() - NAMED_WORKLOADS));
-    }
+    s.push_str(&super::name_a_few(not_ready, NAMED_WORKLOADS));
     s.push_str(" not ready");
     s
 }
@@ -340,12 +330,7 @@ mod tests {
 
     #[test]
     fn the_fixture_list_is_ready_in_repo() {
-        let body = std::fs::read(format!(
-            "{}/tests/fixtures/v1/controller-status-list.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        let list = decode_http_body(&body).unwrap();
+        let list = decode_http_body(&crate::mapping::fixture("v1/controller-status-list.json")).unwrap();
         let a = assess(&ids(&["default:deployment/podinfo"]), &list);
         assert_eq!(a.scope, ids(&["default:deployment/podinfo"]));
         assert_eq!(a.verdict, Verdict::Ready);
