@@ -35,8 +35,7 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
     let head = mapped
         .updates
         .first()
-        .map(|u| (u.status.sha.to_string(), u.status.state));
-    let head_sha = mapped.updates.first().map(|u| u.status.sha.clone());
+        .map(|u| (u.status.sha.clone(), u.status.state));
     if let Err(answer) = persist(&st, SOURCE, kind, mapped.updates).await {
         return answer;
     }
@@ -45,9 +44,9 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
             errors = sync.errors.len(), statuses = queued, "sync event accepted");
         // A sync with errors still applied everything else: its workloads are
         // checked too.
-        if let (Some(poller), Some(head)) = (&st.poller, head_sha) {
+        if let Some(poller) = &st.poller {
             poller.sync_done(SyncDone {
-                head,
+                head: sha,
                 service_ids: sync.service_ids.clone(),
             });
         }

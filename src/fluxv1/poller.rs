@@ -83,6 +83,26 @@ struct Poll {
 }
 
 impl Poll {
+    fn new(
+        head: Sha,
+        service_ids: Vec<String>,
+        superseded: Vec<Sha>,
+        started: SystemTime,
+        deadline: Option<SystemTime>,
+    ) -> Poll {
+        Poll {
+            head,
+            service_ids,
+            superseded,
+            started,
+            deadline,
+            looks: 0,
+            posted: None,
+            not_ready: Vec::new(),
+            last_error: None,
+        }
+    }
+
     fn save(&self) -> Vec<u8> {
         serde_json::to_vec(&Saved {
             head: self.head.to_string(),
@@ -97,23 +117,44 @@ impl Poll {
     fn restore(bytes: &[u8]) -> Option<Poll> {
         let s: Saved = serde_json::from_slice(bytes).ok()?;
         let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
-        Some(Poll {
-            head: Sha::parse(&s.head).ok()?,
-            service_ids: s.service_ids,
-            superseded: s.superseded.iter().filter_map(|s| Sha::parse(s).ok()).collect(),
-            started: at(s.started_ms),
-            deadline: s.deadline_ms.map(at),
-            looks: 0,
-            posted: None,
-            not_ready: Vec::new(),
-            last_error: None,
-        })
+        Some(Poll::new(
+            Sha::parse(&s.head).ok()?,
+            s.service_ids,
+            s.superseded.iter().filter_map(|s| Sha::parse(s).ok()).collect(),
+            at(s.started_ms),
+            s.deadline_ms.map(at),
+        ))
     }
 }
 
 enum Look {
     Continue,
-    Done(State, String),
+    Done(Outcome, String),
+}
+
+/// How a poll ended; the state written and the metric label follow from it.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Ready,
+    Failed,
+    TimedOut,
+}
+
+impl Outcome {
+    fn state(self) -> State {
+        match self {
+            Outcome::Ready => State::Succeeded,
+            Outcome::Failed | Outcome::TimedOut => State::Failed,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ready => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed_out",
+        }
+    }
 }
 
 pub struct Poller {
@@ -176,14 +217,13 @@ impl Poller {
                     };
                     match look {
                         Look::Continue => {
-                            let mut next = Instant::now() + self.cfg.interval;
-                            if let Some(left) = poll.deadline.and_then(|d| d.duration_since(SystemTime::now()).ok()) {
-                                next = next.min(Instant::now() + left);
-                            }
-                            next_look = next;
+                            // The next look, or the deadline if that comes first.
+                            let interval = self.cfg.interval;
+                            let left = poll.deadline.and_then(|d| d.duration_since(SystemTime::now()).ok());
+                            next_look = Instant::now() + left.map_or(interval, |l| l.min(interval));
                         }
-                        Look::Done(state, description) => {
-                            self.finish(poll, state, description).await;
+                        Look::Done(outcome, description) => {
+                            self.finish(poll, outcome, description).await;
                             active = None;
                             self.delivery.save_poll(None).await;
                         }
@@ -222,17 +262,8 @@ impl Poller {
             self.post(updates).await;
         }
         let started = SystemTime::now();
-        let poll = Poll {
-            head: sync.head,
-            service_ids: sync.service_ids,
-            superseded,
-            started,
-            deadline: self.cfg.timeout.map(|t| started + t),
-            looks: 0,
-            posted: None,
-            not_ready: Vec::new(),
-            last_error: None,
-        };
+        let deadline = self.cfg.timeout.map(|t| started + t);
+        let poll = Poll::new(sync.head, sync.service_ids, superseded, started, deadline);
         self.delivery.save_poll(Some(poll.save())).await;
         poll
     }
@@ -249,13 +280,13 @@ impl Poller {
                     in_scope = a.scope.len(), basis = ?a.basis, verdict = ?a.verdict, "workloads listed");
                 match a.verdict {
                     Verdict::Failed { id, detail } => {
-                        return Look::Done(State::Failed, judge::failed_description(&id, &detail));
+                        return Look::Done(Outcome::Failed, judge::failed_description(&id, &detail));
                     }
                     // Right after a sync a Deployment can still show the previous
                     // rollout's status, until its controller sees the new generation:
                     // success needs a second look, one interval later.
                     Verdict::Ready if poll.looks > 1 => {
-                        return Look::Done(State::Succeeded, judge::ready_description(a.scope.len()));
+                        return Look::Done(Outcome::Ready, judge::ready_description(a.scope.len()));
                     }
                     Verdict::Ready => poll.not_ready.clear(),
                     Verdict::Waiting { not_ready } => poll.not_ready = not_ready,
@@ -276,7 +307,7 @@ impl Poller {
                 .unwrap_or_default()
                 .as_secs();
             return Look::Done(
-                State::Failed,
+                Outcome::TimedOut,
                 judge::timeout_description(after, &poll.not_ready, poll.last_error.as_deref()),
             );
         }
@@ -299,13 +330,9 @@ impl Poller {
         Look::Continue
     }
 
-    async fn finish(&self, poll: &Poll, state: State, description: String) {
-        let outcome = if description.starts_with("timed out") {
-            "timed_out"
-        } else {
-            state.as_str()
-        };
-        self.metrics.workload_poll(outcome);
+    async fn finish(&self, poll: &Poll, outcome: Outcome, description: String) {
+        let state = outcome.state();
+        self.metrics.workload_poll(outcome.label());
         let elapsed = SystemTime::now().duration_since(poll.started).unwrap_or_default();
         info!(sha = %poll.head, state = %state, description = %description, superseded = poll.superseded.len(),
             seconds = elapsed.as_secs_f64(), "workload poll finished");

@@ -55,21 +55,19 @@ fn is_helm_release(id: &str) -> bool {
 /// (`ReadOnly != "NotInRepo"`).
 pub fn scope<'a>(service_ids: &[String], list: &'a [Workload]) -> (Basis, Vec<&'a Workload>) {
     let synced = |id: &str| service_ids.iter().any(|s| s == id);
-    let mut chosen: Vec<&Workload> = list
-        .iter()
-        .filter(|w| {
-            !w.id.is_empty() && (synced(&w.id) || (!w.antecedent.is_empty() && synced(&w.antecedent)))
-        })
-        .collect();
     let basis = if list.iter().any(|w| synced(&w.id)) {
         Basis::Synced
     } else {
-        chosen = list
-            .iter()
-            .filter(|w| !w.id.is_empty() && w.read_only != "NotInRepo")
-            .collect();
         Basis::InRepo
     };
+    let mut chosen: Vec<&Workload> = list
+        .iter()
+        .filter(|w| !w.id.is_empty())
+        .filter(|w| match basis {
+            Basis::Synced => synced(&w.id) || (!w.antecedent.is_empty() && synced(&w.antecedent)),
+            Basis::InRepo => w.read_only != "NotInRepo",
+        })
+        .collect();
     chosen.sort_by(|a, b| a.id.cmp(&b.id));
     chosen.dedup_by(|a, b| a.id == b.id);
     (basis, chosen)
@@ -79,29 +77,25 @@ pub fn scope<'a>(service_ids: &[String], list: &'a [Workload]) -> (Basis, Vec<&'
 /// rollout messages, which fluxd fills from `Progressing=False`/`ReplicaFailure`), a
 /// failed HelmRelease, or a manifest fluxd could not apply.
 pub fn failure(w: &Workload) -> Option<String> {
-    let messages = || {
-        w.rollout
-            .messages
-            .iter()
-            .map(|m| m.trim())
-            .filter(|m| !m.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
     if !w.sync_error.trim().is_empty() {
         return Some(format!("not applied: {}", w.sync_error.trim()));
     }
-    if w.status.eq_ignore_ascii_case("error") || !messages().is_empty() {
-        let m = messages();
-        return Some(if m.is_empty() { "rollout error".into() } else { m });
+    let messages = w
+        .rollout
+        .messages
+        .iter()
+        .map(|m| m.trim())
+        .filter(|m| !m.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if !messages.is_empty() {
+        return Some(messages);
+    }
+    if w.status.eq_ignore_ascii_case("error") {
+        return Some("rollout error".into());
     }
     if is_helm_release(&w.id) && w.status.eq_ignore_ascii_case("failed") {
-        let m = messages();
-        return Some(if m.is_empty() {
-            "release failed".into()
-        } else {
-            format!("release failed: {m}")
-        });
+        return Some("release failed".into());
     }
     None
 }
