@@ -1,7 +1,7 @@
 //! Wiring: build the notifier, bind the listeners, run until told to stop, drain.
 
 use crate::config::{Config, Target};
-use crate::delivery::store::{Persister, Recovered, Store};
+use crate::delivery::store::{Persister, Recovered, Store, StoreEvent};
 use crate::delivery::{Delivery, Route};
 use crate::fluxv1::poller::{Poller, PollerConfig};
 use crate::fluxv1::rpc::FluxdLink;
@@ -116,21 +116,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let (store, recovered) = Store::open(dir)?;
             info!(path = %dir.display(), "durable outbox opened");
             let ops = ops_state.clone();
-            let persister = Persister::start(store, move |result, _ops| {
-                let ok = result.is_ok();
-                if let Err(e) = result {
-                    error!(error = %e, "state store commit failed");
+            let persister = Persister::start(store, move |event| match event {
+                StoreEvent::Committed(result) => {
+                    let ok = result.is_ok();
+                    if let Err(e) = result {
+                        error!(error = %e, "state store commit failed");
+                    }
+                    if ops.health.store.swap(ok, Ordering::Relaxed) != ok && ok {
+                        info!("state store writable again");
+                    }
+                    ops.metrics
+                        .outbox_commits
+                        .get_or_create(&ResultLabel {
+                            result: if ok { "ok" } else { "error" },
+                        })
+                        .inc();
                 }
-                if ops.health.store.swap(ok, Ordering::Relaxed) != ok && ok {
-                    info!("state store writable again");
+                StoreEvent::Compacted(result) => {
+                    ops.metrics
+                        .outbox_compactions
+                        .get_or_create(&ResultLabel {
+                            result: if result.is_ok() { "ok" } else { "error" },
+                        })
+                        .inc();
                 }
-                ops.metrics
-                    .outbox_commits
-                    .get_or_create(&ResultLabel {
-                        result: if ok { "ok" } else { "error" },
-                    })
-                    .inc();
-            });
+            })?;
             (persister, recovered)
         }
         None => {
@@ -150,7 +160,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let saved_poll = recovered.poll.take();
     let delivery = Arc::new(Delivery::new(
         routes,
-        persister,
+        persister.clone(),
         recovered,
         metrics.clone(),
         config.delivery.clone(),
@@ -254,6 +264,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     stop_delivery.cancel();
     let undelivered = delivery_task.await.unwrap_or(0);
+    // The last completions' records, and a compaction under way, reach the disk.
+    if let Err(e) = persister.stop().await {
+        error!(error = %e, "state store: the last changes may not be on disk");
+    }
     stop_ops.cancel();
     if undelivered > 0 {
         warn!(undelivered, "exiting with status updates not delivered");

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub fluxd_calls: Family<FluxdCallLabels, Counter>,
     pub outbox_pending: Gauge,
     pub outbox_commits: Family<ResultLabel, Counter>,
+    pub outbox_compactions: Family<ResultLabel, Counter>,
     pub rate_limit_remaining: Family<ProviderOnly, Gauge>,
     pub events: Family<EventLabels, Counter>,
     pub skipped: Family<SkipLabels, Counter>,
@@ -124,6 +125,12 @@ impl Metrics {
             "outbox_commits",
             "State store transactions, by result",
             outbox_commits.clone(),
+        );
+        let outbox_compactions = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "outbox_compactions",
+            "Rewrites of the state store's log down to its live records, by result",
+            outbox_compactions.clone(),
         );
         let rate_limit_remaining = Family::<ProviderOnly, Gauge>::default();
         registry.register(
@@ -185,6 +192,7 @@ impl Metrics {
             fluxd_calls,
             outbox_pending,
             outbox_commits,
+            outbox_compactions,
             rate_limit_remaining,
             events,
             skipped,

@@ -1,27 +1,47 @@
 //! The durable side of the outbox: pending updates, which writes were under way,
-//! and what was last written per check, in one redb file under `--state-dir`.
+//! what was last written per check, and the workload poll under way.
 //!
-//! Every change goes through one persister task that applies all changes queued
-//! since its last commit in a single transaction (group commit): under load one
-//! fsync covers many events, so durability does not cap throughput.
+//! The outbox works from memory; this store is only how that state survives a crash,
+//! and it is read only at start. So it is an append-only log, `outbox.log` under
+//! `--state-dir`, and a change costs one record appended, not a B-tree update:
+//! - one persister thread appends every change queued since its last write and
+//!   fsyncs once (group commit): under load one fsync covers many events;
+//! - each record carries its length and a CRC32. At start, a record cut short or
+//!   garbled by a crash mid-write (its fsync never returned, so nothing it held was
+//!   acknowledged) ends the log and is cut off;
+//! - once the log has grown to twice what it held after the last compaction, a
+//!   helper thread rewrites the state its first bytes describe into a new file while
+//!   appends go on; the persister then copies what was appended meanwhile and
+//!   renames the new file over the old one.
 
 use crate::update::{Key, StatusUpdate};
 use notifiers::{Check, CommitStatus, Sha, State};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
 
-const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending");
-const IN_FLIGHT: TableDefinition<&[u8], ()> = TableDefinition::new("in_flight");
-const WRITTEN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("written");
-/// The Flux v1 workload poll under way, if any (one record).
-const POLL: TableDefinition<&str, &[u8]> = TableDefinition::new("poll");
-const POLL_KEY: &str = "fluxv1";
-const CACHE_BYTES: usize = 4 * 1024 * 1024;
-/// Most changes one transaction applies; bounds commit latency under a flood.
+const LOG: &str = "outbox.log";
+/// A compaction under way; a start finding it knows the rename never happened.
+const COMPACTING: &str = "outbox.log.compacting";
+/// Held locked while a process uses the directory.
+const LOCK: &str = "outbox.lock";
+/// Left by development builds that kept the outbox in redb; not read.
+const OLD_REDB: &str = "outbox.redb";
+/// The file's first bytes: what it is, and the version of the record format.
+const MAGIC: &[u8; 16] = b"flux-status:log1";
+/// Payload length and CRC32, little-endian.
+const HEADER: usize = 8;
+/// Far beyond any real record: a larger length is damage, not data.
+const MAX_RECORD: usize = 1 << 20;
+/// The log is not compacted below this size.
+const COMPACT_MIN: u64 = 4 << 20;
+/// Most changes one write carries; bounds commit latency under a flood.
 const MAX_BATCH: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +51,17 @@ pub struct StoreError {
     pub message: String,
 }
 
+impl StoreError {
+    fn at(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> StoreError + '_ {
+        move |e| StoreError {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// One change to the durable state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// Pending (new or replacing the older state of the same check).
     Pending(StatusUpdate, SystemTime),
@@ -58,54 +87,128 @@ struct KeyRecord<'a> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct UpdateRecord {
-    repo: String,
-    sha: String,
-    check: String,
-    state: State,
-    description: String,
-    target_url: Option<String>,
-    /// Milliseconds since the epoch: when accepted (pending) or the write order (written).
-    at: u64,
+struct UpdateRecord<'a> {
+    #[serde(borrow)]
+    key: KeyRecord<'a>,
+    state: &'a str,
+    description: &'a str,
+    target_url: Option<&'a str>,
 }
 
-fn key_bytes(k: &Key) -> Vec<u8> {
-    serde_json::to_vec(&KeyRecord {
+/// One change as stored (postcard). postcard numbers variants by position: add new
+/// ones at the end, never reorder.
+#[derive(Serialize, Deserialize)]
+enum Record<'a> {
+    Pending {
+        #[serde(borrow)]
+        update: UpdateRecord<'a>,
+        /// Milliseconds since the epoch.
+        at: u64,
+    },
+    Done(#[serde(borrow)] KeyRecord<'a>),
+    InFlight(#[serde(borrow)] KeyRecord<'a>),
+    Landed(#[serde(borrow)] KeyRecord<'a>),
+    Written {
+        #[serde(borrow)]
+        update: UpdateRecord<'a>,
+        seq: u64,
+    },
+    Forget(#[serde(borrow)] KeyRecord<'a>),
+    Poll(#[serde(borrow)] Option<&'a [u8]>),
+}
+
+fn key_record(k: &Key) -> KeyRecord<'_> {
+    KeyRecord {
         repo: &k.repo,
         sha: k.sha.as_str(),
         check: k.check.as_str(),
-    })
-    .unwrap_or_default()
+    }
 }
 
-fn record(u: &StatusUpdate, at: u64) -> Vec<u8> {
-    serde_json::to_vec(&UpdateRecord {
-        repo: u.repo.to_string(),
-        sha: u.status.sha.to_string(),
-        check: u.status.check.to_string(),
-        state: u.status.state,
-        description: u.status.description.clone(),
-        target_url: u.status.target_url.clone(),
-        at,
-    })
-    .unwrap_or_default()
-}
-
-fn decode(bytes: &[u8]) -> Option<(StatusUpdate, u64)> {
-    let r: UpdateRecord = serde_json::from_slice(bytes).ok()?;
-    Some((
-        StatusUpdate {
-            repo: r.repo.into(),
-            status: CommitStatus {
-                sha: Sha::parse(&r.sha).ok()?,
-                check: Check::new(r.check),
-                state: r.state,
-                description: r.description,
-                target_url: r.target_url,
-            },
+fn update_record(u: &StatusUpdate) -> UpdateRecord<'_> {
+    UpdateRecord {
+        key: KeyRecord {
+            repo: &u.repo,
+            sha: u.status.sha.as_str(),
+            check: u.status.check.as_str(),
         },
-        r.at,
-    ))
+        state: u.status.state.as_str(),
+        description: &u.status.description,
+        target_url: u.status.target_url.as_deref(),
+    }
+}
+
+fn record(op: &Op) -> Record<'_> {
+    match op {
+        Op::Pending(u, at) => Record::Pending {
+            update: update_record(u),
+            at: millis(*at),
+        },
+        Op::Done(k) => Record::Done(key_record(k)),
+        Op::InFlight(k) => Record::InFlight(key_record(k)),
+        Op::Landed(k) => Record::Landed(key_record(k)),
+        Op::Written(u, seq) => Record::Written {
+            update: update_record(u),
+            seq: *seq,
+        },
+        Op::Forget(k) => Record::Forget(key_record(k)),
+        Op::Poll(p) => Record::Poll(p.as_deref()),
+    }
+}
+
+fn key_of(r: KeyRecord<'_>) -> Option<Key> {
+    Some(Key {
+        repo: r.repo.into(),
+        sha: Sha::parse(r.sha).ok()?,
+        check: Check::new(r.check),
+    })
+}
+
+fn update_of(r: UpdateRecord<'_>) -> Option<StatusUpdate> {
+    let state = State::ALL.into_iter().find(|s| s.as_str() == r.state)?;
+    Some(StatusUpdate {
+        repo: r.key.repo.into(),
+        status: CommitStatus {
+            sha: Sha::parse(r.key.sha).ok()?,
+            check: Check::new(r.key.check),
+            state,
+            description: r.description.to_string(),
+            target_url: r.target_url.map(str::to_string),
+        },
+    })
+}
+
+/// The change a record stands for; `None` when a field does not parse.
+fn op_of(r: Record<'_>) -> Option<Op> {
+    Some(match r {
+        Record::Pending { update, at } => {
+            Op::Pending(update_of(update)?, UNIX_EPOCH + Duration::from_millis(at))
+        }
+        Record::Done(k) => Op::Done(key_of(k)?),
+        Record::InFlight(k) => Op::InFlight(key_of(k)?),
+        Record::Landed(k) => Op::Landed(key_of(k)?),
+        Record::Written { update, seq } => Op::Written(update_of(update)?, seq),
+        Record::Forget(k) => Op::Forget(key_of(k)?),
+        Record::Poll(p) => Op::Poll(p.map(<[u8]>::to_vec)),
+    })
+}
+
+/// Appends one framed record (length, CRC32, payload) to `buf`.
+fn frame(record: &Record<'_>, buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER]);
+    match postcard::to_extend(record, std::mem::take(buf)) {
+        Ok(out) => *buf = out,
+        Err(e) => {
+            buf.truncate(start);
+            return Err(e);
+        }
+    }
+    let payload = &buf[start + HEADER..];
+    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 pub fn millis(t: SystemTime) -> u64 {
@@ -113,8 +216,9 @@ pub fn millis(t: SystemTime) -> u64 {
 }
 
 /// What a previous run left behind.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Recovered {
+    /// In the order of their latest acceptance.
     pub pending: Vec<(StatusUpdate, SystemTime)>,
     /// Writes that were under way when the previous run stopped.
     pub in_flight: Vec<Key>,
@@ -124,117 +228,431 @@ pub struct Recovered {
     pub poll: Option<Vec<u8>>,
 }
 
+/// The state a log describes: what replaying its records leaves.
+#[derive(Default)]
+struct Live {
+    /// Update, accepted at (ms), and the order of that acceptance.
+    pending: HashMap<Key, (StatusUpdate, u64, u64)>,
+    in_flight: HashSet<Key>,
+    written: HashMap<Key, (StatusUpdate, u64)>,
+    poll: Option<Vec<u8>>,
+    next_order: u64,
+}
+
+impl Live {
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Pending(u, at) => {
+                // In line by its latest acceptance, where its record now is.
+                self.next_order += 1;
+                self.pending.insert(u.key(), (u, millis(at), self.next_order));
+            }
+            Op::Done(k) => {
+                self.pending.remove(&k);
+            }
+            Op::InFlight(k) => {
+                self.in_flight.insert(k);
+            }
+            Op::Landed(k) => {
+                self.in_flight.remove(&k);
+            }
+            Op::Written(u, seq) => {
+                self.written.insert(u.key(), (u, seq));
+            }
+            Op::Forget(k) => {
+                self.written.remove(&k);
+            }
+            Op::Poll(p) => self.poll = p,
+        }
+    }
+
+    fn into_recovered(self) -> Recovered {
+        let mut pending: Vec<_> = self.pending.into_values().collect();
+        pending.sort_by_key(|(_, _, order)| *order);
+        let mut written: Vec<_> = self.written.into_values().collect();
+        written.sort_by_key(|(_, seq)| *seq);
+        Recovered {
+            pending: pending
+                .into_iter()
+                .map(|(u, at, _)| (u, UNIX_EPOCH + Duration::from_millis(at)))
+                .collect(),
+            in_flight: self.in_flight.into_iter().collect(),
+            written,
+            poll: self.poll,
+        }
+    }
+}
+
+/// Reads `buf.len()` bytes unless the file ends first; returns how many were read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads a log's whole records in order, up to a limit if given.
+struct Records {
+    r: BufReader<File>,
+    /// Where the next record starts: after the last whole record read.
+    end: u64,
+    limit: Option<u64>,
+    /// Why reading stopped before the end of the file, if it did.
+    cut: Option<&'static str>,
+    header: [u8; HEADER],
+}
+
+impl Records {
+    fn open(path: &Path, limit: Option<u64>) -> std::io::Result<Result<Records, &'static str>> {
+        let mut r = BufReader::with_capacity(256 << 10, File::open(path)?);
+        let mut magic = [0u8; MAGIC.len()];
+        if read_up_to(&mut r, &mut magic)? != MAGIC.len() || &magic != MAGIC {
+            return Ok(Err("not a flux-status outbox log (or one from a newer version)"));
+        }
+        Ok(Ok(Records {
+            r,
+            end: MAGIC.len() as u64,
+            limit,
+            cut: None,
+            header: [0; HEADER],
+        }))
+    }
+
+    /// The next whole record's payload into `payload`, and where its frame starts.
+    fn next(&mut self, payload: &mut Vec<u8>) -> std::io::Result<Option<u64>> {
+        if self.limit.is_some_and(|l| self.end >= l) {
+            return Ok(None);
+        }
+        let header = &mut self.header;
+        match read_up_to(&mut self.r, header)? {
+            0 => return Ok(None),
+            HEADER => {}
+            _ => return self.stop("a record header cut short"),
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > MAX_RECORD {
+            return self.stop("a record length out of range");
+        }
+        payload.resize(len, 0);
+        if read_up_to(&mut self.r, payload)? != len {
+            return self.stop("a record cut short");
+        }
+        if crc32fast::hash(payload) != crc {
+            return self.stop("a record whose checksum does not match");
+        }
+        let at = self.end;
+        self.end += (HEADER + len) as u64;
+        Ok(Some(at))
+    }
+
+    fn stop(&mut self, why: &'static str) -> std::io::Result<Option<u64>> {
+        self.cut = Some(why);
+        Ok(None)
+    }
+}
+
+/// What reading a log found.
+struct Replayed {
+    live: Live,
+    /// Where the last whole record ends.
+    end: u64,
+    /// Why reading stopped before the end of the file, if it did.
+    cut: Option<&'static str>,
+    /// Whole records whose contents did not parse (skipped).
+    unreadable: u64,
+}
+
+/// Replays the whole log at `path`.
+fn replay(path: &Path) -> Result<Replayed, StoreError> {
+    let err = StoreError::at(path);
+    let mut records = Records::open(path, None)
+        .map_err(|e| err(&e))?
+        .map_err(|e| err(&e))?;
+    let (mut live, mut unreadable, mut payload) = (Live::default(), 0, Vec::new());
+    while records.next(&mut payload).map_err(|e| err(&e))?.is_some() {
+        // A whole record that does not parse (a bug, not a crash): skip it, keep going.
+        match postcard::from_bytes::<Record<'_>>(&payload).ok().and_then(op_of) {
+            Some(op) => live.apply(op),
+            None => unreadable += 1,
+        }
+    }
+    Ok(Replayed {
+        live,
+        end: records.end,
+        cut: records.cut,
+        unreadable,
+    })
+}
+
+/// What a record sets or clears: a digest of its kind of state and its key, and
+/// whether it sets it. The latest record per slot that sets it is what counts.
+fn slot(r: &Record<'_>) -> ([u8; 16], bool) {
+    use sha2::Digest;
+    let (kind, key, sets) = match r {
+        Record::Pending { update, .. } => (0u8, Some(&update.key), true),
+        Record::Done(k) => (0, Some(k), false),
+        Record::InFlight(k) => (1, Some(k), true),
+        Record::Landed(k) => (1, Some(k), false),
+        Record::Written { update, .. } => (2, Some(&update.key), true),
+        Record::Forget(k) => (2, Some(k), false),
+        Record::Poll(p) => (3, None, p.is_some()),
+    };
+    let mut h = sha2::Sha256::new();
+    h.update([kind]);
+    if let Some(k) = key {
+        for part in [k.repo, k.sha, k.check] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&h.finalize()[..16]);
+    (d, sets)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Copies the records of the log's first `end` bytes that still count into
+/// [`COMPACTING`], in their order; returns the new file's length. Runs beside the
+/// persister, which only appends. Memory: a 16-byte digest and an offset per live
+/// record, not the records.
+fn compact_prefix(dir: &Path, end: u64) -> Result<u64, StoreError> {
+    let path = dir.join(LOG);
+    let err = StoreError::at(&path);
+    let open = || {
+        Records::open(&path, Some(end))
+            .map_err(|e| err(&e))?
+            .map_err(|e| err(&e))
+    };
+    // Pass 1: the latest record per slot, if it sets the slot.
+    let (mut live, mut payload) = (HashMap::<[u8; 16], u64>::new(), Vec::new());
+    let mut records = open()?;
+    while let Some(at) = records.next(&mut payload).map_err(|e| err(&e))? {
+        // Skipped at replay, so not worth keeping.
+        let Ok(record) = postcard::from_bytes::<Record<'_>>(&payload) else {
+            continue;
+        };
+        match slot(&record) {
+            (slot, true) => live.insert(slot, at),
+            (slot, false) => live.remove(&slot),
+        };
+    }
+    if records.end != end {
+        return Err(err(&format!(
+            "the log reads back only to byte {} of {end}",
+            records.end
+        )));
+    }
+    let mut keep: Vec<u64> = live.into_values().collect();
+    keep.sort_unstable();
+    // Pass 2: copy those records.
+    let tmp = dir.join(COMPACTING);
+    let err = StoreError::at(&tmp);
+    let mut file = File::create(&tmp).map_err(|e| err(&e))?;
+    let mut w = BufWriter::with_capacity(64 << 10, &mut file);
+    w.write_all(MAGIC).map_err(|e| err(&e))?;
+    let (mut records, mut keep) = (open()?, keep.into_iter().peekable());
+    while let Some(at) = records.next(&mut payload).map_err(|e| err(&e))? {
+        if keep.next_if_eq(&at).is_some() {
+            w.write_all(&(payload.len() as u32).to_le_bytes())
+                .and_then(|()| w.write_all(&crc32fast::hash(&payload).to_le_bytes()))
+                .and_then(|()| w.write_all(&payload))
+                .map_err(|e| err(&e))?;
+        }
+    }
+    w.flush().map_err(|e| err(&e))?;
+    drop(w);
+    file.sync_data().map_err(|e| err(&e))?;
+    file.metadata().map(|m| m.len()).map_err(|e| err(&e))
+}
+
 pub struct Store {
-    db: Database,
+    dir: PathBuf,
     path: PathBuf,
+    /// Opened for appending.
+    file: File,
+    /// Bytes in the log, all whole records.
+    len: u64,
+    /// Compact once the log reaches this size.
+    compact_at: u64,
+    compact_min: u64,
+    buf: Vec<u8>,
+    /// Locked for as long as the store is open: two daemons on one state directory
+    /// would interleave their records.
+    _lock: File,
 }
 
 impl Store {
     pub fn open(dir: &Path) -> Result<(Store, Recovered), StoreError> {
-        let path = dir.join("outbox.redb");
-        let err = |e: &dyn std::fmt::Display| StoreError {
-            path: path.clone(),
-            message: e.to_string(),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-        // A small page cache: the outbox is written far more than it is read, and a
-        // sidecar's memory budget is tens of MiB.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| err(&e))?;
-        // Create the tables, so a fresh store reads back as empty.
-        let txn = db.begin_write().map_err(|e| err(&e))?;
-        {
-            txn.open_table(PENDING).map_err(|e| err(&e))?;
-            txn.open_table(IN_FLIGHT).map_err(|e| err(&e))?;
-            txn.open_table(WRITTEN).map_err(|e| err(&e))?;
-            txn.open_table(POLL).map_err(|e| err(&e))?;
-        }
-        txn.commit().map_err(|e| err(&e))?;
-
-        let mut rec = Recovered::default();
-        let read = db.begin_read().map_err(|e| err(&e))?;
-        let pending = read.open_table(PENDING).map_err(|e| err(&e))?;
-        for item in pending.iter().map_err(|e| err(&e))? {
-            let (_, v) = item.map_err(|e| err(&e))?;
-            if let Some((u, at)) = decode(v.value()) {
-                rec.pending.push((u, UNIX_EPOCH + Duration::from_millis(at)));
-            }
-        }
-        let in_flight = read.open_table(IN_FLIGHT).map_err(|e| err(&e))?;
-        for item in in_flight.iter().map_err(|e| err(&e))? {
-            let (k, _) = item.map_err(|e| err(&e))?;
-            if let Ok(r) = serde_json::from_slice::<KeyRecord>(k.value())
-                && let Ok(sha) = Sha::parse(r.sha)
-            {
-                rec.in_flight.push(Key {
-                    repo: r.repo.into(),
-                    sha,
-                    check: Check::new(r.check),
-                });
-            }
-        }
-        let written = read.open_table(WRITTEN).map_err(|e| err(&e))?;
-        for item in written.iter().map_err(|e| err(&e))? {
-            let (_, v) = item.map_err(|e| err(&e))?;
-            if let Some(w) = decode(v.value()) {
-                rec.written.push(w);
-            }
-        }
-        rec.written.sort_by_key(|(_, seq)| *seq);
-        rec.pending.sort_by_key(|(_, at)| *at);
-        let poll = read.open_table(POLL).map_err(|e| err(&e))?;
-        rec.poll = poll
-            .get(POLL_KEY)
-            .map_err(|e| err(&e))?
-            .map(|v| v.value().to_vec());
-        drop((pending, in_flight, written, poll, read));
-        Ok((Store { db, path }, rec))
+        Store::open_with(dir, COMPACT_MIN)
     }
 
-    /// Applies `ops` in order, in one durable transaction.
-    pub fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let err = |e: &dyn std::fmt::Display| StoreError {
-            path: self.path.clone(),
-            message: e.to_string(),
+    fn open_with(dir: &Path, compact_min: u64) -> Result<(Store, Recovered), StoreError> {
+        let path = dir.join(LOG);
+        let err = StoreError::at(&path);
+        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        let lock = File::create(dir.join(LOCK)).map_err(|e| err(&e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(err(&"another flux-status process is using this state directory"));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(&e)),
+        }
+        match std::fs::remove_file(dir.join(COMPACTING)) {
+            Ok(()) => info!("removed an unfinished compaction of the outbox log; the log itself is whole"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(&e)),
+        }
+        if dir.join(OLD_REDB).exists() {
+            warn!(path = %dir.join(OLD_REDB).display(),
+                "found an outbox from a development build (redb); it is not read, delete it");
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| err(&e))?;
+        let size = file.metadata().map_err(|e| err(&e))?.len();
+        if size < MAGIC.len() as u64 {
+            // New, or its creator died before finishing the header: nothing in it was
+            // ever acknowledged.
+            file.set_len(0).map_err(|e| err(&e))?;
+            file.write_all(MAGIC).map_err(|e| err(&e))?;
+            file.sync_all().map_err(|e| err(&e))?;
+            sync_dir(dir).map_err(|e| err(&e))?;
+        }
+        let replayed = replay(&path)?;
+        if replayed.unreadable > 0 {
+            warn!(path = %path.display(), records = replayed.unreadable,
+                "skipped outbox records that do not parse");
+        }
+        let size = file.metadata().map_err(|e| err(&e))?.len();
+        if let Some(why) = replayed.cut {
+            // A write the crash interrupted. Its fsync never returned, so nothing it
+            // held was acknowledged; later appends must not follow the garbage.
+            warn!(path = %path.display(), at = replayed.end, discarded_bytes = size - replayed.end,
+                "the outbox log ends in {why}; cutting it off there");
+            file.set_len(replayed.end).map_err(|e| err(&e))?;
+            file.sync_all().map_err(|e| err(&e))?;
+        }
+        let store = Store {
+            dir: dir.to_path_buf(),
+            path: path.clone(),
+            file,
+            len: replayed.end,
+            compact_at: compact_min.max(2 * replayed.end),
+            compact_min,
+            buf: Vec::with_capacity(64 << 10),
+            _lock: lock,
         };
-        let txn = self.db.begin_write().map_err(|e| err(&e))?;
-        {
-            let mut pending = txn.open_table(PENDING).map_err(|e| err(&e))?;
-            let mut in_flight = txn.open_table(IN_FLIGHT).map_err(|e| err(&e))?;
-            let mut written = txn.open_table(WRITTEN).map_err(|e| err(&e))?;
-            let mut poll = txn.open_table(POLL).map_err(|e| err(&e))?;
-            for op in ops {
-                match op {
-                    Op::Pending(u, at) => {
-                        { pending.insert(key_bytes(&u.key()).as_slice(), record(u, millis(*at)).as_slice()) }
-                            .map(drop)
-                    }
-                    Op::Done(k) => pending.remove(key_bytes(k).as_slice()).map(drop),
-                    Op::InFlight(k) => in_flight.insert(key_bytes(k).as_slice(), ()).map(drop),
-                    Op::Landed(k) => in_flight.remove(key_bytes(k).as_slice()).map(drop),
-                    Op::Written(u, seq) => written
-                        .insert(key_bytes(&u.key()).as_slice(), record(u, *seq).as_slice())
-                        .map(drop),
-                    Op::Forget(k) => written.remove(key_bytes(k).as_slice()).map(drop),
-                    Op::Poll(Some(p)) => poll.insert(POLL_KEY, p.as_slice()).map(drop),
-                    Op::Poll(None) => poll.remove(POLL_KEY).map(drop),
-                }
-                .map_err(|e| err(&e))?;
+        Ok((store, replayed.live.into_recovered()))
+    }
+
+    /// Appends `ops`, in order, and makes them durable.
+    pub fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        let err = StoreError::at(&self.path);
+        self.buf.clear();
+        for op in ops {
+            frame(&record(op), &mut self.buf).map_err(|e| err(&e))?;
+        }
+        let written = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // Nothing of this write counts: cut it off so the next append follows the
+            // last whole record (a failed fsync leaves the page cache in doubt).
+            let _ = self.file.set_len(self.len);
+            return Err(err(&e));
+        }
+        self.len += self.buf.len() as u64;
+        if self.buf.capacity() > 1 << 20 {
+            self.buf = Vec::with_capacity(64 << 10);
+        }
+        Ok(())
+    }
+
+    /// Whether the log has grown enough since the last compaction to compact it.
+    fn wants_compaction(&self) -> bool {
+        self.len >= self.compact_at
+    }
+
+    /// Switches to the compacted file: copies what was appended after `end` into it,
+    /// makes it durable and renames it over the log.
+    fn finish_compaction(&mut self, end: u64, compacted: u64) -> Result<(u64, u64), StoreError> {
+        let tmp = self.dir.join(COMPACTING);
+        let err = StoreError::at(&tmp);
+        let switched = (|| -> std::io::Result<File> {
+            let mut out = OpenOptions::new().append(true).open(&tmp)?;
+            let mut src = File::open(&self.path)?;
+            src.seek(SeekFrom::Start(end))?;
+            let tail = self.len - end;
+            if std::io::copy(&mut src.take(tail), &mut out)? != tail {
+                return Err(std::io::Error::other("the log is shorter than what was appended"));
+            }
+            out.sync_data()?;
+            std::fs::rename(&tmp, &self.path)?;
+            sync_dir(&self.dir)?;
+            Ok(out)
+        })();
+        let before = self.len;
+        match switched {
+            Ok(file) => {
+                self.file = file;
+                self.len = compacted + (before - end);
+                self.compact_at = self.compact_min.max(2 * self.len);
+                Ok((before, self.len))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                self.postpone_compaction();
+                Err(err(&e))
             }
         }
-        txn.commit().map_err(|e| err(&e))
+    }
+
+    /// After a failed compaction, wait for the log to double again.
+    fn postpone_compaction(&mut self) {
+        self.compact_at = self.compact_min.max(2 * self.len);
     }
 }
 
 type Ack = oneshot::Sender<Result<(), Arc<StoreError>>>;
 
-/// Hands changes to the persister task. Without a store (`--no-persistence`) every
+enum Msg {
+    Ops(Vec<Op>, Option<Ack>),
+    /// A helper finished rewriting the log's first `end` bytes.
+    Compacted {
+        end: u64,
+        result: Result<u64, StoreError>,
+    },
+    /// Finish what was submitted and any compaction under way, close the store, end.
+    Stop(Ack),
+}
+
+/// What the persister reports, for readiness and metrics.
+pub enum StoreEvent<'a> {
+    Committed(&'a Result<(), StoreError>),
+    /// Log bytes before and after.
+    Compacted(&'a Result<(u64, u64), StoreError>),
+}
+
+/// Hands changes to the persister thread. Without a store (`--no-persistence`) every
 /// change is acknowledged at once.
 #[derive(Clone)]
 pub struct Persister {
-    tx: Option<mpsc::UnboundedSender<(Vec<Op>, Option<Ack>)>>,
+    tx: Option<mpsc::UnboundedSender<Msg>>,
 }
 
 /// Resolves when the changes it stands for are on disk.
@@ -259,45 +677,20 @@ impl Persister {
         Persister { tx: None }
     }
 
-    /// Starts the persister task; `on_result` sees every commit's outcome (for
-    /// readiness and metrics).
+    /// Starts the persister thread; `on_event` sees every commit's and compaction's
+    /// outcome. The thread ends once every `Persister` is dropped.
     pub fn start(
         store: Store,
-        on_result: impl Fn(&Result<(), StoreError>, usize) + Send + Sync + 'static,
-    ) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<Op>, Option<Ack>)>();
-        let store = Arc::new(store);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut ops = first.0;
-                let mut acks: Vec<Ack> = first.1.into_iter().collect();
-                while ops.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok((more, ack)) => {
-                            ops.extend(more);
-                            acks.extend(ack);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let store = store.clone();
-                let n = ops.len();
-                let result = tokio::task::spawn_blocking(move || store.apply(&ops))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(StoreError {
-                            path: PathBuf::new(),
-                            message: format!("persister panicked: {e}"),
-                        })
-                    });
-                on_result(&result, n);
-                let shared = result.map_err(Arc::new);
-                for ack in acks {
-                    let _ = ack.send(shared.clone());
-                }
-            }
-        });
-        Persister { tx: Some(tx) }
+        on_event: impl Fn(StoreEvent<'_>) + Send + 'static,
+    ) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+        let helper = tx.downgrade();
+        let path = store.path.clone();
+        std::thread::Builder::new()
+            .name("outbox-store".into())
+            .spawn(move || persist(store, rx, helper, on_event))
+            .map_err(|e| StoreError::at(&path)(&e))?;
+        Ok(Persister { tx: Some(tx) })
     }
 
     pub fn is_durable(&self) -> bool {
@@ -312,12 +705,113 @@ impl Persister {
             Some(_) if ops.is_empty() => Durable(None),
             Some(tx) => {
                 let (ack, rx) = oneshot::channel();
-                if tx.send((ops, Some(ack))).is_err() {
+                if tx.send(Msg::Ops(ops, Some(ack))).is_err() {
                     return Durable(Some(closed()));
                 }
                 Durable(Some(rx))
             }
         }
+    }
+
+    /// Resolves once everything submitted before it is on disk.
+    pub async fn flush(&self) -> Result<(), Arc<StoreError>> {
+        self.send_and_wait(|ack| Msg::Ops(Vec::new(), Some(ack))).await
+    }
+
+    /// Writes everything submitted before it, lets a compaction under way finish,
+    /// and closes the store (releasing the state directory). Later changes fail.
+    pub async fn stop(&self) -> Result<(), Arc<StoreError>> {
+        self.send_and_wait(Msg::Stop).await
+    }
+
+    async fn send_and_wait(&self, msg: impl FnOnce(Ack) -> Msg) -> Result<(), Arc<StoreError>> {
+        let Some(tx) = &self.tx else { return Ok(()) };
+        let (ack, rx) = oneshot::channel();
+        let rx = if tx.send(msg(ack)).is_ok() { rx } else { closed() };
+        Durable(Some(rx)).wait().await
+    }
+}
+
+/// The persister thread: one write and one fsync for everything queued since the
+/// last, and a compaction in a helper thread when the log has grown.
+fn persist(
+    mut store: Store,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    helper: mpsc::WeakUnboundedSender<Msg>,
+    on_event: impl Fn(StoreEvent<'_>),
+) {
+    let mut compacting = false;
+    let mut stops = Vec::new();
+    loop {
+        if !stops.is_empty() && !compacting {
+            break;
+        }
+        let Some(first) = rx.blocking_recv() else { break };
+        let (mut ops, mut acks) = (Vec::new(), Vec::new());
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Ops(more, ack) => {
+                    ops.extend(more);
+                    acks.extend(ack);
+                }
+                Msg::Compacted { end, result } => {
+                    compacting = false;
+                    // Changes collected so far are not written yet: they go to the new file.
+                    let result = result.and_then(|len| store.finish_compaction(end, len));
+                    match &result {
+                        Ok((before, after)) => {
+                            info!(before_bytes = before, after_bytes = after, "outbox log compacted")
+                        }
+                        Err(e) => {
+                            store.postpone_compaction();
+                            warn!(error = %e, "outbox log compaction failed; the log stays as it is");
+                        }
+                    }
+                    on_event(StoreEvent::Compacted(&result));
+                }
+                Msg::Stop(ack) => stops.push(ack),
+            }
+            if ops.len() >= MAX_BATCH {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        let result = if ops.is_empty() {
+            Ok(())
+        } else {
+            let result = store.apply(&ops);
+            on_event(StoreEvent::Committed(&result));
+            result
+        };
+        let shared = result.map_err(Arc::new);
+        for ack in acks {
+            let _ = ack.send(shared.clone());
+        }
+        if !compacting
+            && stops.is_empty()
+            && store.wants_compaction()
+            && let Some(tx) = helper.upgrade()
+        {
+            let (dir, end) = (store.dir.clone(), store.len);
+            let spawned = std::thread::Builder::new()
+                .name("outbox-compact".into())
+                .spawn(move || {
+                    let result = compact_prefix(&dir, end);
+                    let _ = tx.send(Msg::Compacted { end, result });
+                });
+            match spawned {
+                Ok(_) => compacting = true,
+                Err(e) => {
+                    store.postpone_compaction();
+                    warn!(error = %e, "could not start compacting the outbox log");
+                }
+            }
+        }
+    }
+    drop(store);
+    for ack in stops {
+        let _ = ack.send(Ok(()));
     }
 }
 
@@ -330,64 +824,303 @@ fn closed() -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    fn update(c: char, state: State) -> StatusUpdate {
+    fn update(c: char, check: &str, state: State) -> StatusUpdate {
         StatusUpdate {
             repo: "github.com/o/r".into(),
             status: CommitStatus {
                 sha: Sha::parse(&c.to_string().repeat(40)).unwrap(),
-                check: Check::new("flux-status/dev/sync"),
+                check: Check::new(check),
                 state,
-                description: "d".into(),
-                target_url: None,
+                description: format!("{state} on {c}"),
+                target_url: (c == 'b').then(|| "https://ci.example/b".to_string()),
             },
         }
     }
 
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("flux-status-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// A comparable form of what a store holds.
+    type Snapshot = (
+        Vec<(StatusUpdate, SystemTime)>,
+        Vec<String>,
+        Vec<(StatusUpdate, u64)>,
+        Option<Vec<u8>>,
+    );
+
+    fn snapshot(rec: Recovered) -> Snapshot {
+        let mut in_flight: Vec<String> = rec
+            .in_flight
+            .iter()
+            .map(|k| format!("{}/{}/{}", k.repo, k.sha, k.check))
+            .collect();
+        in_flight.sort();
+        // Sequence numbers are unique in use; the generated ones may repeat.
+        let mut written = rec.written;
+        written.sort_by_key(|(u, seq)| (*seq, u.status.sha.to_string(), u.status.check.to_string()));
+        (rec.pending, in_flight, written, rec.poll)
+    }
+
+    /// What the ops leave, by the model: replaying them in memory.
+    fn model(ops: &[Op]) -> Snapshot {
+        let mut live = Live::default();
+        for op in ops {
+            live.apply(op.clone());
+        }
+        snapshot(live.into_recovered())
+    }
+
+    fn reopen(dir: &Path) -> Snapshot {
+        snapshot(Store::open(dir).unwrap().1)
+    }
+
+    fn t(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
+    }
+
+    fn sample_ops() -> Vec<Op> {
+        let (a, b, c) = (
+            update('a', "x", State::Pending),
+            update('b', "x", State::Succeeded),
+            update('c', "x", State::Failed),
+        );
+        vec![
+            Op::Pending(a.clone(), t(1)),
+            Op::Pending(b.clone(), t(2)),
+            Op::Pending(update('a', "x", State::Succeeded), t(3)),
+            Op::InFlight(a.key()),
+            Op::Pending(c.clone(), t(4)),
+            Op::Done(c.key()),
+            Op::Written(c.clone(), 7),
+            Op::Written(b.clone(), 3),
+            Op::Forget(b.key()),
+            Op::Poll(Some(b"{\"poll\":1}".to_vec())),
+        ]
+    }
+
     #[test]
     fn state_survives_reopening() {
-        let dir = std::env::temp_dir().join(format!("flux-status-store-{}-{}", std::process::id(), line!()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let t0 = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let dir = temp_dir("reopen");
         {
-            let (store, rec) = Store::open(&dir).unwrap();
+            let (mut store, rec) = Store::open(&dir).unwrap();
             assert!(rec.pending.is_empty() && rec.written.is_empty() && rec.in_flight.is_empty());
-            let (a, b, c) = (
-                update('a', State::Pending),
-                update('b', State::Succeeded),
-                update('c', State::Failed),
-            );
-            store
-                .apply(&[
-                    Op::Pending(a.clone(), t0),
-                    Op::Pending(b.clone(), t0),
-                    Op::Pending(update('a', State::Succeeded), t0),
-                    Op::InFlight(a.key()),
-                    Op::Pending(c.clone(), t0),
-                    Op::Done(c.key()),
-                    Op::Written(c.clone(), 7),
-                    Op::Written(b.clone(), 3),
-                    Op::Forget(b.key()),
-                ])
-                .unwrap();
+            store.apply(&sample_ops()[..4]).unwrap();
+            store.apply(&sample_ops()[4..]).unwrap();
         }
-        let (_, rec) = Store::open(&dir).unwrap();
-        let mut pending: Vec<_> = rec
+        let rec = Store::open(&dir).unwrap().1;
+        let pending: Vec<_> = rec
             .pending
             .iter()
             .map(|(u, at)| (u.status.sha.short().to_string(), u.status.state, *at))
             .collect();
-        pending.sort_by(|x, y| x.0.cmp(&y.0));
+        // In the order of their latest acceptance.
         assert_eq!(
             pending,
             vec![
-                ("aaaaaaa".into(), State::Succeeded, t0),
-                ("bbbbbbb".into(), State::Succeeded, t0)
+                ("bbbbbbb".into(), State::Succeeded, t(2)),
+                ("aaaaaaa".into(), State::Succeeded, t(3))
             ]
         );
-        assert_eq!(rec.in_flight, vec![update('a', State::Pending).key()]);
-        assert_eq!(rec.written.len(), 1);
-        assert_eq!(rec.written[0].0, update('c', State::Failed));
+        assert_eq!(rec.in_flight, vec![update('a', "x", State::Pending).key()]);
+        assert_eq!(rec.written, vec![(update('c', "x", State::Failed), 7)]);
+        assert_eq!(rec.poll.as_deref(), Some(&b"{\"poll\":1}"[..]));
+        assert_eq!(snapshot(rec), model(&sample_ops()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_write_cut_short_by_a_crash_is_cut_off_and_appends_go_on() {
+        let ops = sample_ops();
+        let mut last = Vec::new();
+        frame(
+            &record(&Op::Done(update('a', "x", State::Pending).key())),
+            &mut last,
+        )
+        .unwrap();
+        // Each way a crash can leave the end of the file: a header cut short, a
+        // payload cut short, a header whose payload never reached the disk (zeros),
+        // and a payload not matching its checksum.
+        let mut flipped = last.clone();
+        let n = flipped.len();
+        flipped[n - 1] ^= 0x55;
+        let mut zeros = last[..HEADER].to_vec();
+        zeros.resize(last.len(), 0);
+        for (name, tail) in [
+            ("header", last[..5].to_vec()),
+            ("payload", last[..last.len() - 3].to_vec()),
+            ("zeros", zeros),
+            ("checksum", flipped),
+        ] {
+            let dir = temp_dir(&format!("torn-{name}"));
+            let whole = {
+                let (mut store, _) = Store::open(&dir).unwrap();
+                store.apply(&ops).unwrap();
+                store.len
+            };
+            let log = dir.join(LOG);
+            let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+            f.write_all(&tail).unwrap();
+            drop(f);
+
+            assert_eq!(reopen(&dir), model(&ops), "{name}: the torn record is ignored");
+            assert_eq!(
+                std::fs::metadata(&log).unwrap().len(),
+                whole,
+                "{name}: and cut off"
+            );
+            let more = Op::Pending(update('d', "x", State::Pending), t(9));
+            Store::open(&dir)
+                .unwrap()
+                .0
+                .apply(std::slice::from_ref(&more))
+                .unwrap();
+            let mut all = ops.clone();
+            all.push(more);
+            assert_eq!(reopen(&dir), model(&all), "{name}: later appends read back");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_an_outbox_log_is_refused() {
+        let dir = temp_dir("foreign");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(LOG), b"SQLite format 3\0 and more bytes").unwrap();
+        let e = Store::open(&dir).err().expect("refused");
+        assert!(e.message.contains("not a flux-status outbox log"), "{e}");
+        assert_eq!(
+            std::fs::read(dir.join(LOG)).unwrap(),
+            b"SQLite format 3\0 and more bytes",
+            "left untouched"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_process_at_a_time_per_state_directory() {
+        let dir = temp_dir("lock");
+        let (first, _) = Store::open(&dir).unwrap();
+        let e = Store::open(&dir).err().expect("second open refused");
+        assert!(e.message.contains("another flux-status process"), "{e}");
+        drop(first);
+        assert!(Store::open(&dir).is_ok(), "free again once closed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unfinished_compaction_is_discarded_and_the_log_wins() {
+        let dir = temp_dir("stale-compaction");
+        Store::open(&dir).unwrap().0.apply(&sample_ops()).unwrap();
+        std::fs::write(dir.join(COMPACTING), MAGIC).unwrap();
+        assert_eq!(reopen(&dir), model(&sample_ops()));
+        assert!(!dir.join(COMPACTING).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Ops over a few keys, so that later ops override, remove and re-add earlier ones.
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        let key = (0..4u8, 0..2u8);
+        let state = prop::sample::select(State::ALL.to_vec());
+        let upd = (key.clone(), state)
+            .prop_map(|((c, x), s)| update((b'a' + c) as char, ["x", "y"][x as usize], s));
+        prop_oneof![
+            (upd.clone(), 0..1000u64).prop_map(|(u, ms)| Op::Pending(u, t(ms))),
+            upd.clone().prop_map(|u| Op::Done(u.key())),
+            upd.clone().prop_map(|u| Op::InFlight(u.key())),
+            upd.clone().prop_map(|u| Op::Landed(u.key())),
+            (upd.clone(), 0..100u64).prop_map(|(u, seq)| Op::Written(u, seq)),
+            upd.prop_map(|u| Op::Forget(u.key())),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..8)).prop_map(Op::Poll),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Compacting the log's first bytes while more is appended, then switching,
+        /// leaves exactly the state of all the changes.
+        #[test]
+        fn compaction_keeps_the_state(
+            before in prop::collection::vec(op_strategy(), 0..60),
+            during in prop::collection::vec(op_strategy(), 0..20),
+            after in prop::collection::vec(op_strategy(), 0..20),
+        ) {
+            let dir = temp_dir(&format!("compact-{}", before.len() * 10_000 + during.len() * 100 + after.len()));
+            {
+                let (mut store, _) = Store::open(&dir).unwrap();
+                store.apply(&before).unwrap();
+                let end = store.len;
+                let compacted = compact_prefix(&dir, end).unwrap();
+                store.apply(&during).unwrap();
+                store.finish_compaction(end, compacted).unwrap();
+                store.apply(&after).unwrap();
+                prop_assert_eq!(store.len, std::fs::metadata(dir.join(LOG)).unwrap().len());
+            }
+            let all: Vec<Op> = before.iter().chain(&during).chain(&after).cloned().collect();
+            prop_assert_eq!(reopen(&dir), model(&all));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn the_persister_compacts_in_the_background_and_loses_nothing() {
+        let dir = temp_dir("persister");
+        let (store, _) = Store::open_with(&dir, 8 << 10).unwrap();
+        let compactions = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = compactions.clone();
+        let persister = Persister::start(store, move |e| {
+            if let StoreEvent::Compacted(r) = e {
+                seen.lock()
+                    .unwrap()
+                    .push(r.as_ref().map(|x| *x).map_err(|e| e.to_string()));
+            }
+        })
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut all = Vec::new();
+        rt.block_on(async {
+            for i in 0..2000u64 {
+                // The same 20 checks over and over: the log keeps growing, the state does not.
+                let mut u = update(
+                    'a',
+                    "x",
+                    if i % 3 == 0 {
+                        State::Pending
+                    } else {
+                        State::Succeeded
+                    },
+                );
+                u.status.sha = Sha::parse(&format!("{:040x}", i % 20)).unwrap();
+                let ops = vec![
+                    Op::Pending(u.clone(), t(i)),
+                    Op::InFlight(u.key()),
+                    Op::Written(u.clone(), i),
+                    Op::Done(u.key()),
+                    Op::Landed(u.key()),
+                ];
+                all.extend(ops.clone());
+                persister.submit(ops).wait().await.unwrap();
+            }
+            persister.flush().await.unwrap();
+            persister.stop().await.unwrap();
+            assert!(
+                persister.submit(all[..1].to_vec()).wait().await.is_err(),
+                "stopped"
+            );
+        });
+        let compactions = compactions.lock().unwrap().clone();
+        assert!(!compactions.is_empty(), "the log was compacted");
+        for c in &compactions {
+            let (before, after) = c.as_ref().expect("compaction succeeded");
+            assert!(after < before, "{after} < {before}");
+        }
+        let size = std::fs::metadata(dir.join(LOG)).unwrap().len();
+        assert!(size < 64 << 10, "the log stays near its live size: {size} bytes");
+        assert_eq!(reopen(&dir), model(&all));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
