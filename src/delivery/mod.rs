@@ -201,9 +201,9 @@ impl Delivery {
     }
 
     /// When a repository's notifier may send next, if not now.
-    fn blocked_until(&self, key: &Key, now: Instant) -> Option<Instant> {
+    fn blocked_until(&self, repo: &RepoId, now: Instant) -> Option<Instant> {
         let mut throttles = lock(&self.throttles);
-        let t = throttles.get_mut(&key.repo)?;
+        let t = throttles.get_mut(repo)?;
         let paused = t.paused_until.filter(|u| *u > now);
         let limited = t.limiter.blocked_until(now);
         paused.max(limited)
@@ -281,7 +281,7 @@ impl Delivery {
         while tasks.len() < self.cfg.concurrency {
             let (lease, deduplicated) = {
                 let mut outbox = lock(&self.outbox);
-                let (lease, deduplicated) = outbox.next_ready(now, |k| self.blocked_until(k, now));
+                let (lease, deduplicated) = outbox.next_ready(now, |repo| self.blocked_until(repo, now));
                 if !deduplicated.is_empty() {
                     self.persister
                         .submit(deduplicated.iter().cloned().map(Op::Done).collect());

@@ -4,9 +4,12 @@
 //! - an update for a key already pending replaces it (coalescing: newest wins);
 //! - an update equal to what was last written for its key is not sent (dedup);
 //! - a key is in flight at most once, so writes for one check never race;
-//! - the number of pending keys is bounded; a full outbox refuses, it never drops.
+//! - the number of pending keys is bounded; a full outbox refuses, it never drops;
+//! - updates due for sending wait in one queue per repository, taken in turn, so a
+//!   repository held back by its provider's budget costs nothing per update, and
+//!   one repository's flood does not hold up the others.
 
-use crate::update::{Key, StatusUpdate};
+use crate::update::{Key, RepoId, StatusUpdate};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -73,7 +76,15 @@ struct Entry {
 #[derive(Debug)]
 pub struct Outbox {
     entries: HashMap<Key, Entry>,
-    ready: VecDeque<Key>,
+    /// Keys due for sending, per repository (never empty).
+    ready: HashMap<RepoId, VecDeque<Key>>,
+    /// The repositories in `ready`, each once, in the order they get their turn.
+    turns: VecDeque<RepoId>,
+    /// Keys in `ready` (some may have gone stale since).
+    ready_count: usize,
+    /// Repositories with updates due that were held back, and until when.
+    held: HashMap<RepoId, Instant>,
+    /// Updates waiting out a retry backoff.
     delayed: BinaryHeap<Reverse<(Instant, u64, KeyOrd)>>,
     written: Written,
     capacity: usize,
@@ -98,7 +109,10 @@ impl Outbox {
     pub fn new(capacity: usize, written_capacity: usize) -> Self {
         Outbox {
             entries: HashMap::new(),
-            ready: VecDeque::new(),
+            ready: HashMap::new(),
+            turns: VecDeque::new(),
+            ready_count: 0,
+            held: HashMap::new(),
             delayed: BinaryHeap::new(),
             written: Written::new(written_capacity),
             capacity,
@@ -112,7 +126,18 @@ impl Outbox {
 
     /// Updates due for sending now (not waiting on a backoff or a rate limit).
     pub fn ready_len(&self) -> usize {
-        self.ready.len()
+        self.ready_count
+    }
+
+    fn push_ready(&mut self, key: Key) {
+        self.ready_count += 1;
+        match self.ready.get_mut(&key.repo) {
+            Some(queue) => queue.push_back(key),
+            None => {
+                self.turns.push_back(key.repo.clone());
+                self.ready.insert(key.repo.clone(), VecDeque::from([key]));
+            }
+        }
     }
 
     /// Loads what a previous run left: written states (oldest first), then pending
@@ -141,7 +166,7 @@ impl Outbox {
                     due: None,
                 },
             );
-            self.ready.push_back(key);
+            self.push_ready(key);
         }
     }
 
@@ -151,20 +176,21 @@ impl Outbox {
 
     /// Accepts all of `updates` or none of them, so an event is never half-queued.
     pub fn offer_all(&mut self, updates: Vec<StatusUpdate>, now: Instant) -> Result<Vec<Offer>, Full> {
-        let new_keys = updates
+        // Each key is built once: on the ingest path, under the lock, for every event.
+        let keyed: Vec<(Key, StatusUpdate)> = updates.into_iter().map(|u| (u.key(), u)).collect();
+        let new_keys = keyed
             .iter()
-            .filter(|u| !self.entries.contains_key(&u.key()) && !self.written.matches(u))
+            .filter(|(k, u)| !self.entries.contains_key(k) && !self.written.matches(k, u))
             .count();
         if self.entries.len() + new_keys > self.capacity {
             return Err(Full {
                 capacity: self.capacity,
             });
         }
-        Ok(updates.into_iter().map(|u| self.offer(u, now)).collect())
+        Ok(keyed.into_iter().map(|(k, u)| self.offer(k, u, now)).collect())
     }
 
-    fn offer(&mut self, update: StatusUpdate, now: Instant) -> Offer {
-        let key = update.key();
+    fn offer(&mut self, key: Key, update: StatusUpdate, now: Instant) -> Offer {
         self.next_generation += 1;
         let generation = self.next_generation;
         if let Some(entry) = self.entries.get_mut(&key) {
@@ -173,7 +199,7 @@ impl Outbox {
             entry.generation = generation;
             return Offer::Coalesced;
         }
-        if self.written.matches(&update) {
+        if self.written.matches(&key, &update) {
             return Offer::Unchanged;
         }
         self.entries.insert(
@@ -188,46 +214,65 @@ impl Outbox {
                 reconcile: false,
             },
         );
-        self.ready.push_back(key);
+        self.push_ready(key);
         Offer::Queued
     }
 
-    /// The next update due for sending whose repository `paused` does not hold back.
-    /// `paused` returns when a repository's notifier may send again, if it is paused.
-    /// Also returns the keys it found already written and removed.
+    /// The next update due for sending whose repository `paused` does not hold back,
+    /// taking repositories in turn. `paused` returns when a repository's notifier may
+    /// send again, if it is paused. Also returns the keys it found already written and
+    /// removed.
     pub fn next_ready(
         &mut self,
         now: Instant,
-        paused: impl Fn(&Key) -> Option<Instant>,
+        paused: impl Fn(&RepoId) -> Option<Instant>,
     ) -> (Option<Lease>, Vec<Key>) {
         self.promote_due(now);
         let mut deduplicated = Vec::new();
-        while let Some(key) = self.ready.pop_front() {
-            let Some(entry) = self.entries.get_mut(&key) else {
+        for _ in 0..self.turns.len() {
+            let Some(repo) = self.turns.pop_front() else { break };
+            if let Some(until) = paused(&repo) {
+                // Its queue waits as it is: no cost per update while held.
+                self.held.insert(repo.clone(), until);
+                self.turns.push_back(repo);
+                continue;
+            }
+            self.held.remove(&repo);
+            let Some(queue) = self.ready.get_mut(&repo) else {
                 continue;
             };
-            if entry.in_flight {
-                continue;
+            let mut lease = None;
+            while let Some(key) = queue.pop_front() {
+                self.ready_count -= 1;
+                let Some(entry) = self.entries.get_mut(&key) else {
+                    continue;
+                };
+                if entry.in_flight {
+                    continue;
+                }
+                if self.written.matches(&key, &entry.update) {
+                    self.entries.remove(&key);
+                    deduplicated.push(key);
+                    continue;
+                }
+                entry.in_flight = true;
+                lease = Some(Lease {
+                    update: entry.update.clone(),
+                    generation: entry.generation,
+                    attempt: entry.attempts + 1,
+                    accepted_at: entry.accepted_at,
+                    reconcile: entry.reconcile,
+                });
+                break;
             }
-            if let Some(until) = paused(&key) {
-                entry.due = Some(until);
-                self.delayed.push(Reverse((until, entry.generation, KeyOrd(key))));
-                continue;
+            if queue.is_empty() {
+                self.ready.remove(&repo);
+            } else {
+                self.turns.push_back(repo);
             }
-            if self.written.matches(&entry.update) {
-                self.entries.remove(&key);
-                deduplicated.push(key);
-                continue;
+            if lease.is_some() {
+                return (lease, deduplicated);
             }
-            entry.in_flight = true;
-            let lease = Lease {
-                update: entry.update.clone(),
-                generation: entry.generation,
-                attempt: entry.attempts + 1,
-                accepted_at: entry.accepted_at,
-                reconcile: entry.reconcile,
-            };
-            return (Some(lease), deduplicated);
         }
         (None, deduplicated)
     }
@@ -242,14 +287,25 @@ impl Outbox {
                 && entry.due == Some(at)
             {
                 entry.due = None;
-                self.ready.push_back(key);
+                self.push_ready(key);
             }
         }
     }
 
-    /// When the earliest delayed update becomes due.
+    /// When the earliest delayed update becomes due, or a held-back repository with
+    /// updates due may send again.
     pub fn next_due(&self) -> Option<Instant> {
-        self.delayed.peek().map(|Reverse((at, _, _))| *at)
+        let backoff = self.delayed.peek().map(|Reverse((at, _, _))| *at);
+        let held = self
+            .held
+            .iter()
+            .filter(|(repo, _)| self.ready.contains_key(*repo))
+            .map(|(_, until)| *until)
+            .min();
+        match (backoff, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn complete(&mut self, lease: &Lease, outcome: Completion, now: Instant) -> Completed {
@@ -272,7 +328,7 @@ impl Outbox {
                     let entry = self.entries.get_mut(&key).expect("entry checked above");
                     entry.attempts = 0;
                     entry.reconcile = false;
-                    self.ready.push_back(key);
+                    self.push_ready(key);
                 } else {
                     self.entries.remove(&key);
                     done.removed = true;
@@ -318,8 +374,9 @@ impl Written {
         }
     }
 
-    fn matches(&self, u: &StatusUpdate) -> bool {
-        self.map.get(&u.key()).is_some_and(|(state, desc, url)| {
+    /// Whether `u`, whose key is `key`, is what was last written for it.
+    fn matches(&self, key: &Key, u: &StatusUpdate) -> bool {
+        self.map.get(key).is_some_and(|(state, desc, url)| {
             *state == u.status.state && *desc == u.status.description && *url == u.status.target_url
         })
     }
@@ -372,8 +429,68 @@ mod tests {
         }
     }
 
-    fn no_pause(_: &Key) -> Option<Instant> {
+    fn no_pause(_: &RepoId) -> Option<Instant> {
         None
+    }
+
+    fn in_repo(repo: &str, u: StatusUpdate) -> StatusUpdate {
+        StatusUpdate {
+            repo: repo.into(),
+            ..u
+        }
+    }
+
+    fn leased(ob: &mut Outbox, now: Instant, paused: impl Fn(&RepoId) -> Option<Instant>) -> Option<String> {
+        ob.next_ready(now, paused)
+            .0
+            .map(|l| format!("{}:{}", l.update.repo, l.update.status.sha.short()))
+    }
+
+    #[test]
+    fn repositories_take_turns() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 10);
+        let a = |c| in_repo("a", update(c, "c", State::Succeeded));
+        ob.offer_all(vec![a('1'), a('2'), a('3')], now).unwrap();
+        ob.offer_all(vec![in_repo("b", update('4', "c", State::Succeeded))], now)
+            .unwrap();
+        let order: Vec<_> = (0..5).map(|_| leased(&mut ob, now, no_pause)).collect();
+        assert_eq!(
+            order,
+            vec![
+                Some("a:1111111".into()),
+                Some("b:4444444".into()),
+                Some("a:2222222".into()),
+                Some("a:3333333".into()),
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn a_held_back_repository_keeps_its_queue_and_holds_up_no_other() {
+        let now = Instant::now();
+        let until = now + Duration::from_secs(45);
+        let mut ob = Outbox::new(1000, 10);
+        let held: Vec<_> = (0..500u32)
+            .map(|i| {
+                let mut u = in_repo("a", update('a', "c", State::Succeeded));
+                u.status.sha = Sha::parse(&format!("{i:07x}{}", "0".repeat(33))).unwrap();
+                u
+            })
+            .collect();
+        ob.offer_all(held, now).unwrap();
+        ob.offer_all(vec![in_repo("b", update('b', "c", State::Succeeded))], now)
+            .unwrap();
+        let budget = |repo: &RepoId| (&**repo == "a").then_some(until);
+        assert_eq!(leased(&mut ob, now, budget), Some("b:bbbbbbb".into()));
+        assert_eq!(leased(&mut ob, now, budget), None);
+        assert_eq!(ob.next_due(), Some(until), "wake when the budget allows");
+        assert_eq!(ob.ready_len(), 500, "the held queue was left as it was");
+        assert!(ob.delayed.is_empty(), "nothing was moved per update");
+        // Then in the order accepted.
+        assert_eq!(leased(&mut ob, until, no_pause), Some("a:0000000".into()));
+        assert_eq!(leased(&mut ob, until, no_pause), Some("a:0000001".into()));
     }
 
     #[test]
