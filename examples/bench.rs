@@ -98,6 +98,33 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The machine's CPU time so far (all cores), and the part of it the hypervisor gave
+/// to other guests (steal), in clock ticks.
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (f.iter().take(8).sum(), f.get(7).copied().unwrap_or(0.0))
+}
+
+/// Share of the machine's time stolen by other guests since `since`: a run with
+/// much steal measured a busy host, not flux-status.
+fn steal_since(since: (f64, f64)) -> f64 {
+    let now = machine_ticks();
+    let total = now.0 - since.0;
+    if total > 0.0 {
+        100.0 * (now.1 - since.1) / total
+    } else {
+        0.0
+    }
+}
+
 /// Posts `n` events from `workers` concurrent posters; returns each 202's
 /// acknowledge time, sorted.
 async fn flood(
@@ -257,6 +284,7 @@ async fn flat_out(
     let cpu0 = cpu_seconds(d.pid);
     let own0 = cpu_seconds(std::process::id());
     let commits0 = commits(client, d.ops_port).await;
+    let ticks0 = machine_ticks();
     let t0 = Instant::now();
     let acks = flood(client, url, n, 32, body).await;
     let secs = t0.elapsed().as_secs_f64();
@@ -265,7 +293,7 @@ async fn flat_out(
     let commits = commits(client, d.ops_port).await - commits0;
     let rate = acks.len() as f64 / secs;
     println!(
-        "{label}: {}/{n} accepted in {secs:.2} s = {rate:.0} events/s; acknowledge p50 {:.2} ms, p99 {:.2} ms; daemon CPU {:.2} s per 10,000 events; cores busy: daemon {:.2}, load generator + fake {:.2}; {:.3} store commits per event",
+        "{label}: {}/{n} accepted in {secs:.2} s = {rate:.0} events/s; acknowledge p50 {:.2} ms, p99 {:.2} ms; daemon CPU {:.2} s per 10,000 events; cores busy: daemon {:.2}, load generator + fake {:.2}; {:.3} store commits per event; CPU steal {:.0}%",
         acks.len(),
         ms(percentile(&acks, 0.5)),
         ms(percentile(&acks, 0.99)),
@@ -273,6 +301,7 @@ async fn flat_out(
         cpu / secs,
         own / secs,
         commits / n as f64,
+        steal_since(ticks0),
     );
     rate
 }
@@ -292,6 +321,7 @@ async fn main() {
     let root = env!("CARGO_MANIFEST_DIR");
     let bin = format!("{root}/target/release/flux-status");
     let state_dir = format!("{root}/target/bench-state");
+    let whole_run = machine_ticks();
     println!(
         "machine: {} cores; release build; durable outbox on",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -459,16 +489,22 @@ async fn main() {
     while client.post(&bare_url).send().await.is_err() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let ticks0 = machine_ticks();
     let t0 = Instant::now();
     let ok = flood(&client, &bare_url, total, 32, |i| v1_event(&sha(4, i)))
         .await
         .len();
     let ceiling = ok as f64 / t0.elapsed().as_secs_f64();
     println!(
-        "bare axum handler, same load: {ceiling:.0} requests/s; flux-status v1 accepts {:.0}% of it as shipped (new commits, durable), {:.0}% on the ingest path alone",
+        "bare axum handler, same load: {ceiling:.0} requests/s (CPU steal {:.0}%); flux-status v1 accepts {:.0}% of it as shipped (new commits, durable), {:.0}% on the ingest path alone",
+        steal_since(ticks0),
         100.0 * v1_rate / ceiling,
         100.0 * ingest_only / ceiling
     );
     let _ = bare.kill();
     let _ = bare.wait();
+    println!(
+        "CPU steal over the whole benchmark: {:.0}% (other guests on this host; above a few percent the numbers measure the host)",
+        steal_since(whole_run)
+    );
 }
