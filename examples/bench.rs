@@ -279,6 +279,7 @@ async fn flat_out(
     label: &str,
     url: &str,
     n: u64,
+    posters: u64,
     body: impl Fn(u64) -> Vec<u8> + Send + Sync + Clone + 'static,
 ) -> f64 {
     let cpu0 = cpu_seconds(d.pid);
@@ -286,7 +287,7 @@ async fn flat_out(
     let commits0 = commits(client, d.ops_port).await;
     let ticks0 = machine_ticks();
     let t0 = Instant::now();
-    let acks = flood(client, url, n, 32, body).await;
+    let acks = flood(client, url, n, posters, body).await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(d.pid) - cpu0;
     let own = cpu_seconds(std::process::id()) - own0;
@@ -369,6 +370,7 @@ async fn main() {
         "accepted flat out, v1 (new commit each)",
         &v1,
         total,
+        32,
         |i| v1_event(&sha(1, i)),
     )
     .await;
@@ -378,6 +380,7 @@ async fn main() {
         "accepted flat out, v2 (new commit each)",
         &v2,
         total,
+        32,
         |i| v2_event(&sha(5, i)),
     )
     .await;
@@ -403,9 +406,15 @@ async fn main() {
         let t0 = Instant::now();
         let label = format!("whole pipeline flat out, {name} (accepted, and written to the fake)");
         if name == "v1" {
-            flat_out(&client, &d, &label, url, total, move |i| v1_event(&sha(run, i))).await;
+            flat_out(&client, &d, &label, url, total, 32, move |i| {
+                v1_event(&sha(run, i))
+            })
+            .await;
         } else {
-            flat_out(&client, &d, &label, url, total, move |i| v2_event(&sha(run, i))).await;
+            flat_out(&client, &d, &label, url, total, 32, move |i| {
+                v2_event(&sha(run, i))
+            })
+            .await;
         }
         wait_arrivals(&fake, before + total as usize).await;
         println!(
