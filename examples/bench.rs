@@ -55,6 +55,11 @@ fn v2_event(sha: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// An event body for a commit.
+type Event = fn(&str) -> Vec<u8>;
+const V1: Event = v1_event;
+const V2: Event = v2_event;
+
 fn sha(run: u64, i: u64) -> String {
     format!("{run:08x}{i:032x}")
 }
@@ -364,26 +369,14 @@ async fn main() {
     flood(&client, &v1, 10_000, 32, |i| v1_event(&sha(3, i))).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!("with 10,000 pending updates: RSS {:.1} MiB", rss_mib(d.pid));
-    let v1_rate = flat_out(
-        &client,
-        &d,
-        "accepted flat out, v1 (new commit each)",
-        &v1,
-        total,
-        32,
-        |i| v1_event(&sha(1, i)),
-    )
-    .await;
-    flat_out(
-        &client,
-        &d,
-        "accepted flat out, v2 (new commit each)",
-        &v2,
-        total,
-        32,
-        |i| v2_event(&sha(5, i)),
-    )
-    .await;
+    let mut v1_rate = 0.0;
+    for (name, url, event, run) in [("v1", &v1, V1, 1u64), ("v2", &v2, V2, 5)] {
+        let label = format!("accepted flat out, {name} (new commit each)");
+        let rate = flat_out(&client, &d, &label, url, total, 32, move |i| event(&sha(run, i))).await;
+        if name == "v1" {
+            v1_rate = rate;
+        }
+    }
     let pending = 10_000 + 2 * total;
     println!(
         "with {pending} pending updates: RSS {:.1} MiB; peak {:.1} MiB",
@@ -401,21 +394,11 @@ async fn main() {
     );
     fake.arrivals.lock().unwrap().clear();
     fake.writes.store(0, Ordering::Relaxed);
-    for (name, url, run) in [("v1", &v1, 11u64), ("v2", &v2, 15u64)] {
+    for (name, url, event, run) in [("v1", &v1, V1, 11u64), ("v2", &v2, V2, 15)] {
         let before = fake.arrivals.lock().unwrap().len();
         let t0 = Instant::now();
         let label = format!("whole pipeline flat out, {name} (accepted, and written to the fake)");
-        if name == "v1" {
-            flat_out(&client, &d, &label, url, total, 32, move |i| {
-                v1_event(&sha(run, i))
-            })
-            .await;
-        } else {
-            flat_out(&client, &d, &label, url, total, 32, move |i| {
-                v2_event(&sha(run, i))
-            })
-            .await;
-        }
+        flat_out(&client, &d, &label, url, total, 32, move |i| event(&sha(run, i))).await;
         wait_arrivals(&fake, before + total as usize).await;
         println!(
             "  all {total} written {:.2} s after the first event: {:.0} provider writes/s",
