@@ -495,6 +495,8 @@ pub struct Store {
     len: u64,
     /// The file's size: records, then zeros.
     allocated: u64,
+    /// False after a compaction's rename until its directory is fsynced.
+    dir_synced: bool,
     /// Compact once the log reaches this size.
     compact_at: u64,
     compact_min: u64,
@@ -569,6 +571,7 @@ impl Store {
             file,
             len: replayed.end,
             allocated: replayed.end,
+            dir_synced: true,
             compact_at: compact_min.max(2 * replayed.end),
             compact_min,
             buf: Vec::with_capacity(64 << 10),
@@ -586,7 +589,8 @@ impl Store {
             frame(&record(op), &mut self.buf).map_err(|e| err(&e))?;
         }
         let written = self
-            .extend_for(self.buf.len() as u64)
+            .sync_dir_if_needed()
+            .and_then(|()| self.extend_for(self.buf.len() as u64))
             .and_then(|()| self.file.write_all_at(&self.buf, self.len))
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
@@ -616,6 +620,16 @@ impl Store {
         Ok(())
     }
 
+    /// A rename is durable once its directory is: until then, nothing may be
+    /// acknowledged that lives only in the renamed file.
+    fn sync_dir_if_needed(&mut self) -> std::io::Result<()> {
+        if !self.dir_synced {
+            sync_dir(&self.dir)?;
+            self.dir_synced = true;
+        }
+        Ok(())
+    }
+
     /// Whether the log has grown enough since the last compaction to compact it.
     fn wants_compaction(&self) -> bool {
         self.len >= self.compact_at
@@ -638,16 +652,22 @@ impl Store {
             }
             out.sync_data()?;
             std::fs::rename(&tmp, &self.path)?;
-            sync_dir(&self.dir)?;
             Ok(out)
         })();
         let before = self.len;
         match switched {
             Ok(file) => {
+                // Renamed: from here on the new file is the log, whatever happens next.
                 self.file = file;
                 self.len = compacted + (before - end);
                 self.allocated = self.len;
                 self.compact_at = self.compact_min.max(2 * self.len);
+                self.dir_synced = false;
+                if let Err(e) = self.sync_dir_if_needed() {
+                    // The next write tries again, and fails until it can.
+                    warn!(error = %e, path = %self.dir.display(),
+                        "could not fsync the state directory after compacting the outbox log");
+                }
                 Ok((before, self.len))
             }
             Err(e) => {
