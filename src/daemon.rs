@@ -34,7 +34,7 @@ pub enum DaemonError {
     },
     #[error("setting up the notifier: {0}")]
     Notifier(String),
-    #[error("{0} (mount a writable volume there, or run with --no-persistence)")]
+    #[error("{0} (give each daemon its own writable volume there, or run with --no-persistence)")]
     Store(#[from] crate::delivery::store::StoreError),
 }
 

@@ -123,7 +123,7 @@ impl Metrics {
         let outbox_commits = Family::<ResultLabel, Counter>::default();
         registry.register(
             "outbox_commits",
-            "State store transactions, by result",
+            "State store writes, one fsync each, by result",
             outbox_commits.clone(),
         );
         let outbox_compactions = Family::<ResultLabel, Counter>::default();
