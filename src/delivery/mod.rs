@@ -260,10 +260,7 @@ impl Delivery {
                     return self.report_undelivered();
                 }
             }
-            let wake_at = match (next_due, deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake_at = next_due.into_iter().chain(deadline).min();
             tokio::select! {
                 _ = self.wake.notified() => {}
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {

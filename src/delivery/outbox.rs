@@ -300,12 +300,8 @@ impl Outbox {
             .held
             .iter()
             .filter(|(repo, _)| self.ready.contains_key(*repo))
-            .map(|(_, until)| *until)
-            .min();
-        match (backoff, held) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            .map(|(_, until)| *until);
+        backoff.into_iter().chain(held).min()
     }
 
     pub fn complete(&mut self, lease: &Lease, outcome: Completion, now: Instant) -> Completed {

@@ -12,9 +12,9 @@
 //!   garbled by a crash mid-write (its fsync never returned, so nothing it held was
 //!   acknowledged) ends the log and is cut off;
 //! - once the log has grown to twice what it held after the last compaction, a
-//!   helper thread rewrites the state its first bytes describe into a new file while
-//!   appends go on; the persister then copies what was appended meanwhile and
-//!   renames the new file over the old one.
+//!   helper thread copies the records of its first bytes that still count into a new
+//!   file while appends go on; the persister then copies what was appended meanwhile
+//!   and renames the new file over the old one.
 
 use crate::update::{Key, StatusUpdate};
 use notifiers::{Check, CommitStatus, Sha, State};
@@ -238,8 +238,8 @@ pub struct Recovered {
 /// The state a log describes: what replaying its records leaves.
 #[derive(Default)]
 struct Live {
-    /// Update, accepted at (ms), and the order of that acceptance.
-    pending: HashMap<Key, (StatusUpdate, u64, u64)>,
+    /// Update, accepted at, and the order of that acceptance.
+    pending: HashMap<Key, (StatusUpdate, SystemTime, u64)>,
     in_flight: HashSet<Key>,
     written: HashMap<Key, (StatusUpdate, u64)>,
     poll: Option<Vec<u8>>,
@@ -252,7 +252,7 @@ impl Live {
             Op::Pending(u, at) => {
                 // In line by its latest acceptance, where its record now is.
                 self.next_order += 1;
-                self.pending.insert(u.key(), (u, millis(at), self.next_order));
+                self.pending.insert(u.key(), (u, at, self.next_order));
             }
             Op::Done(k) => {
                 self.pending.remove(&k);
@@ -279,10 +279,7 @@ impl Live {
         let mut written: Vec<_> = self.written.into_values().collect();
         written.sort_by_key(|(_, seq)| *seq);
         Recovered {
-            pending: pending
-                .into_iter()
-                .map(|(u, at, _)| (u, UNIX_EPOCH + Duration::from_millis(at)))
-                .collect(),
+            pending: pending.into_iter().map(|(u, at, _)| (u, at)).collect(),
             in_flight: self.in_flight.into_iter().collect(),
             written,
             poll: self.poll,
@@ -331,7 +328,8 @@ impl Records {
         }))
     }
 
-    /// The next whole record's payload into `payload`, and where its frame starts.
+    /// The next whole record's payload into `payload`, and where its frame starts;
+    /// its header stays in `self.header` until the next call.
     fn next(&mut self, payload: &mut Vec<u8>) -> std::io::Result<Option<u64>> {
         if self.limit.is_some_and(|l| self.end >= l) {
             return Ok(None);
@@ -474,8 +472,8 @@ fn compact_prefix(dir: &Path, end: u64) -> Result<u64, StoreError> {
     let (mut records, mut keep) = (open()?, keep.into_iter().peekable());
     while let Some(at) = records.next(&mut payload).map_err(|e| err(&e))? {
         if keep.next_if_eq(&at).is_some() {
-            w.write_all(&(payload.len() as u32).to_le_bytes())
-                .and_then(|()| w.write_all(&crc32fast::hash(&payload).to_le_bytes()))
+            // The frame as it was read (and checked): header, then payload.
+            w.write_all(&records.header)
                 .and_then(|()| w.write_all(&payload))
                 .map_err(|e| err(&e))?;
         }
@@ -539,7 +537,7 @@ impl Store {
             .truncate(false)
             .open(&path)
             .map_err(|e| err(&e))?;
-        let size = file.metadata().map_err(|e| err(&e))?.len();
+        let mut size = file.metadata().map_err(|e| err(&e))?.len();
         if size < MAGIC.len() as u64 {
             // New, or its creator died before finishing the header: nothing in it was
             // ever acknowledged.
@@ -547,13 +545,13 @@ impl Store {
             file.write_all(MAGIC).map_err(|e| err(&e))?;
             file.sync_all().map_err(|e| err(&e))?;
             sync_dir(dir).map_err(|e| err(&e))?;
+            size = MAGIC.len() as u64;
         }
         let replayed = replay(&path)?;
         if replayed.unreadable > 0 {
             warn!(path = %path.display(), records = replayed.unreadable,
                 "skipped outbox records that do not parse");
         }
-        let size = file.metadata().map_err(|e| err(&e))?.len();
         if let Some(why) = replayed.cut {
             // A write the crash interrupted. Its fsync never returned, so nothing it
             // held was acknowledged.
@@ -565,28 +563,27 @@ impl Store {
             file.set_len(replayed.end).map_err(|e| err(&e))?;
             file.sync_all().map_err(|e| err(&e))?;
         }
-        let store = Store {
+        let mut store = Store {
             dir: dir.to_path_buf(),
             path: path.clone(),
             file,
             len: replayed.end,
             allocated: replayed.end,
             dir_synced: true,
-            compact_at: compact_min.max(2 * replayed.end),
+            compact_at: 0,
             compact_min,
             buf: Vec::with_capacity(64 << 10),
             _lock: lock,
         };
+        store.rearm_compaction();
         Ok((store, replayed.live.into_recovered()))
     }
 
     /// Appends `ops`, in order, and makes them durable.
     pub fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = StoreError::at(&path);
         self.buf.clear();
         for op in ops {
-            frame(&record(op), &mut self.buf).map_err(|e| err(&e))?;
+            frame(&record(op), &mut self.buf).map_err(|e| StoreError::at(&self.path)(&e))?;
         }
         let written = self
             .sync_dir_if_needed()
@@ -598,7 +595,7 @@ impl Store {
             // last whole record (a failed fsync leaves the page cache in doubt).
             let _ = self.file.set_len(self.len);
             self.allocated = self.len;
-            return Err(err(&e));
+            return Err(StoreError::at(&self.path)(&e));
         }
         self.len += self.buf.len() as u64;
         if self.buf.capacity() > 1 << 20 {
@@ -661,7 +658,7 @@ impl Store {
                 self.file = file;
                 self.len = compacted + (before - end);
                 self.allocated = self.len;
-                self.compact_at = self.compact_min.max(2 * self.len);
+                self.rearm_compaction();
                 self.dir_synced = false;
                 if let Err(e) = self.sync_dir_if_needed() {
                     // The next write tries again, and fails until it can.
@@ -672,14 +669,14 @@ impl Store {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                self.postpone_compaction();
                 Err(err(&e))
             }
         }
     }
 
-    /// After a failed compaction, wait for the log to double again.
-    fn postpone_compaction(&mut self) {
+    /// The next compaction is due once the log has doubled from its size now (after
+    /// opening, a compaction, or a failed one).
+    fn rearm_compaction(&mut self) {
         self.compact_at = self.compact_min.max(2 * self.len);
     }
 }
@@ -820,7 +817,7 @@ fn persist(
                             info!(before_bytes = before, after_bytes = after, "outbox log compacted")
                         }
                         Err(e) => {
-                            store.postpone_compaction();
+                            store.rearm_compaction();
                             warn!(error = %e, "outbox log compaction failed; the log stays as it is");
                         }
                     }
@@ -859,7 +856,7 @@ fn persist(
             match spawned {
                 Ok(_) => compacting = true,
                 Err(e) => {
-                    store.postpone_compaction();
+                    store.rearm_compaction();
                     warn!(error = %e, "could not start compacting the outbox log");
                 }
             }
