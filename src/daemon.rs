@@ -127,17 +127,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     }
                     ops.metrics
                         .outbox_commits
-                        .get_or_create(&ResultLabel {
-                            result: if ok { "ok" } else { "error" },
-                        })
+                        .get_or_create(&ResultLabel::of(result))
                         .inc();
                 }
                 StoreEvent::Compacted(result) => {
                     ops.metrics
                         .outbox_compactions
-                        .get_or_create(&ResultLabel {
-                            result: if result.is_ok() { "ok" } else { "error" },
-                        })
+                        .get_or_create(&ResultLabel::of(result))
                         .inc();
                 }
             })?;

@@ -47,6 +47,15 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+impl ResultLabel {
+    /// `ok` or `error`.
+    pub fn of<T, E>(r: &Result<T, E>) -> Self {
+        ResultLabel {
+            result: if r.is_ok() { "ok" } else { "error" },
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     /// `succeeded`, `failed`, `timed_out`, `superseded`.
