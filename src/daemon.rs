@@ -197,7 +197,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         delivery: delivery.clone(),
         v1: V1Context {
             repo: v1_repo,
-            instance: config.instance.clone(),
+            check: crate::mapping::v1::sync_check(&config.instance),
             status_range: config.status_range,
             target_url: config.target_url.clone(),
         },

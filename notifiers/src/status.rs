@@ -1,13 +1,21 @@
 //! The vocabulary every provider agrees on: which commit, which check, which state.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 /// A full git object id: 40 hex characters (SHA-1) or 64 (SHA-256), stored lowercase.
 ///
 /// Short SHAs are rejected: every provider API needs the full id, and a short one
 /// could name a different commit tomorrow.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Sha(String);
+///
+/// Kept inline, not on the heap: every status update, key and record carries one,
+/// and copying one costs no allocation.
+#[derive(Clone)]
+pub struct Sha {
+    len: u8,
+    hex: [u8; 64],
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShaError {
@@ -28,30 +36,62 @@ impl Sha {
             return Err(ShaError::NotHex);
         }
         match s.len() {
-            40 | 64 => Ok(Sha(s.to_ascii_lowercase())),
+            n @ (40 | 64) => {
+                let mut hex = [0u8; 64];
+                hex[..n].copy_from_slice(s.as_bytes());
+                hex[..n].make_ascii_lowercase();
+                Ok(Sha { len: n as u8, hex })
+            }
             n => Err(ShaError::Length(n)),
         }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII hex digits are ever stored (checked in `parse`).
+        std::str::from_utf8(&self.hex[..usize::from(self.len)]).unwrap_or_default()
     }
 
     /// The 7-character abbreviation git shows by default.
     pub fn short(&self) -> &str {
-        &self.0[..7]
+        &self.as_str()[..7]
+    }
+}
+
+impl PartialEq for Sha {
+    fn eq(&self, other: &Sha) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Sha {}
+
+impl Hash for Sha {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialOrd for Sha {
+    fn partial_cmp(&self, other: &Sha) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Sha {
+    fn cmp(&self, other: &Sha) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
     }
 }
 
 impl fmt::Display for Sha {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for Sha {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sha({})", self.0)
+        write!(f, "Sha({})", self.as_str())
     }
 }
 
@@ -93,11 +133,13 @@ impl fmt::Display for State {
 ///
 /// GitHub and GitLab show it whole (context / name). Azure DevOps splits it at the
 /// first `/` into a genre and a name (`flux-status` + `dev/sync`).
+///
+/// Shared, not copied: the few check names of a deployment are carried by every update.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Check(String);
+pub struct Check(Arc<str>);
 
 impl Check {
-    pub fn new(name: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
         Check(name.into())
     }
 

@@ -11,7 +11,8 @@ const NAMED_RESOURCES: usize = 3;
 #[derive(Debug, Clone)]
 pub struct V1Context {
     pub repo: RepoId,
-    pub instance: String,
+    /// `flux-status/<instance>/sync`, built once.
+    pub check: Check,
     /// Also status up to this many older commits of a sync's range.
     pub status_range: usize,
     pub target_url: Option<String>,
@@ -49,7 +50,7 @@ fn map_sync(sync: &SyncEvent, ctx: &V1Context) -> Mapped {
     } else {
         (State::Failed, failure_description(&sync.errors))
     };
-    let check = sync_check(&ctx.instance);
+    let check = &ctx.check;
     let status = |sha: Sha, description: String| StatusUpdate {
         repo: ctx.repo.clone(),
         status: CommitStatus {
@@ -116,7 +117,7 @@ mod tests {
     fn ctx(range: usize) -> V1Context {
         V1Context {
             repo: "github.com/o/r".into(),
-            instance: "dev".into(),
+            check: sync_check("dev"),
             status_range: range,
             target_url: None,
         }

@@ -90,14 +90,34 @@ impl V2Context {
 pub fn check_name(ev: &Event, ctx: &V2Context) -> Check {
     let o = &ev.involved_object;
     let cluster = ev.meta("cluster").unwrap_or(&ctx.instance);
-    Check::new(
-        ctx.check_template
-            .replace("{instance}", &ctx.instance)
-            .replace("{cluster}", cluster)
-            .replace("{kind}", &o.kind.to_ascii_lowercase())
-            .replace("{namespace}", &o.namespace)
-            .replace("{name}", &o.name),
-    )
+    // One pass over the template: this runs for every event.
+    let mut name = String::with_capacity(ctx.check_template.len() + 32);
+    let mut rest = ctx.check_template.as_str();
+    while let Some(open) = rest.find('{') {
+        name.push_str(&rest[..open]);
+        rest = &rest[open..];
+        let placeholder = rest.find('}').map(|close| &rest[1..close]);
+        let value = match placeholder {
+            Some("instance") => ctx.instance.as_str(),
+            Some("cluster") => cluster,
+            Some("kind") => {
+                name.extend(o.kind.chars().map(|c| c.to_ascii_lowercase()));
+                ""
+            }
+            Some("namespace") => &o.namespace,
+            Some("name") => &o.name,
+            // Not a placeholder: the brace is text.
+            _ => {
+                name.push('{');
+                rest = &rest[1..];
+                continue;
+            }
+        };
+        name.push_str(value);
+        rest = &rest[placeholder.map_or(0, str::len) + 2..];
+    }
+    name.push_str(rest);
+    Check::new(name)
 }
 
 pub fn map(ev: &Event, ctx: &V2Context) -> Mapped {
@@ -325,6 +345,16 @@ mod tests {
             u.status.check.as_str(),
             "deploy/prod-eu-1/apps",
             "cluster from the Alert's metadata"
+        );
+        c.check_template = "{{instance}/{kind}/{namespace}/{name}/{unknown}/{name".into();
+        assert_eq!(
+            check_name(
+                &fixture("forwarded/kustomization-reconciliation-succeeded.json"),
+                &c
+            )
+            .as_str(),
+            "{prod/kustomization/flux-system/apps/{unknown}/{name",
+            "every placeholder once, other braces kept as text"
         );
         let ev = parse(br#"{"involvedObject":{"kind":"Kustomization","name":"a","namespace":"n"},"severity":"error","reason":"ArtifactFailed","message":"x"}"#).unwrap();
         assert_eq!(
