@@ -155,26 +155,27 @@ impl Delivery {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
+        let mut unchanged = Vec::new();
         let (offers, durable) = {
             let mut outbox = lock(&self.outbox);
             let offers = outbox.offer_all(updates.clone(), Instant::now())?;
             let accepted_at = SystemTime::now();
-            let ops = offers
-                .iter()
-                .zip(&updates)
-                .filter(|(o, _)| **o != Offer::Unchanged)
-                .map(|(_, u)| Op::Pending(u.clone(), accepted_at))
-                .collect();
+            let mut ops = Vec::with_capacity(updates.len());
+            for (u, offer) in updates.into_iter().zip(&offers) {
+                if *offer == Offer::Unchanged {
+                    unchanged.push(u);
+                } else {
+                    ops.push(Op::Pending(u, accepted_at));
+                }
+            }
             // Submitted under the lock: the store sees changes in the order memory did.
             let durable = self.persister.submit(ops);
             self.metrics.outbox_pending.set(outbox.len() as i64);
             (offers, durable)
         };
-        for (u, offer) in updates.iter().zip(&offers) {
-            if *offer == Offer::Unchanged {
-                self.metrics
-                    .status(self.provider_name(&u.repo), u.status.state, "deduplicated");
-            }
+        for u in unchanged {
+            self.metrics
+                .status(self.provider_name(&u.repo), u.status.state, "deduplicated");
         }
         self.wake.notify_one();
         durable.wait().await.map_err(AcceptError::Store)?;
