@@ -50,12 +50,6 @@ const PREALLOCATE: u64 = 1 << 20;
 const COMPACT_MIN: u64 = 4 << 20;
 /// Most changes one write carries; bounds commit latency under a flood.
 const MAX_BATCH: usize = 4096;
-/// Under load (a batch from at least `LINGER_FROM` submitters at once) the persister
-/// waits this long for more changes before it writes: each fsync then covers about
-/// twice as many, and the CPU an fsync costs goes to accepting events. A lone change
-/// (at 1,000 events/s, nearly every one) is written at once.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
-const LINGER_FROM: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 #[error("state store {path}: {message}")]
@@ -808,43 +802,32 @@ fn persist(
         let Some(first) = rx.blocking_recv() else { break };
         let (mut ops, mut acks) = (Vec::new(), Vec::new());
         let mut next = Some(first);
-        let mut lingered = false;
-        loop {
-            while let Some(msg) = next {
-                match msg {
-                    Msg::Ops(more, ack) => {
-                        ops.extend(more);
-                        acks.extend(ack);
-                    }
-                    Msg::Compacted { end, result } => {
-                        compacting = false;
-                        // Changes collected so far are not written yet: they go to the new file.
-                        let result = result.and_then(|len| store.finish_compaction(end, len));
-                        match &result {
-                            Ok((before, after)) => {
-                                info!(before_bytes = before, after_bytes = after, "outbox log compacted")
-                            }
-                            Err(e) => {
-                                store.rearm_compaction();
-                                warn!(error = %e, "outbox log compaction failed; the log stays as it is");
-                            }
+        while let Some(msg) = next {
+            match msg {
+                Msg::Ops(more, ack) => {
+                    ops.extend(more);
+                    acks.extend(ack);
+                }
+                Msg::Compacted { end, result } => {
+                    compacting = false;
+                    // Changes collected so far are not written yet: they go to the new file.
+                    let result = result.and_then(|len| store.finish_compaction(end, len));
+                    match &result {
+                        Ok((before, after)) => {
+                            info!(before_bytes = before, after_bytes = after, "outbox log compacted")
                         }
-                        on_event(StoreEvent::Compacted(&result));
+                        Err(e) => {
+                            store.rearm_compaction();
+                            warn!(error = %e, "outbox log compaction failed; the log stays as it is");
+                        }
                     }
-                    Msg::Stop(ack) => stops.push(ack),
+                    on_event(StoreEvent::Compacted(&result));
                 }
-                if ops.len() >= MAX_BATCH {
-                    break;
-                }
-                next = rx.try_recv().ok();
+                Msg::Stop(ack) => stops.push(ack),
             }
-            // Many submitters at once: the producers outpace the fsync. Wait briefly for
-            // more, so one fsync covers them too.
-            if lingered || acks.len() < LINGER_FROM || ops.len() >= MAX_BATCH || !stops.is_empty() {
+            if ops.len() >= MAX_BATCH {
                 break;
             }
-            lingered = true;
-            std::thread::sleep(LINGER);
             next = rx.try_recv().ok();
         }
         let result = if ops.is_empty() {
