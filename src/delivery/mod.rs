@@ -156,9 +156,12 @@ impl Delivery {
             return Ok(Vec::new());
         }
         let mut unchanged = Vec::new();
+        let wake;
         let (offers, durable) = {
             let mut outbox = lock(&self.outbox);
-            let offers = outbox.offer_all(updates.clone(), Instant::now())?;
+            let now = Instant::now();
+            wake = updates.iter().any(|u| outbox.wakes_dispatcher(&u.repo, now));
+            let offers = outbox.offer_all(updates.clone(), now)?;
             let accepted_at = SystemTime::now();
             let mut ops = Vec::with_capacity(updates.len());
             for (u, offer) in updates.into_iter().zip(&offers) {
@@ -177,7 +180,9 @@ impl Delivery {
             self.metrics
                 .status(self.provider_name(&u.repo), u.status.state, "deduplicated");
         }
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
         durable.wait().await.map_err(AcceptError::Store)?;
         Ok(offers)
     }

@@ -292,6 +292,14 @@ impl Outbox {
         }
     }
 
+    /// Whether a new update for `repo` gives the dispatcher something to do now. Not
+    /// while the repository is held back with updates queued: the dispatcher already
+    /// waits for the end of that hold (`next_due`), and waking it per accepted event
+    /// cost 5% of the CPU of a flood.
+    pub fn wakes_dispatcher(&self, repo: &RepoId, now: Instant) -> bool {
+        !(self.ready.contains_key(repo) && self.held.get(repo).is_some_and(|until| *until > now))
+    }
+
     /// When the earliest delayed update becomes due, or a held-back repository with
     /// updates due may send again.
     pub fn next_due(&self) -> Option<Instant> {
@@ -479,14 +487,24 @@ mod tests {
         ob.offer_all(vec![in_repo("b", update('b', "c", State::Succeeded))], now)
             .unwrap();
         let budget = |repo: &RepoId| (&**repo == "a").then_some(until);
+        let (a, b): (RepoId, RepoId) = ("a".into(), "b".into());
+        assert!(ob.wakes_dispatcher(&a, now), "not known to be held yet");
         assert_eq!(leased(&mut ob, now, budget), Some("b:bbbbbbb".into()));
         assert_eq!(leased(&mut ob, now, budget), None);
         assert_eq!(ob.next_due(), Some(until), "wake when the budget allows");
+        assert!(
+            !ob.wakes_dispatcher(&a, now),
+            "more for a held repository waits for its hold"
+        );
+        assert!(ob.wakes_dispatcher(&a, until), "unless the hold is over");
+        assert!(ob.wakes_dispatcher(&b, now), "another repository is sent at once");
         assert_eq!(ob.ready_len(), 500, "the held queue was left as it was");
         assert!(ob.delayed.is_empty(), "nothing was moved per update");
         // Then in the order accepted.
         assert_eq!(leased(&mut ob, until, no_pause), Some("a:0000000".into()));
         assert_eq!(leased(&mut ob, until, no_pause), Some("a:0000001".into()));
+        while leased(&mut ob, until, no_pause).is_some() {}
+        assert!(ob.wakes_dispatcher(&a, now), "nothing queued: nothing waited for");
     }
 
     #[test]
