@@ -9,6 +9,11 @@
 //!    durable outbox while writes go out at the budget's pace, as in production;
 //! 2. with the budget off: every accepted change is also written at once, so the
 //!    whole pipeline runs flat out, and the latency from event to provider request.
+//!
+//! Then the same flat-out load against a bare axum handler (`examples/bare.rs`): the
+//! ceiling on this machine. Flat-out load comes from 32 keep-alive connections driven
+//! by a small raw HTTP/1.1 poster, not reqwest, so that the generator, which shares
+//! the 2 cores, takes as little of them as it can from what is measured.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -59,6 +64,10 @@ fn v2_event(sha: &str) -> Vec<u8> {
 type Event = fn(&str) -> Vec<u8>;
 const V1: Event = v1_event;
 const V2: Event = v2_event;
+
+/// Concurrent keep-alive connections posting events flat out (notification-controller
+/// posts each event from its own goroutine; fluxd posts one at a time).
+const POSTERS: u64 = 32;
 
 fn sha(run: u64, i: u64) -> String {
     format!("{run:08x}{i:032x}")
@@ -130,33 +139,102 @@ fn steal_since(since: (f64, f64)) -> f64 {
     }
 }
 
-/// Posts `n` events from `workers` concurrent posters; returns each 202's
-/// acknowledge time, sorted.
+/// One keep-alive HTTP/1.1 connection that posts bodies and reads the answers, with no
+/// client library: the load generator shares the 2 cores with the daemon, so the less
+/// it costs per request, the more of the machine the daemon under test gets.
+struct Poster {
+    stream: tokio::net::TcpStream,
+    head: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Poster {
+    async fn connect(addr: SocketAddr, path: &str) -> std::io::Result<Poster> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let head =
+            format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\naccept: application/json\r\n").into_bytes();
+        Ok(Poster {
+            stream,
+            head,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Posts one body; returns the answer's status code once its body is read.
+    async fn post(&mut self, body: &[u8]) -> std::io::Result<u16> {
+        use tokio::io::AsyncWriteExt;
+        let mut req = Vec::with_capacity(self.head.len() + body.len() + 32);
+        req.extend_from_slice(&self.head);
+        req.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        req.extend_from_slice(body);
+        self.stream.write_all(&req).await?;
+        self.buf.clear();
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head_len) =
+                resp.parse(&self.buf).map_err(std::io::Error::other)?
+            {
+                let code = resp.code.unwrap_or(0);
+                let body_len = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+                    .unwrap_or(0);
+                while self.buf.len() < head_len + body_len {
+                    self.read_more().await?;
+                }
+                return Ok(code);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn read_more(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let len = self.buf.len();
+        self.buf.resize(len + 4096, 0);
+        let n = self.stream.read(&mut self.buf[len..]).await?;
+        self.buf.truncate(len + n);
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+}
+
+/// Posts `n` events to `path` at `addr` from `workers` concurrent keep-alive
+/// connections; returns each 2xx's acknowledge time, sorted.
 async fn flood(
-    client: &reqwest::Client,
-    url: &str,
+    addr: SocketAddr,
+    path: &str,
     n: u64,
     workers: u64,
     body: impl Fn(u64) -> Vec<u8> + Send + Sync + Clone + 'static,
 ) -> Vec<Duration> {
     let mut set = tokio::task::JoinSet::new();
     for w in 0..workers {
-        let (client, url, body) = (client.clone(), url.to_string(), body.clone());
+        let (path, body) = (path.to_string(), body.clone());
         set.spawn(async move {
             let mut acks = Vec::new();
+            let mut conn = None;
             let mut i = w;
             while i < n {
+                let b = body(i);
                 let t = Instant::now();
-                let r = client
-                    .post(&url)
-                    .header("Accept", "application/json")
-                    .body(body(i))
-                    .send()
-                    .await;
-                if r.map(|r| r.status().as_u16() == 202 || r.status().as_u16() == 200)
-                    .unwrap_or(false)
-                {
-                    acks.push(t.elapsed());
+                if conn.is_none() {
+                    conn = Poster::connect(addr, &path).await.ok();
+                }
+                let code = match conn.as_mut() {
+                    Some(c) => c.post(&b).await.ok(),
+                    None => None,
+                };
+                match code {
+                    Some(200 | 202) => acks.push(t.elapsed()),
+                    Some(_) => {}
+                    None => conn = None,
                 }
                 i += workers;
             }
@@ -282,7 +360,7 @@ async fn flat_out(
     client: &reqwest::Client,
     d: &Daemon,
     label: &str,
-    url: &str,
+    path: &str,
     n: u64,
     posters: u64,
     body: impl Fn(u64) -> Vec<u8> + Send + Sync + Clone + 'static,
@@ -292,7 +370,7 @@ async fn flat_out(
     let commits0 = commits(client, d.ops_port).await;
     let ticks0 = machine_ticks();
     let t0 = Instant::now();
-    let acks = flood(client, url, n, posters, body).await;
+    let acks = flood(d.ingest, path, n, posters, body).await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(d.pid) - cpu0;
     let own = cpu_seconds(std::process::id()) - own0;
@@ -315,6 +393,42 @@ async fn flat_out(
 fn stop(mut d: Daemon) {
     let _ = d.child.kill();
     let _ = d.child.wait();
+}
+
+/// The same flat-out load against a bare axum handler: the ceiling on this machine.
+async fn bare_run(root: &str, total: u64, v1_rate: f64, ingest_only: f64) {
+    let bare_port = free_port();
+    let mut bare = Command::new(format!("{root}/target/release/examples/bare"))
+        .arg(format!("127.0.0.1:{bare_port}"))
+        .spawn()
+        .expect("bare handler");
+    let bare_addr: SocketAddr = format!("127.0.0.1:{bare_port}").parse().unwrap();
+    while tokio::net::TcpStream::connect(bare_addr).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ticks0 = machine_ticks();
+    let (cpu0, own0) = (cpu_seconds(bare.id()), cpu_seconds(std::process::id()));
+    let t0 = Instant::now();
+    let ok = flood(bare_addr, "/v6/events", total, POSTERS, |i| v1_event(&sha(4, i)))
+        .await
+        .len();
+    let secs = t0.elapsed().as_secs_f64();
+    let ceiling = ok as f64 / secs;
+    let cpu = cpu_seconds(bare.id()) - cpu0;
+    println!(
+        "bare axum handler, same load: {ceiling:.0} requests/s; its CPU {:.2} s per 10,000 requests; cores busy: handler {:.2}, load generator {:.2}; CPU steal {:.0}%",
+        cpu / ok as f64 * 10_000.0,
+        cpu / secs,
+        (cpu_seconds(std::process::id()) - own0) / secs,
+        steal_since(ticks0),
+    );
+    println!(
+        "flux-status v1 accepts {:.0}% of the bare handler's rate as shipped (new commits, durable), {:.0}% on the ingest path alone",
+        100.0 * v1_rate / ceiling,
+        100.0 * ingest_only / ceiling
+    );
+    let _ = bare.kill();
+    let _ = bare.wait();
 }
 
 #[tokio::main]
@@ -362,17 +476,17 @@ async fn main() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("idle: RSS {:.1} MiB", rss_mib(d.pid));
-    let (v1, v2) = (
-        format!("http://{}/v6/events", d.ingest),
-        format!("http://{}/v2/events", d.ingest),
-    );
-    flood(&client, &v1, 10_000, 32, |i| v1_event(&sha(3, i))).await;
+    let (v1, v2) = ("/v6/events", "/v2/events");
+    flood(d.ingest, v1, 10_000, POSTERS, |i| v1_event(&sha(3, i))).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!("with 10,000 pending updates: RSS {:.1} MiB", rss_mib(d.pid));
     let mut v1_rate = 0.0;
-    for (name, url, event, run) in [("v1", &v1, V1, 1u64), ("v2", &v2, V2, 5)] {
+    for (name, path, event, run) in [("v1", v1, V1, 1u64), ("v2", v2, V2, 5)] {
         let label = format!("accepted flat out, {name} (new commit each)");
-        let rate = flat_out(&client, &d, &label, url, total, 32, move |i| event(&sha(run, i))).await;
+        let rate = flat_out(&client, &d, &label, path, total, POSTERS, move |i| {
+            event(&sha(run, i))
+        })
+        .await;
         if name == "v1" {
             v1_rate = rate;
         }
@@ -388,17 +502,16 @@ async fn main() {
     // Run 2, budget off: each accepted change is written at once too.
     println!("-- run 2: provider write budget off (the whole pipeline flat out)");
     let d = start_daemon(&client, &bin, &state_dir, fake_addr, false).await;
-    let (v1, v2) = (
-        format!("http://{}/v6/events", d.ingest),
-        format!("http://{}/v2/events", d.ingest),
-    );
     fake.arrivals.lock().unwrap().clear();
     fake.writes.store(0, Ordering::Relaxed);
-    for (name, url, event, run) in [("v1", &v1, V1, 11u64), ("v2", &v2, V2, 15)] {
+    for (name, path, event, run) in [("v1", v1, V1, 11u64), ("v2", v2, V2, 15)] {
         let before = fake.arrivals.lock().unwrap().len();
         let t0 = Instant::now();
         let label = format!("whole pipeline flat out, {name} (accepted, and written to the fake)");
-        flat_out(&client, &d, &label, url, total, 32, move |i| event(&sha(run, i))).await;
+        flat_out(&client, &d, &label, path, total, POSTERS, move |i| {
+            event(&sha(run, i))
+        })
+        .await;
         wait_arrivals(&fake, before + total as usize).await;
         println!(
             "  all {total} written {:.2} s after the first event: {:.0} provider writes/s",
@@ -417,7 +530,7 @@ async fn main() {
         ticker.tick().await;
         let s = sha(2, i);
         sent.push((s.clone(), Instant::now()));
-        let (client, url) = (client.clone(), v1.clone());
+        let (client, url) = (client.clone(), format!("http://{}{v1}", d.ingest));
         posts.spawn(async move {
             client
                 .post(&url)
@@ -448,7 +561,7 @@ async fn main() {
     // store commit and no provider write: the rate is that of the ingest path alone.
     let t0 = Instant::now();
     let cpu0 = cpu_seconds(d.pid);
-    let resent = flood(&client, &v1, total, 32, |i| v1_event(&sha(11, i))).await;
+    let resent = flood(d.ingest, v1, total, POSTERS, |i| v1_event(&sha(11, i))).await;
     let secs = t0.elapsed().as_secs_f64();
     let ingest_only = resent.len() as f64 / secs;
     println!(
@@ -471,30 +584,7 @@ async fn main() {
     );
     stop(d);
 
-    // The same flat-out load against a bare axum handler: the ceiling on this machine.
-    let bare_port = free_port();
-    let mut bare = Command::new(format!("{root}/target/release/examples/bare"))
-        .arg(format!("127.0.0.1:{bare_port}"))
-        .spawn()
-        .expect("bare handler");
-    let bare_url = format!("http://127.0.0.1:{bare_port}/v6/events");
-    while client.post(&bare_url).send().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let ticks0 = machine_ticks();
-    let t0 = Instant::now();
-    let ok = flood(&client, &bare_url, total, 32, |i| v1_event(&sha(4, i)))
-        .await
-        .len();
-    let ceiling = ok as f64 / t0.elapsed().as_secs_f64();
-    println!(
-        "bare axum handler, same load: {ceiling:.0} requests/s (CPU steal {:.0}%); flux-status v1 accepts {:.0}% of it as shipped (new commits, durable), {:.0}% on the ingest path alone",
-        steal_since(ticks0),
-        100.0 * v1_rate / ceiling,
-        100.0 * ingest_only / ceiling
-    );
-    let _ = bare.kill();
-    let _ = bare.wait();
+    bare_run(root, total, v1_rate, ingest_only).await;
     println!(
         "CPU steal over the whole benchmark: {:.0}% (other guests on this host; above a few percent the numbers measure the host)",
         steal_since(whole_run)
