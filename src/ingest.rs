@@ -207,18 +207,29 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         return Err(BodyError::TooLarge);
     }
     let mut body = body;
+    // A body that arrives in one piece (nearly every event) is used as it is, not copied.
+    let mut first: Option<Bytes> = None;
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
+            let have = first.as_ref().map_or(0, Bytes::len) + buf.len();
+            if have + data.len() > limit {
                 drain(body).await;
                 return Err(BodyError::TooLarge);
+            }
+            if have == 0 && first.is_none() {
+                first = Some(data);
+                continue;
+            }
+            if let Some(earlier) = first.take() {
+                buf.reserve(announced.map_or(0, |n| n as usize).max(have + data.len()));
+                buf.extend_from_slice(&earlier);
             }
             buf.extend_from_slice(&data);
         }
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// Reads and discards what is left of a request body we answer without using, bounded
@@ -260,6 +271,37 @@ mod tests {
         for p in ["/daemon", "/v/daemon", "/vX/daemon", "/v11/daemons", "/v11", "/"] {
             assert!(!is_daemon_path(p), "{p}");
         }
+    }
+
+    fn chunked(parts: &[&'static [u8]]) -> Body {
+        let frames = parts
+            .iter()
+            .map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p)))
+            .collect::<Vec<_>>();
+        Body::from_stream(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_in_one_piece_or_many() {
+        let none = HeaderMap::new();
+        for parts in [
+            &[&b"{\"type\":\"sync\"}"[..]][..],
+            &[b"{\"ty", b"", b"pe\":", b"\"sync\"}"],
+        ] {
+            let body = read_body(&none, chunked(parts), 64).await;
+            assert_eq!(
+                body.ok().as_deref(),
+                Some(&b"{\"type\":\"sync\"}"[..]),
+                "{parts:?}"
+            );
+        }
+        let over = read_body(&none, chunked(&[b"0123456789", b"0123456789"]), 15).await;
+        assert!(
+            matches!(over, Err(BodyError::TooLarge)),
+            "the limit counts every piece"
+        );
+        let exact = read_body(&none, chunked(&[b"0123456789", b"01234"]), 15).await;
+        assert_eq!(exact.ok().as_deref(), Some(&b"012345678901234"[..]));
     }
 
     #[test]
