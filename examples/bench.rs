@@ -395,40 +395,48 @@ fn stop(mut d: Daemon) {
     let _ = d.child.wait();
 }
 
-/// The same flat-out load against a bare axum handler: the ceiling on this machine.
-async fn bare_run(root: &str, total: u64, v1_rate: f64, ingest_only: f64) {
-    let bare_port = free_port();
-    let mut bare = Command::new(format!("{root}/target/release/examples/bare"))
-        .arg(format!("127.0.0.1:{bare_port}"))
-        .spawn()
-        .expect("bare handler");
-    let bare_addr: SocketAddr = format!("127.0.0.1:{bare_port}").parse().unwrap();
-    while tokio::net::TcpStream::connect(bare_addr).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+/// A bare axum handler that answers every POST (`examples/bare.rs`): the ingest
+/// ceiling on this machine. Loaded right around the phase it is compared with, so both
+/// see the same host: rates here drift by a third within minutes.
+struct Bare {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Bare {
+    async fn start(root: &str) -> Bare {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(format!("{root}/target/release/examples/bare"))
+            .arg(addr.to_string())
+            .spawn()
+            .expect("bare handler");
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Bare { child, addr }
     }
-    let ticks0 = machine_ticks();
-    let (cpu0, own0) = (cpu_seconds(bare.id()), cpu_seconds(std::process::id()));
-    let t0 = Instant::now();
-    let ok = flood(bare_addr, "/v6/events", total, POSTERS, |i| v1_event(&sha(4, i)))
-        .await
-        .len();
-    let secs = t0.elapsed().as_secs_f64();
-    let ceiling = ok as f64 / secs;
-    let cpu = cpu_seconds(bare.id()) - cpu0;
-    println!(
-        "bare axum handler, same load: {ceiling:.0} requests/s; its CPU {:.2} s per 10,000 requests; cores busy: handler {:.2}, load generator {:.2}; CPU steal {:.0}%",
-        cpu / ok as f64 * 10_000.0,
-        cpu / secs,
-        (cpu_seconds(std::process::id()) - own0) / secs,
-        steal_since(ticks0),
-    );
-    println!(
-        "flux-status v1 accepts {:.0}% of the bare handler's rate as shipped (new commits, durable), {:.0}% on the ingest path alone",
-        100.0 * v1_rate / ceiling,
-        100.0 * ingest_only / ceiling
-    );
-    let _ = bare.kill();
-    let _ = bare.wait();
+
+    /// The same flat-out load as the daemon gets; prints and returns requests/s.
+    async fn flood(&self, when: &str, n: u64) -> f64 {
+        let pid = self.child.id();
+        let ticks0 = machine_ticks();
+        let (cpu0, own0) = (cpu_seconds(pid), cpu_seconds(std::process::id()));
+        let t0 = Instant::now();
+        let ok = flood(self.addr, "/v6/events", n, POSTERS, |i| v1_event(&sha(4, i)))
+            .await
+            .len();
+        let secs = t0.elapsed().as_secs_f64();
+        let rate = ok as f64 / secs;
+        let cpu = cpu_seconds(pid) - cpu0;
+        println!(
+            "  bare axum handler, same load, {when}: {rate:.0} requests/s; its CPU {:.2} s per 10,000 requests; cores busy: handler {:.2}, load generator {:.2}; CPU steal {:.0}%",
+            cpu / ok as f64 * 10_000.0,
+            cpu / secs,
+            (cpu_seconds(std::process::id()) - own0) / secs,
+            steal_since(ticks0),
+        );
+        rate
+    }
 }
 
 #[tokio::main]
@@ -475,21 +483,29 @@ async fn main() {
         ms(d.ready_after)
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    println!("idle: RSS {:.1} MiB", rss_mib(d.pid));
+    println!(
+        "idle: RSS {:.1} MiB ({:.1} MiB anonymous memory, {:.1} MiB mapped from files: the binary's own pages)",
+        rss_mib(d.pid),
+        proc_status_mib(d.pid, "RssAnon:"),
+        proc_status_mib(d.pid, "RssFile:"),
+    );
     let (v1, v2) = ("/v6/events", "/v2/events");
     flood(d.ingest, v1, 10_000, POSTERS, |i| v1_event(&sha(3, i))).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!("with 10,000 pending updates: RSS {:.1} MiB", rss_mib(d.pid));
-    let mut v1_rate = 0.0;
+    let bare = Bare::start(root).await;
     for (name, path, event, run) in [("v1", v1, V1, 1u64), ("v2", v2, V2, 5)] {
+        let before = bare.flood("just before", total).await;
         let label = format!("accepted flat out, {name} (new commit each)");
         let rate = flat_out(&client, &d, &label, path, total, POSTERS, move |i| {
             event(&sha(run, i))
         })
         .await;
-        if name == "v1" {
-            v1_rate = rate;
-        }
+        let after = bare.flood("just after", total).await;
+        println!(
+            "  flux-status {name} accepts {:.0}% of the bare handler's rate around it (new commits, durable)",
+            100.0 * rate / ((before + after) / 2.0)
+        );
     }
     let pending = 10_000 + 2 * total;
     println!(
@@ -570,6 +586,11 @@ async fn main() {
         ms(percentile(&resent, 0.99)),
         (cpu_seconds(d.pid) - cpu0) / total as f64 * 10_000.0,
     );
+    let ceiling = bare.flood("just after", total).await;
+    println!(
+        "  flux-status accepts {:.0}% of the bare handler's rate on the ingest path alone",
+        100.0 * ingest_only / ceiling
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let changes = fake.arrivals.lock().unwrap().len() as f64;
     let writes = fake.writes.load(Ordering::Relaxed) as f64;
@@ -584,7 +605,9 @@ async fn main() {
     );
     stop(d);
 
-    bare_run(root, total, v1_rate, ingest_only).await;
+    let mut bare = bare.child;
+    let _ = bare.kill();
+    let _ = bare.wait();
     println!(
         "CPU steal over the whole benchmark: {:.0}% (other guests on this host; above a few percent the numbers measure the host)",
         steal_since(whole_run)
