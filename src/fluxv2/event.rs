@@ -80,13 +80,23 @@ impl Event {
         let group = self.group();
         self.metadata
             .get(key)
-            .or_else(|| {
-                (!group.is_empty())
-                    .then(|| self.metadata.get(&format!("{group}/{key}")))
-                    .flatten()
-            })
-            .or_else(|| self.metadata.get(&format!("{ANNOTATION_GROUP}/{key}")))
+            .or_else(|| (!group.is_empty()).then(|| self.get_joined(group, key)).flatten())
+            .or_else(|| self.get_joined(ANNOTATION_GROUP, key))
             .map(String::as_str)
+    }
+
+    /// The value of `<prefix>/<key>`. The key is put together on the stack: every
+    /// event looks up several keys this way, most of them absent.
+    fn get_joined(&self, prefix: &str, key: &str) -> Option<&String> {
+        let mut buf = [0u8; 128];
+        let len = prefix.len() + 1 + key.len();
+        let Some(joined) = buf.get_mut(..len) else {
+            return self.metadata.get(&format!("{prefix}/{key}"));
+        };
+        joined[..prefix.len()].copy_from_slice(prefix.as_bytes());
+        joined[prefix.len()] = b'/';
+        joined[prefix.len() + 1..].copy_from_slice(key.as_bytes());
+        self.metadata.get(std::str::from_utf8(joined).ok()?)
     }
 
     /// Flux's `GetRevision`: `commit`, then `originRevision`, then `revision`.
@@ -221,6 +231,13 @@ mod tests {
         let fwd = parse(br#"{"involvedObject":{"kind":"Kustomization","name":"a"},"severity":"info","metadata":{"revision":"main/a1afe267b54f38b46b487f6e938a6fd508278c07","commit_status":"update"}}"#).unwrap();
         assert_eq!(fwd.meta("commit_status"), Some("update"));
         assert_eq!(fwd.revision().map(|r| r.0), Some("revision"));
+        let group = "g".repeat(200);
+        let long = parse(format!(r#"{{"involvedObject":{{"kind":"K","name":"a","apiVersion":"{group}/v1"}},"severity":"info","metadata":{{"{group}/revision":"r1"}}}}"#).as_bytes()).unwrap();
+        assert_eq!(
+            long.meta("revision"),
+            Some("r1"),
+            "a group longer than the stack key"
+        );
         assert!(matches!(parse(b"{"), Err(EventError::MalformedJson(_))));
         assert!(matches!(
             parse(br#"{"involvedObject":{}}"#),

@@ -29,25 +29,26 @@ pub struct V2Context {
 
 /// `ReconciliationSucceeded` → `Reconciliation succeeded`.
 pub fn reason_words(reason: &str) -> String {
-    let mut out = String::new();
-    let chars: Vec<char> = reason.chars().collect();
-    for (i, c) in chars.iter().enumerate() {
-        let prev = i.checked_sub(1).map(|j| chars[j]);
-        let next = chars.get(i + 1);
+    let mut out = String::with_capacity(reason.len() + 8);
+    let mut chars = reason.chars().peekable();
+    let mut prev: Option<char> = None;
+    while let Some(c) = chars.next() {
         let boundary = c.is_uppercase()
             && prev.is_some_and(|p| {
-                p.is_lowercase() || (p.is_uppercase() && next.is_some_and(|n| n.is_lowercase()))
+                p.is_lowercase() || (p.is_uppercase() && chars.peek().is_some_and(|n| n.is_lowercase()))
             });
         if boundary {
             out.push(' ');
         }
-        out.extend(c.to_lowercase());
+        let mut lower = c.to_lowercase();
+        if prev.is_none() {
+            // Sentence case: the first letter of the lowercased text goes up again.
+            out.extend(lower.next().into_iter().flat_map(char::to_uppercase));
+        }
+        out.extend(lower);
+        prev = Some(c);
     }
-    let mut cs = out.chars();
-    match cs.next() {
-        Some(first) => first.to_uppercase().chain(cs).collect(),
-        None => out,
-    }
+    out
 }
 
 /// Our state for an event, or why it carries none.
