@@ -218,7 +218,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
                 drain(body).await;
                 return Err(BodyError::TooLarge);
             }
-            if have == 0 && first.is_none() {
+            if first.is_none() && buf.is_empty() {
                 first = Some(data);
                 continue;
             }

@@ -297,18 +297,23 @@ impl Outbox {
     /// waits for the end of that hold (`next_due`), and waking it per accepted event
     /// cost 5% of the CPU of a flood.
     pub fn wakes_dispatcher(&self, repo: &RepoId, now: Instant) -> bool {
-        !(self.ready.contains_key(repo) && self.held.get(repo).is_some_and(|until| *until > now))
+        self.hold(repo).is_none_or(|until| until <= now)
+    }
+
+    /// When `repo`'s hold ends, if it is held back with updates queued: only such a
+    /// hold is one the dispatcher waits for.
+    fn hold(&self, repo: &RepoId) -> Option<Instant> {
+        self.held
+            .get(repo)
+            .copied()
+            .filter(|_| self.ready.contains_key(repo))
     }
 
     /// When the earliest delayed update becomes due, or a held-back repository with
     /// updates due may send again.
     pub fn next_due(&self) -> Option<Instant> {
         let backoff = self.delayed.peek().map(|Reverse((at, _, _))| *at);
-        let held = self
-            .held
-            .iter()
-            .filter(|(repo, _)| self.ready.contains_key(*repo))
-            .map(|(_, until)| *until);
+        let held = self.held.keys().filter_map(|repo| self.hold(repo));
         backoff.into_iter().chain(held).min()
     }
 
