@@ -356,36 +356,74 @@ async fn start_daemon(
 
 /// One flat-out phase: accepted rate, acknowledge latency, the daemon's CPU and the
 /// share of the cores each side used, and store commits per event.
+/// What a flood cost: its wall time, the CPU of the process it loaded and of this one
+/// (load generator and fake), and the share of the machine stolen by other guests.
+struct Cost {
+    secs: f64,
+    cpu: f64,
+    own: f64,
+    steal: f64,
+}
+
+impl Cost {
+    fn cpu_per_10k(&self, count: usize) -> f64 {
+        self.cpu / count as f64 * 10_000.0
+    }
+
+    fn cores(&self) -> f64 {
+        self.cpu / self.secs
+    }
+
+    fn own_cores(&self) -> f64 {
+        self.own / self.secs
+    }
+}
+
+/// `flood`, and what it cost the process `pid` serving it.
+async fn measured_flood(
+    pid: u32,
+    addr: SocketAddr,
+    path: &str,
+    n: u64,
+    body: impl Fn(u64) -> Vec<u8> + Send + Sync + Clone + 'static,
+) -> (Vec<Duration>, Cost) {
+    let (cpu0, own0, ticks0) = (cpu_seconds(pid), cpu_seconds(std::process::id()), machine_ticks());
+    let t0 = Instant::now();
+    let acks = flood(addr, path, n, POSTERS, body).await;
+    let cost = Cost {
+        secs: t0.elapsed().as_secs_f64(),
+        cpu: cpu_seconds(pid) - cpu0,
+        own: cpu_seconds(std::process::id()) - own0,
+        steal: steal_since(ticks0),
+    };
+    (acks, cost)
+}
+
+/// One flat-out phase: accepted rate, acknowledge latency, the daemon's CPU and the
+/// share of the cores each side used, and store commits per event.
 async fn flat_out(
     client: &reqwest::Client,
     d: &Daemon,
     label: &str,
     path: &str,
     n: u64,
-    posters: u64,
     body: impl Fn(u64) -> Vec<u8> + Send + Sync + Clone + 'static,
 ) -> f64 {
-    let cpu0 = cpu_seconds(d.pid);
-    let own0 = cpu_seconds(std::process::id());
     let commits0 = commits(client, d.ops_port).await;
-    let ticks0 = machine_ticks();
-    let t0 = Instant::now();
-    let acks = flood(d.ingest, path, n, posters, body).await;
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(d.pid) - cpu0;
-    let own = cpu_seconds(std::process::id()) - own0;
+    let (acks, cost) = measured_flood(d.pid, d.ingest, path, n, body).await;
     let commits = commits(client, d.ops_port).await - commits0;
-    let rate = acks.len() as f64 / secs;
+    let rate = acks.len() as f64 / cost.secs;
     println!(
-        "{label}: {}/{n} accepted in {secs:.2} s = {rate:.0} events/s; acknowledge p50 {:.2} ms, p99 {:.2} ms; daemon CPU {:.2} s per 10,000 events; cores busy: daemon {:.2}, load generator + fake {:.2}; {:.3} store commits per event; CPU steal {:.0}%",
+        "{label}: {}/{n} accepted in {:.2} s = {rate:.0} events/s; acknowledge p50 {:.2} ms, p99 {:.2} ms; daemon CPU {:.2} s per 10,000 events; cores busy: daemon {:.2}, load generator + fake {:.2}; {:.3} store commits per event; CPU steal {:.0}%",
         acks.len(),
+        cost.secs,
         ms(percentile(&acks, 0.5)),
         ms(percentile(&acks, 0.99)),
-        cpu / n as f64 * 10_000.0,
-        cpu / secs,
-        own / secs,
+        cost.cpu_per_10k(n as usize),
+        cost.cores(),
+        cost.own_cores(),
         commits / n as f64,
-        steal_since(ticks0),
+        cost.steal,
     );
     rate
 }
@@ -418,22 +456,17 @@ impl Bare {
 
     /// The same flat-out load as the daemon gets; prints and returns requests/s.
     async fn flood(&self, when: &str, n: u64) -> f64 {
-        let pid = self.child.id();
-        let ticks0 = machine_ticks();
-        let (cpu0, own0) = (cpu_seconds(pid), cpu_seconds(std::process::id()));
-        let t0 = Instant::now();
-        let ok = flood(self.addr, "/v6/events", n, POSTERS, |i| v1_event(&sha(4, i)))
-            .await
-            .len();
-        let secs = t0.elapsed().as_secs_f64();
-        let rate = ok as f64 / secs;
-        let cpu = cpu_seconds(pid) - cpu0;
+        let (acks, cost) = measured_flood(self.child.id(), self.addr, "/v6/events", n, |i| {
+            v1_event(&sha(4, i))
+        })
+        .await;
+        let rate = acks.len() as f64 / cost.secs;
         println!(
             "  bare axum handler, same load, {when}: {rate:.0} requests/s; its CPU {:.2} s per 10,000 requests; cores busy: handler {:.2}, load generator {:.2}; CPU steal {:.0}%",
-            cpu / ok as f64 * 10_000.0,
-            cpu / secs,
-            (cpu_seconds(std::process::id()) - own0) / secs,
-            steal_since(ticks0),
+            cost.cpu_per_10k(acks.len()),
+            cost.cores(),
+            cost.own_cores(),
+            cost.steal,
         );
         rate
     }
@@ -497,10 +530,7 @@ async fn main() {
     for (name, path, event, run) in [("v1", v1, V1, 1u64), ("v2", v2, V2, 5)] {
         let before = bare.flood("just before", total).await;
         let label = format!("accepted flat out, {name} (new commit each)");
-        let rate = flat_out(&client, &d, &label, path, total, POSTERS, move |i| {
-            event(&sha(run, i))
-        })
-        .await;
+        let rate = flat_out(&client, &d, &label, path, total, move |i| event(&sha(run, i))).await;
         let after = bare.flood("just after", total).await;
         println!(
             "  flux-status {name} accepts {:.0}% of the bare handler's rate around it (new commits, durable)",
@@ -524,10 +554,7 @@ async fn main() {
         let before = fake.arrivals.lock().unwrap().len();
         let t0 = Instant::now();
         let label = format!("whole pipeline flat out, {name} (accepted, and written to the fake)");
-        flat_out(&client, &d, &label, path, total, POSTERS, move |i| {
-            event(&sha(run, i))
-        })
-        .await;
+        flat_out(&client, &d, &label, path, total, move |i| event(&sha(run, i))).await;
         wait_arrivals(&fake, before + total as usize).await;
         println!(
             "  all {total} written {:.2} s after the first event: {:.0} provider writes/s",
@@ -575,16 +602,13 @@ async fn main() {
     // Re-sent states cost nothing: every event above named a new commit once, plus
     // 40,000 repeats of states already written. Deduplicated at ingest, they take no
     // store commit and no provider write: the rate is that of the ingest path alone.
-    let t0 = Instant::now();
-    let cpu0 = cpu_seconds(d.pid);
-    let resent = flood(d.ingest, v1, total, POSTERS, |i| v1_event(&sha(11, i))).await;
-    let secs = t0.elapsed().as_secs_f64();
-    let ingest_only = resent.len() as f64 / secs;
+    let (resent, cost) = measured_flood(d.pid, d.ingest, v1, total, |i| v1_event(&sha(11, i))).await;
+    let ingest_only = resent.len() as f64 / cost.secs;
     println!(
         "ingest path alone (v1, {} re-sent states: no store commit, no provider write): {ingest_only:.0} events/s; acknowledge p99 {:.2} ms; daemon CPU {:.2} s per 10,000 events",
         resent.len(),
         ms(percentile(&resent, 0.99)),
-        (cpu_seconds(d.pid) - cpu0) / total as f64 * 10_000.0,
+        cost.cpu_per_10k(total as usize),
     );
     let ceiling = bare.flood("just after", total).await;
     println!(
