@@ -48,8 +48,9 @@ const MAX_RECORD: usize = 1 << 20;
 const PREALLOCATE: u64 = 1 << 20;
 /// The log is not compacted below this size.
 const COMPACT_MIN: u64 = 4 << 20;
-/// Most changes one write carries; bounds commit latency under a flood.
-const MAX_BATCH: usize = 4096;
+/// Most record bytes one write carries (about 4,000 changes); bounds commit latency
+/// under a flood.
+const MAX_BATCH: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("state store {path}: {message}")]
@@ -198,6 +199,15 @@ fn op_of(r: Record<'_>) -> Option<Op> {
         Record::Forget(k) => Op::Forget(key_of(k)?),
         Record::Poll(p) => Op::Poll(p.map(<[u8]>::to_vec)),
     })
+}
+
+/// Frames `ops` in order, ready to append.
+fn frame_all(ops: &[Op]) -> Result<Vec<u8>, postcard::Error> {
+    let mut buf = Vec::with_capacity(ops.len() * 256);
+    for op in ops {
+        frame(&record(op), &mut buf)?;
+    }
+    Ok(buf)
 }
 
 /// Appends one framed record (length, CRC32, payload) to `buf`.
@@ -498,7 +508,6 @@ pub struct Store {
     /// Compact once the log reaches this size.
     compact_at: u64,
     compact_min: u64,
-    buf: Vec<u8>,
     /// Locked for as long as the store is open: two daemons on one state directory
     /// would interleave their records.
     _lock: File,
@@ -572,7 +581,6 @@ impl Store {
             dir_synced: true,
             compact_at: 0,
             compact_min,
-            buf: Vec::with_capacity(64 << 10),
             _lock: lock,
         };
         store.rearm_compaction();
@@ -580,15 +588,18 @@ impl Store {
     }
 
     /// Appends `ops`, in order, and makes them durable.
+    #[cfg(test)]
     pub fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
-        self.buf.clear();
-        for op in ops {
-            frame(&record(op), &mut self.buf).map_err(|e| StoreError::at(&self.path)(&e))?;
-        }
+        let framed = frame_all(ops).map_err(|e| StoreError::at(&self.path)(&e))?;
+        self.append(&framed)
+    }
+
+    /// Appends framed records (see [`frame_all`]), in order, and makes them durable.
+    fn append(&mut self, records: &[u8]) -> Result<(), StoreError> {
         let written = self
             .sync_dir_if_needed()
-            .and_then(|()| self.extend_for(self.buf.len() as u64))
-            .and_then(|()| self.file.write_all_at(&self.buf, self.len))
+            .and_then(|()| self.extend_for(records.len() as u64))
+            .and_then(|()| self.file.write_all_at(records, self.len))
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             // Nothing of this write counts: cut it off so the next append follows the
@@ -597,10 +608,7 @@ impl Store {
             self.allocated = self.len;
             return Err(StoreError::at(&self.path)(&e));
         }
-        self.len += self.buf.len() as u64;
-        if self.buf.capacity() > 1 << 20 {
-            self.buf = Vec::with_capacity(64 << 10);
-        }
+        self.len += records.len() as u64;
         Ok(())
     }
 
@@ -684,7 +692,9 @@ impl Store {
 type Ack = oneshot::Sender<Result<(), Arc<StoreError>>>;
 
 enum Msg {
-    Ops(Vec<Op>, Option<Ack>),
+    /// Framed records: encoded by the thread that made the change, so the persister
+    /// only copies bytes and the change's memory is freed where it was allocated.
+    Records(Vec<u8>, Option<Ack>),
     /// A helper finished rewriting the log's first `end` bytes.
     Compacted {
         end: u64,
@@ -758,8 +768,18 @@ impl Persister {
             Some(_) if ops.is_empty() => Durable(None),
             Some(tx) => {
                 let (ack, rx) = oneshot::channel();
-                if tx.send(Msg::Ops(ops, Some(ack))).is_err() {
-                    return Durable(Some(closed()));
+                match frame_all(&ops) {
+                    Ok(records) => {
+                        if tx.send(Msg::Records(records, Some(ack))).is_err() {
+                            return Durable(Some(closed()));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ack.send(Err(Arc::new(StoreError {
+                            path: PathBuf::new(),
+                            message: format!("could not encode a change: {e}"),
+                        })));
+                    }
                 }
                 Durable(Some(rx))
             }
@@ -768,7 +788,8 @@ impl Persister {
 
     /// Resolves once everything submitted before it is on disk.
     pub async fn flush(&self) -> Result<(), Arc<StoreError>> {
-        self.send_and_wait(|ack| Msg::Ops(Vec::new(), Some(ack))).await
+        self.send_and_wait(|ack| Msg::Records(Vec::new(), Some(ack)))
+            .await
     }
 
     /// Writes everything submitted before it, lets a compaction under way finish,
@@ -795,17 +816,19 @@ fn persist(
 ) {
     let mut compacting = false;
     let mut stops = Vec::new();
+    let mut batch = Vec::with_capacity(64 << 10);
     loop {
         if !stops.is_empty() && !compacting {
             break;
         }
         let Some(first) = rx.blocking_recv() else { break };
-        let (mut ops, mut acks) = (Vec::new(), Vec::new());
+        batch.clear();
+        let mut acks = Vec::new();
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
-                Msg::Ops(more, ack) => {
-                    ops.extend(more);
+                Msg::Records(records, ack) => {
+                    batch.extend_from_slice(&records);
                     acks.extend(ack);
                 }
                 Msg::Compacted { end, result } => {
@@ -825,16 +848,20 @@ fn persist(
                 }
                 Msg::Stop(ack) => stops.push(ack),
             }
-            if ops.len() >= MAX_BATCH {
+            if batch.len() >= MAX_BATCH {
                 break;
             }
             next = rx.try_recv().ok();
         }
-        let result = if ops.is_empty() {
+        let result = if batch.is_empty() {
             Ok(())
         } else {
-            let result = store.apply(&ops);
+            let result = store.append(&batch);
             on_event(StoreEvent::Committed(&result));
+            if batch.capacity() > MAX_BATCH {
+                // A flood's buffer is not kept for the quiet that follows.
+                batch = Vec::with_capacity(64 << 10);
+            }
             result
         };
         let shared = result.map_err(Arc::new);
