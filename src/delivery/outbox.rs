@@ -11,8 +11,14 @@
 
 use crate::update::{Key, RepoId, StatusUpdate};
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// The outbox's maps are looked up several times per accepted event, under the lock
+/// every ingest shares: foldhash (seeded per process, so keys from events cannot be
+/// chosen to collide offline) instead of SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
@@ -75,15 +81,15 @@ struct Entry {
 
 #[derive(Debug)]
 pub struct Outbox {
-    entries: HashMap<Key, Entry>,
+    entries: Map<Key, Entry>,
     /// Keys due for sending, per repository (never empty).
-    ready: HashMap<RepoId, VecDeque<Key>>,
+    ready: Map<RepoId, VecDeque<Key>>,
     /// The repositories in `ready`, each once, in the order they get their turn.
     turns: VecDeque<RepoId>,
     /// Keys in `ready` (some may have gone stale since).
     ready_count: usize,
     /// Repositories with updates due that were held back, and until when.
-    held: HashMap<RepoId, Instant>,
+    held: Map<RepoId, Instant>,
     /// Updates waiting out a retry backoff.
     delayed: BinaryHeap<Reverse<(Instant, u64, KeyOrd)>>,
     written: Written,
@@ -108,11 +114,11 @@ impl Ord for KeyOrd {
 impl Outbox {
     pub fn new(capacity: usize, written_capacity: usize) -> Self {
         Outbox {
-            entries: HashMap::new(),
-            ready: HashMap::new(),
+            entries: Map::default(),
+            ready: Map::default(),
             turns: VecDeque::new(),
             ready_count: 0,
-            held: HashMap::new(),
+            held: Map::default(),
             delayed: BinaryHeap::new(),
             written: Written::new(written_capacity),
             capacity,
@@ -176,46 +182,52 @@ impl Outbox {
 
     /// Accepts all of `updates` or none of them, so an event is never half-queued.
     pub fn offer_all(&mut self, updates: Vec<StatusUpdate>, now: Instant) -> Result<Vec<Offer>, Full> {
-        // Each key is built once: on the ingest path, under the lock, for every event.
-        let keyed: Vec<(Key, StatusUpdate)> = updates.into_iter().map(|u| (u.key(), u)).collect();
-        let new_keys = keyed
-            .iter()
-            .filter(|(k, u)| !self.entries.contains_key(k) && !self.written.matches(k, u))
-            .count();
-        if self.entries.len() + new_keys > self.capacity {
-            return Err(Full {
-                capacity: self.capacity,
-            });
+        // Only near capacity are the new keys counted: on the ingest path, under the
+        // lock, for every event.
+        if self.entries.len() + updates.len() > self.capacity {
+            let new_keys = updates
+                .iter()
+                .filter(|u| {
+                    let key = u.key();
+                    !self.entries.contains_key(&key) && !self.written.matches(&key, u)
+                })
+                .count();
+            if self.entries.len() + new_keys > self.capacity {
+                return Err(Full {
+                    capacity: self.capacity,
+                });
+            }
         }
-        Ok(keyed.into_iter().map(|(k, u)| self.offer(k, u, now)).collect())
+        Ok(updates.into_iter().map(|u| self.offer(u, now)).collect())
     }
 
-    fn offer(&mut self, key: Key, update: StatusUpdate, now: Instant) -> Offer {
+    fn offer(&mut self, update: StatusUpdate, now: Instant) -> Offer {
         self.next_generation += 1;
         let generation = self.next_generation;
-        if let Some(entry) = self.entries.get_mut(&key) {
-            // Keep its place and backoff: a newer state does not jump a provider outage.
-            entry.update = update;
-            entry.generation = generation;
-            return Offer::Coalesced;
+        match self.entries.entry(update.key()) {
+            Slot::Occupied(mut slot) => {
+                // Keep its place and backoff: a newer state does not jump a provider outage.
+                let entry = slot.get_mut();
+                entry.update = update;
+                entry.generation = generation;
+                Offer::Coalesced
+            }
+            Slot::Vacant(slot) if self.written.matches(slot.key(), &update) => Offer::Unchanged,
+            Slot::Vacant(slot) => {
+                let key = slot.key().clone();
+                slot.insert(Entry {
+                    update,
+                    generation,
+                    attempts: 0,
+                    in_flight: false,
+                    accepted_at: now,
+                    due: None,
+                    reconcile: false,
+                });
+                self.push_ready(key);
+                Offer::Queued
+            }
         }
-        if self.written.matches(&key, &update) {
-            return Offer::Unchanged;
-        }
-        self.entries.insert(
-            key.clone(),
-            Entry {
-                update,
-                generation,
-                attempts: 0,
-                in_flight: false,
-                accepted_at: now,
-                due: None,
-                reconcile: false,
-            },
-        );
-        self.push_ready(key);
-        Offer::Queued
     }
 
     /// The next update due for sending whose repository `paused` does not hold back,
@@ -367,7 +379,7 @@ impl Outbox {
 /// What was last written per key, bounded: the oldest memories go first.
 #[derive(Debug)]
 struct Written {
-    map: HashMap<Key, (notifiers::State, String, Option<String>)>,
+    map: Map<Key, (notifiers::State, String, Option<String>)>,
     order: VecDeque<Key>,
     capacity: usize,
     next_seq: u64,
@@ -376,7 +388,7 @@ struct Written {
 impl Written {
     fn new(capacity: usize) -> Self {
         Written {
-            map: HashMap::new(),
+            map: Map::default(),
             order: VecDeque::new(),
             capacity,
             next_seq: 0,
