@@ -112,9 +112,20 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// The machine's CPU time so far (all cores), and the part of it the hypervisor gave
-/// to other guests (steal), in clock ticks.
-fn machine_ticks() -> (f64, f64) {
+/// The machine's CPU time so far, all cores, in clock ticks (`/proc/stat`).
+#[derive(Clone, Copy)]
+struct Ticks {
+    total: f64,
+    /// Idle or waiting for I/O.
+    idle: f64,
+    /// Hard and soft interrupts: loopback packets and disk completions, which no
+    /// process's CPU time includes.
+    interrupts: f64,
+    /// Given by the hypervisor to other guests.
+    steal: f64,
+}
+
+fn machine_ticks() -> Ticks {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let f: Vec<f64> = stat
         .lines()
@@ -124,19 +135,32 @@ fn machine_ticks() -> (f64, f64) {
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect();
-    (f.iter().take(8).sum(), f.get(7).copied().unwrap_or(0.0))
+    let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    Ticks {
+        total: f.iter().take(8).sum(),
+        idle: at(3) + at(4),
+        interrupts: at(5) + at(6),
+        steal: at(7),
+    }
 }
 
-/// Share of the machine's time stolen by other guests since `since`: a run with
-/// much steal measured a busy host, not flux-status.
-fn steal_since(since: (f64, f64)) -> f64 {
-    let now = machine_ticks();
-    let total = now.0 - since.0;
-    if total > 0.0 {
-        100.0 * (now.1 - since.1) / total
-    } else {
-        0.0
+impl Ticks {
+    /// Shares of the machine's time since `self`: (idle, interrupts, steal).
+    fn shares_since(self) -> (f64, f64, f64) {
+        let now = machine_ticks();
+        let total = (now.total - self.total).max(1.0);
+        (
+            (now.idle - self.idle) / total,
+            (now.interrupts - self.interrupts) / total,
+            (now.steal - self.steal) / total,
+        )
     }
+}
+
+/// Share of the machine's time stolen by other guests since `since`, in percent: a
+/// run with much steal measured a busy host, not flux-status.
+fn steal_since(since: Ticks) -> f64 {
+    100.0 * since.shares_since().2
 }
 
 /// One keep-alive HTTP/1.1 connection that posts bodies and reads the answers, with no
@@ -354,14 +378,15 @@ async fn start_daemon(
     }
 }
 
-/// One flat-out phase: accepted rate, acknowledge latency, the daemon's CPU and the
-/// share of the cores each side used, and store commits per event.
 /// What a flood cost: its wall time, the CPU of the process it loaded and of this one
-/// (load generator and fake), and the share of the machine stolen by other guests.
+/// (load generator and fake), the machine's cores left idle and spent in interrupts,
+/// and the share of the machine stolen by other guests.
 struct Cost {
     secs: f64,
     cpu: f64,
     own: f64,
+    idle_cores: f64,
+    interrupt_cores: f64,
     steal: f64,
 }
 
@@ -390,11 +415,15 @@ async fn measured_flood(
     let (cpu0, own0, ticks0) = (cpu_seconds(pid), cpu_seconds(std::process::id()), machine_ticks());
     let t0 = Instant::now();
     let acks = flood(addr, path, n, POSTERS, body).await;
+    let (idle, interrupts, steal) = ticks0.shares_since();
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
     let cost = Cost {
         secs: t0.elapsed().as_secs_f64(),
         cpu: cpu_seconds(pid) - cpu0,
         own: cpu_seconds(std::process::id()) - own0,
-        steal: steal_since(ticks0),
+        idle_cores: idle * cores,
+        interrupt_cores: interrupts * cores,
+        steal: 100.0 * steal,
     };
     (acks, cost)
 }
@@ -414,7 +443,7 @@ async fn flat_out(
     let commits = commits(client, d.ops_port).await - commits0;
     let rate = acks.len() as f64 / cost.secs;
     println!(
-        "{label}: {}/{n} accepted in {:.2} s = {rate:.0} events/s; acknowledge p50 {:.2} ms, p99 {:.2} ms; daemon CPU {:.2} s per 10,000 events; cores busy: daemon {:.2}, load generator + fake {:.2}; {:.3} store commits per event; CPU steal {:.0}%",
+        "{label}: {}/{n} accepted in {:.2} s = {rate:.0} events/s; acknowledge p50 {:.2} ms, p99 {:.2} ms; daemon CPU {:.2} s per 10,000 events; cores busy: daemon {:.2}, load generator + fake {:.2}, interrupts {:.2}, idle {:.2}; {:.3} store commits per event; CPU steal {:.0}%",
         acks.len(),
         cost.secs,
         ms(percentile(&acks, 0.5)),
@@ -422,6 +451,8 @@ async fn flat_out(
         cost.cpu_per_10k(n as usize),
         cost.cores(),
         cost.own_cores(),
+        cost.interrupt_cores,
+        cost.idle_cores,
         commits / n as f64,
         cost.steal,
     );
@@ -462,10 +493,12 @@ impl Bare {
         .await;
         let rate = acks.len() as f64 / cost.secs;
         println!(
-            "  bare axum handler, same load, {when}: {rate:.0} requests/s; its CPU {:.2} s per 10,000 requests; cores busy: handler {:.2}, load generator {:.2}; CPU steal {:.0}%",
+            "  bare axum handler, same load, {when}: {rate:.0} requests/s; its CPU {:.2} s per 10,000 requests; cores busy: handler {:.2}, load generator {:.2}, interrupts {:.2}, idle {:.2}; CPU steal {:.0}%",
             cost.cpu_per_10k(acks.len()),
             cost.cores(),
             cost.own_cores(),
+            cost.interrupt_cores,
+            cost.idle_cores,
             cost.steal,
         );
         rate
