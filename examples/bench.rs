@@ -395,12 +395,16 @@ impl Cost {
         self.cpu / count as f64 * 10_000.0
     }
 
-    fn cores(&self) -> f64 {
-        self.cpu / self.secs
-    }
-
-    fn own_cores(&self) -> f64 {
-        self.own / self.secs
+    /// Where the machine's cores went: `served` is the process under load, `load`
+    /// this one.
+    fn cores_line(&self, served: &str, load: &str) -> String {
+        format!(
+            "cores busy: {served} {:.2}, {load} {:.2}, interrupts {:.2}, idle {:.2}",
+            self.cpu / self.secs,
+            self.own / self.secs,
+            self.interrupt_cores,
+            self.idle_cores,
+        )
     }
 }
 
@@ -443,16 +447,13 @@ async fn flat_out(
     let commits = commits(client, d.ops_port).await - commits0;
     let rate = acks.len() as f64 / cost.secs;
     println!(
-        "{label}: {}/{n} accepted in {:.2} s = {rate:.0} events/s; acknowledge p50 {:.2} ms, p99 {:.2} ms; daemon CPU {:.2} s per 10,000 events; cores busy: daemon {:.2}, load generator + fake {:.2}, interrupts {:.2}, idle {:.2}; {:.3} store commits per event; CPU steal {:.0}%",
+        "{label}: {}/{n} accepted in {:.2} s = {rate:.0} events/s; acknowledge p50 {:.2} ms, p99 {:.2} ms; daemon CPU {:.2} s per 10,000 events; {}; {:.3} store commits per event; CPU steal {:.0}%",
         acks.len(),
         cost.secs,
         ms(percentile(&acks, 0.5)),
         ms(percentile(&acks, 0.99)),
         cost.cpu_per_10k(n as usize),
-        cost.cores(),
-        cost.own_cores(),
-        cost.interrupt_cores,
-        cost.idle_cores,
+        cost.cores_line("daemon", "load generator + fake"),
         commits / n as f64,
         cost.steal,
     );
@@ -493,12 +494,9 @@ impl Bare {
         .await;
         let rate = acks.len() as f64 / cost.secs;
         println!(
-            "  bare axum handler, same load, {when}: {rate:.0} requests/s; its CPU {:.2} s per 10,000 requests; cores busy: handler {:.2}, load generator {:.2}, interrupts {:.2}, idle {:.2}; CPU steal {:.0}%",
+            "  bare axum handler, same load, {when}: {rate:.0} requests/s; its CPU {:.2} s per 10,000 requests; {}; CPU steal {:.0}%",
             cost.cpu_per_10k(acks.len()),
-            cost.cores(),
-            cost.own_cores(),
-            cost.interrupt_cores,
-            cost.idle_cores,
+            cost.cores_line("handler", "load generator"),
             cost.steal,
         );
         rate
