@@ -172,7 +172,7 @@ impl Delivery {
                 }
             }
             // Submitted under the lock: the store sees changes in the order memory did.
-            let durable = self.persister.submit(ops);
+            let durable = self.persister.submit(&ops);
             self.metrics.outbox_pending.set(outbox.len() as i64);
             (offers, durable)
         };
@@ -194,7 +194,7 @@ impl Delivery {
     /// Saves the workload poll under way (`None`: finished) in the same store, in
     /// order with the statuses it posted.
     pub async fn save_poll(&self, poll: Option<Vec<u8>>) {
-        if let Err(e) = self.persister.submit(vec![Op::Poll(poll)]).wait().await {
+        if let Err(e) = self.persister.submit(&[Op::Poll(poll)]).wait().await {
             warn!(error = %e, "could not save the workload poll; a restart now would not resume it");
         }
     }
@@ -287,7 +287,7 @@ impl Delivery {
                 let (lease, deduplicated) = outbox.next_ready(now, |repo| self.blocked_until(repo, now));
                 if !deduplicated.is_empty() {
                     self.persister
-                        .submit(deduplicated.iter().cloned().map(Op::Done).collect());
+                        .submit(&deduplicated.iter().cloned().map(Op::Done).collect::<Vec<_>>());
                 }
                 (lease, deduplicated)
             };
@@ -309,7 +309,7 @@ impl Delivery {
                 error!(repo = %key.repo, "no notifier configured for repository; dropping update");
                 let done = lock(&self.outbox).complete(&lease, Completion::Dropped, now);
                 if done.removed {
-                    self.persister.submit(vec![Op::Done(key)]);
+                    self.persister.submit(&[Op::Done(key)]);
                 }
                 continue;
             };
@@ -318,7 +318,7 @@ impl Delivery {
             }
             // Durable before the request leaves: if we die mid-write, the next start
             // reads the provider's status instead of writing it a second time.
-            let marked = self.persister.submit(vec![Op::InFlight(key)]);
+            let marked = self.persister.submit(&[Op::InFlight(key)]);
             let span = tracing::info_span!(
                 "write_status",
                 provider = notifier.name(),
@@ -423,7 +423,7 @@ impl Delivery {
         if !matches!(completion, Completion::Retry(_)) {
             ops.push(Op::Landed(key));
         }
-        self.persister.submit(ops);
+        self.persister.submit(&ops);
     }
 
     fn report_undelivered(&self) -> usize {

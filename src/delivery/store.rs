@@ -24,9 +24,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 const LOG: &str = "outbox.log";
@@ -48,8 +48,7 @@ const MAX_RECORD: usize = 1 << 20;
 const PREALLOCATE: u64 = 1 << 20;
 /// The log is not compacted below this size.
 const COMPACT_MIN: u64 = 4 << 20;
-/// Most record bytes one write carries (about 4,000 changes); bounds commit latency
-/// under a flood.
+/// A record buffer grown beyond this by a flood is not kept for the quiet after it.
 const MAX_BATCH: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -201,13 +200,16 @@ fn op_of(r: Record<'_>) -> Option<Op> {
     })
 }
 
-/// Frames `ops` in order, ready to append.
-fn frame_all(ops: &[Op]) -> Result<Vec<u8>, postcard::Error> {
-    let mut buf = Vec::with_capacity(ops.len() * 256);
+/// Appends `ops`, framed in order, to `buf`: all of them, or nothing on error.
+fn frame_all(ops: &[Op], buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    let start = buf.len();
     for op in ops {
-        frame(&record(op), &mut buf)?;
+        if let Err(e) = frame(&record(op), buf) {
+            buf.truncate(start);
+            return Err(e);
+        }
     }
-    Ok(buf)
+    Ok(())
 }
 
 /// Appends one framed record (length, CRC32, payload) to `buf`.
@@ -590,7 +592,8 @@ impl Store {
     /// Appends `ops`, in order, and makes them durable.
     #[cfg(test)]
     pub fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
-        let framed = frame_all(ops).map_err(|e| StoreError::at(&self.path)(&e))?;
+        let mut framed = Vec::new();
+        frame_all(ops, &mut framed).map_err(|e| StoreError::at(&self.path)(&e))?;
         self.append(&framed)
     }
 
@@ -689,19 +692,93 @@ impl Store {
     }
 }
 
-type Ack = oneshot::Sender<Result<(), Arc<StoreError>>>;
+type Outcome = Result<(), Arc<StoreError>>;
 
-enum Msg {
-    /// Framed records: encoded by the thread that made the change, so the persister
-    /// only copies bytes and the change's memory is freed where it was allocated.
-    Records(Vec<u8>, Option<Ack>),
+/// The changes of one commit (or a stop), as their submitters wait for them: one
+/// allocation and one wake-up call per commit, not per change.
+struct Batch {
+    outcome: OnceLock<Outcome>,
+    done: Notify,
+}
+
+impl Batch {
+    fn new() -> Arc<Batch> {
+        Arc::new(Batch {
+            outcome: OnceLock::new(),
+            done: Notify::new(),
+        })
+    }
+
+    fn finished(outcome: Outcome) -> Arc<Batch> {
+        let batch = Batch::new();
+        let _ = batch.outcome.set(outcome);
+        batch
+    }
+}
+
+/// The persister's side of a batch. Dropped unfinished (the persister ended, or its
+/// thread unwound mid-commit), it fails the batch, so no submitter waits forever.
+struct Ack(Arc<Batch>);
+
+impl Ack {
+    fn finish(self, outcome: Outcome) {
+        let _ = self.0.outcome.set(outcome);
+        self.0.done.notify_waiters();
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if self.0.outcome.set(Err(stopped())).is_ok() {
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+fn stopped() -> Arc<StoreError> {
+    Arc::new(StoreError {
+        path: PathBuf::new(),
+        message: "persister stopped".into(),
+    })
+}
+
+/// What submitters have queued for the persister thread since it last looked.
+#[derive(Default)]
+struct Queue {
+    /// Framed records, in the order their changes were made, framed by the thread
+    /// that made the change. The persister swaps this buffer for its spare, so
+    /// queuing a change allocates nothing that another thread must free.
+    records: Vec<u8>,
+    /// Finished once `records` are on disk; `None` while nothing is queued.
+    batch: Option<Ack>,
     /// A helper finished rewriting the log's first `end` bytes.
-    Compacted {
-        end: u64,
-        result: Result<u64, StoreError>,
-    },
-    /// Finish what was submitted and any compaction under way, close the store, end.
-    Stop(Ack),
+    compacted: Option<(u64, Result<u64, StoreError>)>,
+    /// Asked to finish what was submitted and any compaction, and to close the store.
+    stop: Option<Ack>,
+    /// Every `Persister` is gone: finish what was submitted, then end.
+    orphaned: bool,
+    /// The persister thread is waiting for work (so a submitter must wake it).
+    idle: bool,
+    /// The persister thread has ended: later changes fail at once.
+    ended: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    work: Condvar,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the persister if it waits; a busy one looks at the queue anyway.
+    fn wake(&self, queue: &Queue) {
+        if queue.idle {
+            self.work.notify_one();
+        }
+    }
 }
 
 /// What the persister reports, for readiness and metrics.
@@ -715,29 +792,39 @@ pub enum StoreEvent<'a> {
 /// change is acknowledged at once.
 #[derive(Clone)]
 pub struct Persister {
-    tx: Option<mpsc::UnboundedSender<Msg>>,
+    handle: Option<Arc<Handle>>,
+}
+
+/// Shared by the clones of one `Persister`; the last one dropped lets the thread end.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let mut queue = self.0.queue();
+        queue.orphaned = true;
+        self.0.wake(&queue);
+    }
 }
 
 /// Resolves when the changes it stands for are on disk.
-pub struct Durable(Option<oneshot::Receiver<Result<(), Arc<StoreError>>>>);
+pub struct Durable(Option<Arc<Batch>>);
 
 impl Durable {
     pub async fn wait(self) -> Result<(), Arc<StoreError>> {
-        match self.0 {
-            None => Ok(()),
-            Some(rx) => rx.await.unwrap_or_else(|_| {
-                Err(Arc::new(StoreError {
-                    path: PathBuf::new(),
-                    message: "persister stopped".into(),
-                }))
-            }),
+        let Some(batch) = self.0 else { return Ok(()) };
+        let mut done = std::pin::pin!(batch.done.notified());
+        // Registered before looking, so a finish in between still wakes us.
+        done.as_mut().enable();
+        if batch.outcome.get().is_none() {
+            done.await;
         }
+        batch.outcome.get().cloned().unwrap_or_else(|| Err(stopped()))
     }
 }
 
 impl Persister {
     pub fn in_memory() -> Self {
-        Persister { tx: None }
+        Persister { handle: None }
     }
 
     /// Starts the persister thread; `on_event` sees every commit's and compaction's
@@ -746,139 +833,170 @@ impl Persister {
         store: Store,
         on_event: impl Fn(StoreEvent<'_>) + Send + 'static,
     ) -> Result<Self, StoreError> {
-        let (tx, rx) = mpsc::unbounded_channel::<Msg>();
-        let helper = tx.downgrade();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+        });
+        let thread = shared.clone();
         let path = store.path.clone();
         std::thread::Builder::new()
             .name("outbox-store".into())
-            .spawn(move || persist(store, rx, helper, on_event))
+            .spawn(move || persist(store, &thread, on_event))
             .map_err(|e| StoreError::at(&path)(&e))?;
-        Ok(Persister { tx: Some(tx) })
+        Ok(Persister {
+            handle: Some(Arc::new(Handle(shared))),
+        })
     }
 
     pub fn is_durable(&self) -> bool {
-        self.tx.is_some()
+        self.handle.is_some()
     }
 
     /// Queues changes. Call it while holding the lock under which the state changed,
     /// so the store sees changes in the order memory did.
-    pub fn submit(&self, ops: Vec<Op>) -> Durable {
-        match &self.tx {
+    pub fn submit(&self, ops: &[Op]) -> Durable {
+        match &self.handle {
             None => Durable(None),
             Some(_) if ops.is_empty() => Durable(None),
-            Some(tx) => {
-                let (ack, rx) = oneshot::channel();
-                match frame_all(&ops) {
-                    Ok(records) => {
-                        if tx.send(Msg::Records(records, Some(ack))).is_err() {
-                            return Durable(Some(closed()));
-                        }
-                    }
-                    Err(e) => {
-                        let _ = ack.send(Err(Arc::new(StoreError {
-                            path: PathBuf::new(),
-                            message: format!("could not encode a change: {e}"),
-                        })));
-                    }
-                }
-                Durable(Some(rx))
-            }
+            Some(handle) => handle.0.enqueue(|records| frame_all(ops, records)),
         }
     }
 
     /// Resolves once everything submitted before it is on disk.
     pub async fn flush(&self) -> Result<(), Arc<StoreError>> {
-        self.send_and_wait(|ack| Msg::Records(Vec::new(), Some(ack)))
-            .await
+        match &self.handle {
+            None => Ok(()),
+            Some(handle) => handle.0.enqueue(|_| Ok(())).wait().await,
+        }
     }
 
     /// Writes everything submitted before it, lets a compaction under way finish,
     /// and closes the store (releasing the state directory). Later changes fail.
     pub async fn stop(&self) -> Result<(), Arc<StoreError>> {
-        self.send_and_wait(Msg::Stop).await
+        let Some(handle) = &self.handle else { return Ok(()) };
+        let stopped = {
+            let mut queue = handle.0.queue();
+            if queue.ended {
+                Batch::finished(Err(stopped()))
+            } else {
+                let batch = queue.stop.get_or_insert_with(|| Ack(Batch::new())).0.clone();
+                handle.0.wake(&queue);
+                batch
+            }
+        };
+        Durable(Some(stopped)).wait().await
     }
+}
 
-    async fn send_and_wait(&self, msg: impl FnOnce(Ack) -> Msg) -> Result<(), Arc<StoreError>> {
-        let Some(tx) = &self.tx else { return Ok(()) };
-        let (ack, rx) = oneshot::channel();
-        let rx = if tx.send(msg(ack)).is_ok() { rx } else { closed() };
-        Durable(Some(rx)).wait().await
+impl Shared {
+    /// Adds records (`frame` appends them, or nothing on error) to the next commit.
+    fn enqueue(&self, frame: impl FnOnce(&mut Vec<u8>) -> Result<(), postcard::Error>) -> Durable {
+        let mut queue = self.queue();
+        if queue.ended || queue.stop.is_some() {
+            return Durable(Some(Batch::finished(Err(stopped()))));
+        }
+        if let Err(e) = frame(&mut queue.records) {
+            return Durable(Some(Batch::finished(Err(Arc::new(StoreError {
+                path: PathBuf::new(),
+                message: format!("could not encode a change: {e}"),
+            })))));
+        }
+        let batch = match &queue.batch {
+            Some(ack) => ack.0.clone(),
+            None => {
+                let batch = Batch::new();
+                queue.batch = Some(Ack(batch.clone()));
+                batch
+            }
+        };
+        self.wake(&queue);
+        Durable(Some(batch))
+    }
+}
+
+/// Marks the persister ended however its thread ends, unwinding included, and
+/// fails whatever it leaves queued.
+struct Ending<'a>(&'a Shared);
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        let (batch, stop) = {
+            let mut queue = self.0.queue();
+            queue.ended = true;
+            (queue.batch.take(), queue.stop.take())
+        };
+        drop((batch, stop));
     }
 }
 
 /// The persister thread: one write and one fsync for everything queued since the
 /// last, and a compaction in a helper thread when the log has grown.
-fn persist(
-    mut store: Store,
-    mut rx: mpsc::UnboundedReceiver<Msg>,
-    helper: mpsc::WeakUnboundedSender<Msg>,
-    on_event: impl Fn(StoreEvent<'_>),
-) {
+fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<'_>)) {
+    let _ending = Ending(shared);
     let mut compacting = false;
-    let mut stops = Vec::new();
-    let mut batch = Vec::with_capacity(64 << 10);
+    let mut records = Vec::with_capacity(64 << 10);
     loop {
-        if !stops.is_empty() && !compacting {
+        records.clear();
+        let (batch, compacted, stopping) = {
+            let mut queue = shared.queue();
+            loop {
+                let stopping = queue.stop.is_some() || queue.orphaned;
+                if queue.batch.is_some() || queue.compacted.is_some() || (stopping && !compacting) {
+                    break;
+                }
+                queue.idle = true;
+                queue = shared.work.wait(queue).unwrap_or_else(|p| p.into_inner());
+                queue.idle = false;
+            }
+            std::mem::swap(&mut records, &mut queue.records);
+            let stopping = queue.stop.is_some() || queue.orphaned;
+            (queue.batch.take(), queue.compacted.take(), stopping)
+        };
+        if let Some((end, result)) = compacted {
+            compacting = false;
+            // The records just taken are not written yet: they go to the new file.
+            let result = result.and_then(|len| store.finish_compaction(end, len));
+            match &result {
+                Ok((before, after)) => {
+                    info!(before_bytes = before, after_bytes = after, "outbox log compacted")
+                }
+                Err(e) => {
+                    store.rearm_compaction();
+                    warn!(error = %e, "outbox log compaction failed; the log stays as it is");
+                }
+            }
+            on_event(StoreEvent::Compacted(&result));
+        }
+        if let Some(batch) = batch {
+            let result = if records.is_empty() {
+                Ok(())
+            } else {
+                let result = store.append(&records);
+                on_event(StoreEvent::Committed(&result));
+                result
+            };
+            batch.finish(result.map_err(Arc::new));
+        }
+        if records.capacity() > MAX_BATCH {
+            // A flood's buffer is not kept for the quiet that follows.
+            records = Vec::with_capacity(64 << 10);
+        }
+        if stopping {
+            if compacting {
+                continue;
+            }
             break;
         }
-        let Some(first) = rx.blocking_recv() else { break };
-        batch.clear();
-        let mut acks = Vec::new();
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Records(records, ack) => {
-                    batch.extend_from_slice(&records);
-                    acks.extend(ack);
-                }
-                Msg::Compacted { end, result } => {
-                    compacting = false;
-                    // Changes collected so far are not written yet: they go to the new file.
-                    let result = result.and_then(|len| store.finish_compaction(end, len));
-                    match &result {
-                        Ok((before, after)) => {
-                            info!(before_bytes = before, after_bytes = after, "outbox log compacted")
-                        }
-                        Err(e) => {
-                            store.rearm_compaction();
-                            warn!(error = %e, "outbox log compaction failed; the log stays as it is");
-                        }
-                    }
-                    on_event(StoreEvent::Compacted(&result));
-                }
-                Msg::Stop(ack) => stops.push(ack),
-            }
-            if batch.len() >= MAX_BATCH {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        let result = if batch.is_empty() {
-            Ok(())
-        } else {
-            let result = store.append(&batch);
-            on_event(StoreEvent::Committed(&result));
-            if batch.capacity() > MAX_BATCH {
-                // A flood's buffer is not kept for the quiet that follows.
-                batch = Vec::with_capacity(64 << 10);
-            }
-            result
-        };
-        let shared = result.map_err(Arc::new);
-        for ack in acks {
-            let _ = ack.send(shared.clone());
-        }
-        if !compacting
-            && stops.is_empty()
-            && store.wants_compaction()
-            && let Some(tx) = helper.upgrade()
-        {
+        if !compacting && store.wants_compaction() {
             let (dir, end) = (store.dir.clone(), store.len);
+            let helper = shared.clone();
             let spawned = std::thread::Builder::new()
                 .name("outbox-compact".into())
                 .spawn(move || {
                     let result = compact_prefix(&dir, end);
-                    let _ = tx.send(Msg::Compacted { end, result });
+                    let mut queue = helper.queue();
+                    queue.compacted = Some((end, result));
+                    helper.wake(&queue);
                 });
             match spawned {
                 Ok(_) => compacting = true,
@@ -890,15 +1008,14 @@ fn persist(
         }
     }
     drop(store);
-    for ack in stops {
-        let _ = ack.send(Ok(()));
+    let stop = {
+        let mut queue = shared.queue();
+        queue.ended = true;
+        queue.stop.take()
+    };
+    if let Some(ack) = stop {
+        ack.finish(Ok(()));
     }
-}
-
-fn closed() -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
-    let (tx, rx) = oneshot::channel();
-    drop(tx);
-    rx
 }
 
 #[cfg(test)]
@@ -1184,14 +1301,11 @@ mod tests {
                     Op::Landed(u.key()),
                 ];
                 all.extend(ops.clone());
-                persister.submit(ops).wait().await.unwrap();
+                persister.submit(&ops).wait().await.unwrap();
             }
             persister.flush().await.unwrap();
             persister.stop().await.unwrap();
-            assert!(
-                persister.submit(all[..1].to_vec()).wait().await.is_err(),
-                "stopped"
-            );
+            assert!(persister.submit(&all[..1]).wait().await.is_err(), "stopped");
         });
         let compactions = compactions.lock().unwrap().clone();
         assert!(!compactions.is_empty(), "the log was compacted");
@@ -1212,6 +1326,98 @@ mod tests {
             "{size} bytes left of {} appended",
             appended.len()
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn concurrent_submitters_share_commits_and_each_waits_for_its_own() {
+        let dir = temp_dir("concurrent");
+        let (store, _) = Store::open(&dir).unwrap();
+        let commits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = commits.clone();
+        let persister = Persister::start(store, move |e| {
+            if let StoreEvent::Committed(r) = e {
+                assert!(r.is_ok());
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let (tasks, each) = (8u64, 100u64);
+        let submitted = rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for task in 0..tasks {
+                let persister = persister.clone();
+                set.spawn(async move {
+                    let mut ops = Vec::new();
+                    for i in 0..each {
+                        let mut u = update('a', "x", State::Pending);
+                        u.status.sha = Sha::parse(&format!("{:040x}", task * 1000 + i)).unwrap();
+                        let op = Op::Pending(u, t(i));
+                        persister.submit(std::slice::from_ref(&op)).wait().await.unwrap();
+                        ops.push(op);
+                    }
+                    ops
+                });
+            }
+            let mut all = Vec::new();
+            while let Some(ops) = set.join_next().await {
+                all.extend(ops.unwrap());
+            }
+            persister.stop().await.unwrap();
+            all
+        });
+        let commits = commits.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            commits >= 1 && commits <= (tasks * each) as usize,
+            "{commits} commits"
+        );
+        // Each update is its own check, so the state does not depend on how the
+        // submitters interleaved.
+        let by_sha = |mut v: Vec<(StatusUpdate, SystemTime)>| {
+            v.sort_by_key(|(u, _)| u.status.sha.to_string());
+            v
+        };
+        let (pending, ..) = reopen(&dir);
+        assert_eq!(pending.len(), (tasks * each) as usize);
+        assert_eq!(by_sha(pending), by_sha(model(&submitted).0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_batch_the_persister_abandons_fails_instead_of_hanging() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let batch = Batch::new();
+        let waiting = Durable(Some(batch.clone()));
+        drop(Ack(batch));
+        let waited =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), waiting.wait()).await });
+        let e = waited.expect("answered, not left waiting").unwrap_err();
+        assert_eq!(e.message, "persister stopped");
+        // A finished batch keeps its outcome, for waiters that come late.
+        let batch = Batch::new();
+        Ack(batch.clone()).finish(Ok(()));
+        assert!(rt.block_on(Durable(Some(batch)).wait()).is_ok());
+    }
+
+    #[test]
+    fn flush_with_nothing_queued_and_stop_twice_answer() {
+        let dir = temp_dir("flush");
+        let (store, _) = Store::open(&dir).unwrap();
+        let persister = Persister::start(store, |_| {}).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            persister.flush().await.unwrap();
+            persister.stop().await.unwrap();
+            assert!(persister.flush().await.is_err(), "stopped");
+            assert!(persister.stop().await.is_err(), "already stopped");
+        });
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
