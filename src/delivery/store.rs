@@ -763,6 +763,13 @@ struct Queue {
     ended: bool,
 }
 
+impl Queue {
+    /// Asked to stop, or left without any `Persister` to submit more.
+    fn stopping(&self) -> bool {
+        self.stop.is_some() || self.orphaned
+    }
+}
+
 struct Shared {
     queue: Mutex<Queue>,
     work: Condvar,
@@ -901,14 +908,7 @@ impl Shared {
                 message: format!("could not encode a change: {e}"),
             })))));
         }
-        let batch = match &queue.batch {
-            Some(ack) => ack.0.clone(),
-            None => {
-                let batch = Batch::new();
-                queue.batch = Some(Ack(batch.clone()));
-                batch
-            }
-        };
+        let batch = queue.batch.get_or_insert_with(|| Ack(Batch::new())).0.clone();
         self.wake(&queue);
         Durable(Some(batch))
     }
@@ -925,6 +925,7 @@ impl Drop for Ending<'_> {
             queue.ended = true;
             (queue.batch.take(), queue.stop.take())
         };
+        // Outside the lock: dropping them unfinished fails and wakes their waiters.
         drop((batch, stop));
     }
 }
@@ -940,8 +941,7 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
         let (batch, compacted, stopping) = {
             let mut queue = shared.queue();
             loop {
-                let stopping = queue.stop.is_some() || queue.orphaned;
-                if queue.batch.is_some() || queue.compacted.is_some() || (stopping && !compacting) {
+                if queue.batch.is_some() || queue.compacted.is_some() || (queue.stopping() && !compacting) {
                     break;
                 }
                 queue.idle = true;
@@ -949,8 +949,7 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
                 queue.idle = false;
             }
             std::mem::swap(&mut records, &mut queue.records);
-            let stopping = queue.stop.is_some() || queue.orphaned;
-            (queue.batch.take(), queue.compacted.take(), stopping)
+            (queue.batch.take(), queue.compacted.take(), queue.stopping())
         };
         if let Some((end, result)) = compacted {
             compacting = false;
