@@ -48,8 +48,10 @@ const MAX_RECORD: usize = 1 << 20;
 const PREALLOCATE: u64 = 1 << 20;
 /// The log is not compacted below this size.
 const COMPACT_MIN: u64 = 4 << 20;
-/// A record buffer grown beyond this by a flood is not kept for the quiet after it.
-const MAX_BATCH: usize = 1 << 20;
+/// What a record buffer starts with, and what it goes back to once a flood grew it
+/// beyond `KEPT_BUFFER`: its size is not kept for the quiet after the flood.
+const BUFFER: usize = 64 << 10;
+const KEPT_BUFFER: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("state store {path}: {message}")]
@@ -708,12 +710,6 @@ impl Batch {
             done: Notify::new(),
         })
     }
-
-    fn finished(outcome: Outcome) -> Arc<Batch> {
-        let batch = Batch::new();
-        let _ = batch.outcome.set(outcome);
-        batch
-    }
 }
 
 /// The persister's side of a batch. Dropped unfinished (the persister ended, or its
@@ -817,6 +813,13 @@ impl Drop for Handle {
 pub struct Durable(Option<Arc<Batch>>);
 
 impl Durable {
+    /// Answered already, with `e`.
+    fn failed(e: Arc<StoreError>) -> Durable {
+        let batch = Batch::new();
+        let _ = batch.outcome.set(Err(e));
+        Durable(Some(batch))
+    }
+
     pub async fn wait(self) -> Result<(), Arc<StoreError>> {
         let Some(batch) = self.0 else { return Ok(()) };
         let mut done = std::pin::pin!(batch.done.notified());
@@ -884,14 +887,14 @@ impl Persister {
         let stopped = {
             let mut queue = handle.0.queue();
             if queue.ended {
-                Batch::finished(Err(stopped()))
+                Durable::failed(stopped())
             } else {
                 let batch = queue.stop.get_or_insert_with(|| Ack(Batch::new())).0.clone();
                 handle.0.wake(&queue);
-                batch
+                Durable(Some(batch))
             }
         };
-        Durable(Some(stopped)).wait().await
+        stopped.wait().await
     }
 }
 
@@ -900,13 +903,13 @@ impl Shared {
     fn enqueue(&self, frame: impl FnOnce(&mut Vec<u8>) -> Result<(), postcard::Error>) -> Durable {
         let mut queue = self.queue();
         if queue.ended || queue.stop.is_some() {
-            return Durable(Some(Batch::finished(Err(stopped()))));
+            return Durable::failed(stopped());
         }
         if let Err(e) = frame(&mut queue.records) {
-            return Durable(Some(Batch::finished(Err(Arc::new(StoreError {
+            return Durable::failed(Arc::new(StoreError {
                 path: PathBuf::new(),
                 message: format!("could not encode a change: {e}"),
-            })))));
+            }));
         }
         let batch = queue.batch.get_or_insert_with(|| Ack(Batch::new())).0.clone();
         self.wake(&queue);
@@ -935,7 +938,7 @@ impl Drop for Ending<'_> {
 fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<'_>)) {
     let _ending = Ending(shared);
     let mut compacting = false;
-    let mut records = Vec::with_capacity(64 << 10);
+    let mut records = Vec::with_capacity(BUFFER);
     loop {
         records.clear();
         let (batch, compacted, stopping) = {
@@ -976,9 +979,8 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
             };
             batch.finish(result.map_err(Arc::new));
         }
-        if records.capacity() > MAX_BATCH {
-            // A flood's buffer is not kept for the quiet that follows.
-            records = Vec::with_capacity(64 << 10);
+        if records.capacity() > KEPT_BUFFER {
+            records = Vec::with_capacity(BUFFER);
         }
         if stopping {
             if compacting {
