@@ -172,7 +172,7 @@ impl Delivery {
                 }
             }
             // Submitted under the lock: the store sees changes in the order memory did.
-            let durable = self.persister.submit(&ops);
+            let durable = self.persister.submit(&ops, outbox.records());
             self.metrics.outbox_pending.set(outbox.len() as i64);
             (offers, durable)
         };
@@ -194,7 +194,8 @@ impl Delivery {
     /// Saves the workload poll under way (`None`: finished) in the same store, in
     /// order with the statuses it posted.
     pub async fn save_poll(&self, poll: Option<Vec<u8>>) {
-        if let Err(e) = self.persister.submit(&[Op::Poll(poll)]).wait().await {
+        let live = lock(&self.outbox).records();
+        if let Err(e) = self.persister.submit(&[Op::Poll(poll)], live).wait().await {
             warn!(error = %e, "could not save the workload poll; a restart now would not resume it");
         }
     }
@@ -282,14 +283,14 @@ impl Delivery {
 
     fn fill(&self, tasks: &mut JoinSet<(Lease, Result<Sent, NotifyError>)>, now: Instant) {
         while tasks.len() < self.cfg.concurrency {
-            let (lease, deduplicated) = {
+            let (lease, deduplicated, live) = {
                 let mut outbox = lock(&self.outbox);
                 let (lease, deduplicated) = outbox.next_ready(now, |repo| self.blocked_until(repo, now));
                 if !deduplicated.is_empty() {
-                    self.persister
-                        .submit(&deduplicated.iter().cloned().map(Op::Done).collect::<Vec<_>>());
+                    let done: Vec<Op> = deduplicated.iter().cloned().map(Op::Done).collect();
+                    self.persister.submit(&done, outbox.records());
                 }
-                (lease, deduplicated)
+                (lease, deduplicated, outbox.records())
             };
             for key in &deduplicated {
                 // The state was written while this update waited: one write saved.
@@ -307,9 +308,9 @@ impl Delivery {
             let key = lease.update.key();
             let Some(notifier) = self.routes.get(&key.repo).map(|r| r.notifier.clone()) else {
                 error!(repo = %key.repo, "no notifier configured for repository; dropping update");
-                let done = lock(&self.outbox).complete(&lease, Completion::Dropped, now);
-                if done.removed {
-                    self.persister.submit(&[Op::Done(key)]);
+                let mut outbox = lock(&self.outbox);
+                if outbox.complete(&lease, Completion::Dropped, now).removed {
+                    self.persister.submit(&[Op::Done(key)], outbox.records());
                 }
                 continue;
             };
@@ -318,7 +319,7 @@ impl Delivery {
             }
             // Durable before the request leaves: if we die mid-write, the next start
             // reads the provider's status instead of writing it a second time.
-            let marked = self.persister.submit(&[Op::InFlight(key)]);
+            let marked = self.persister.submit(&[Op::InFlight(key)], live);
             let span = tracing::info_span!(
                 "write_status",
                 provider = notifier.name(),
@@ -423,7 +424,7 @@ impl Delivery {
         if !matches!(completion, Completion::Retry(_)) {
             ops.push(Op::Landed(key));
         }
-        self.persister.submit(&ops);
+        self.persister.submit(&ops, outbox.records());
     }
 
     fn report_undelivered(&self) -> usize {

@@ -130,6 +130,13 @@ impl Outbox {
         self.entries.len()
     }
 
+    /// How many store records this state needs: one per update waiting and one per
+    /// written state remembered. The in-flight marks (at most the delivery
+    /// concurrency) are left out: the store only needs an estimate.
+    pub fn records(&self) -> usize {
+        self.entries.len() + self.written.map.len()
+    }
+
     /// Updates due for sending now (not waiting on a backoff or a rate limit).
     pub fn ready_len(&self) -> usize {
         self.ready_count
@@ -550,14 +557,17 @@ mod tests {
         let mut ob = Outbox::new(10, 10);
         ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
             .unwrap();
+        assert_eq!(ob.records(), 1, "its pending record");
         let lease = ob.next_ready(now, no_pause).0.unwrap();
         ob.complete(&lease, Completion::Written, now);
         assert!(ob.is_empty());
+        assert_eq!(ob.records(), 1, "its written record");
         assert_eq!(
             ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
                 .unwrap(),
             vec![Offer::Unchanged]
         );
+        assert_eq!(ob.records(), 1, "a state already written adds none");
         assert_eq!(
             ob.offer_all(vec![update('a', "c", State::Failed)], now).unwrap(),
             vec![Offer::Queued]

@@ -287,6 +287,12 @@ impl Live {
         }
     }
 
+    /// How many records a compacted log of this state holds.
+    fn records(&self) -> u64 {
+        (self.pending.len() + self.in_flight.len() + self.written.len() + usize::from(self.poll.is_some()))
+            as u64
+    }
+
     fn into_recovered(self) -> Recovered {
         let mut pending: Vec<_> = self.pending.into_values().collect();
         pending.sort_by_key(|(_, _, order)| *order);
@@ -390,6 +396,8 @@ struct Replayed {
     cut: Option<&'static str>,
     /// Whole records whose contents did not parse (skipped).
     unreadable: u64,
+    /// Whole records read, those skipped included.
+    records: u64,
 }
 
 /// Replays the whole log at `path`.
@@ -399,7 +407,9 @@ fn replay(path: &Path) -> Result<Replayed, StoreError> {
         .map_err(|e| err(&e))?
         .map_err(|e| err(&e))?;
     let (mut live, mut unreadable, mut payload) = (Live::default(), 0, Vec::new());
+    let mut read = 0;
     while records.next(&mut payload).map_err(|e| err(&e))?.is_some() {
+        read += 1;
         // A whole record that does not parse (a bug, not a crash): skip it, keep going.
         match postcard::from_bytes::<Record<'_>>(&payload).ok().and_then(op_of) {
             Some(op) => live.apply(op),
@@ -411,6 +421,7 @@ fn replay(path: &Path) -> Result<Replayed, StoreError> {
         end: records.end,
         cut: records.cut,
         unreadable,
+        records: read,
     })
 }
 
@@ -444,11 +455,18 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A place in a log: its length there, and the whole records before it.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    len: u64,
+    records: u64,
+}
+
 /// Copies the records of the log's first `end` bytes that still count into
-/// [`COMPACTING`], in their order; returns the new file's length. Runs beside the
+/// [`COMPACTING`], in their order; returns where the new file ends. Runs beside the
 /// persister, which only appends. Memory: a 16-byte digest and an offset per live
 /// record, not the records.
-fn compact_prefix(dir: &Path, end: u64) -> Result<u64, StoreError> {
+fn compact_prefix(dir: &Path, end: u64) -> Result<Mark, StoreError> {
     let path = dir.join(LOG);
     let err = StoreError::at(&path);
     let open = || {
@@ -477,6 +495,7 @@ fn compact_prefix(dir: &Path, end: u64) -> Result<u64, StoreError> {
     }
     let mut keep: Vec<u64> = live.into_values().collect();
     keep.sort_unstable();
+    let kept = keep.len() as u64;
     // Pass 2: copy those records.
     let tmp = dir.join(COMPACTING);
     let err = StoreError::at(&tmp);
@@ -495,7 +514,8 @@ fn compact_prefix(dir: &Path, end: u64) -> Result<u64, StoreError> {
     w.flush().map_err(|e| err(&e))?;
     drop(w);
     file.sync_data().map_err(|e| err(&e))?;
-    file.metadata().map(|m| m.len()).map_err(|e| err(&e))
+    let len = file.metadata().map(|m| m.len()).map_err(|e| err(&e))?;
+    Ok(Mark { len, records: kept })
 }
 
 pub struct Store {
@@ -505,6 +525,11 @@ pub struct Store {
     file: File,
     /// Bytes in the log, all whole records.
     len: u64,
+    /// Whole records in the log, whether they still count or not.
+    records: u64,
+    /// How many records still count: exact at opening, then as the state's owner
+    /// last said (see [`Persister::submit`]).
+    live: u64,
     /// The file's size: records, then zeros.
     allocated: u64,
     /// False after a compaction's rename until its directory is fsynced.
@@ -581,6 +606,8 @@ impl Store {
             path: path.clone(),
             file,
             len: replayed.end,
+            records: replayed.records,
+            live: replayed.live.records(),
             allocated: replayed.end,
             dir_synced: true,
             compact_at: 0,
@@ -596,11 +623,12 @@ impl Store {
     pub fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let mut framed = Vec::new();
         frame_all(ops, &mut framed).map_err(|e| StoreError::at(&self.path)(&e))?;
-        self.append(&framed)
+        self.append(&framed, ops.len() as u64)
     }
 
-    /// Appends framed records (see [`frame_all`]), in order, and makes them durable.
-    fn append(&mut self, records: &[u8]) -> Result<(), StoreError> {
+    /// Appends `count` framed records (see [`frame_all`]), in order, and makes them
+    /// durable.
+    fn append(&mut self, records: &[u8], count: u64) -> Result<(), StoreError> {
         let written = self
             .sync_dir_if_needed()
             .and_then(|()| self.extend_for(records.len() as u64))
@@ -614,6 +642,7 @@ impl Store {
             return Err(StoreError::at(&self.path)(&e));
         }
         self.len += records.len() as u64;
+        self.records += count;
         Ok(())
     }
 
@@ -640,14 +669,24 @@ impl Store {
         Ok(())
     }
 
-    /// Whether the log has grown enough since the last compaction to compact it.
+    fn mark(&self) -> Mark {
+        Mark {
+            len: self.len,
+            records: self.records,
+        }
+    }
+
+    /// Whether the log has grown enough since the last compaction, and at least half
+    /// of its records no longer count. A flood of new updates is all live records:
+    /// compacting then would copy the whole log to drop nothing.
     fn wants_compaction(&self) -> bool {
-        self.len >= self.compact_at
+        self.len >= self.compact_at && 2 * self.records.saturating_sub(self.live) >= self.records
     }
 
     /// Switches to the compacted file: copies what was appended after `end` into it,
     /// makes it durable and renames it over the log.
-    fn finish_compaction(&mut self, end: u64, compacted: u64) -> Result<(u64, u64), StoreError> {
+    fn finish_compaction(&mut self, end: Mark, compacted: Mark) -> Result<(u64, u64), StoreError> {
+        let (end, appended) = (end.len, self.records - end.records);
         let tmp = self.dir.join(COMPACTING);
         let err = StoreError::at(&tmp);
         let switched = (|| -> std::io::Result<File> {
@@ -669,7 +708,8 @@ impl Store {
             Ok(file) => {
                 // Renamed: from here on the new file is the log, whatever happens next.
                 self.file = file;
-                self.len = compacted + (before - end);
+                self.len = compacted.len + (before - end);
+                self.records = compacted.records + appended;
                 self.allocated = self.len;
                 self.rearm_compaction();
                 self.dir_synced = false;
@@ -745,10 +785,15 @@ struct Queue {
     /// that made the change. The persister swaps this buffer for its spare, so
     /// queuing a change allocates nothing that another thread must free.
     records: Vec<u8>,
+    /// How many records `records` holds.
+    framed: u64,
+    /// What the state's owner last said still counts, if it said so since the
+    /// persister last looked.
+    live: Option<u64>,
     /// Finished once `records` are on disk; `None` while nothing is queued.
     batch: Option<Ack>,
-    /// A helper finished rewriting the log's first `end` bytes.
-    compacted: Option<(u64, Result<u64, StoreError>)>,
+    /// A helper finished rewriting the log up to a mark.
+    compacted: Option<(Mark, Result<Mark, StoreError>)>,
     /// Asked to finish what was submitted and any compaction, and to close the store.
     stop: Option<Ack>,
     /// Every `Persister` is gone: finish what was submitted, then end.
@@ -863,12 +908,14 @@ impl Persister {
     }
 
     /// Queues changes. Call it while holding the lock under which the state changed,
-    /// so the store sees changes in the order memory did.
-    pub fn submit(&self, ops: &[Op]) -> Durable {
+    /// so the store sees changes in the order memory did. `live` is how many records
+    /// the state needs after them (an estimate will do): the log is compacted only
+    /// once at least half of its records are dead.
+    pub fn submit(&self, ops: &[Op], live: usize) -> Durable {
         match &self.handle {
             None => Durable(None),
             Some(_) if ops.is_empty() => Durable(None),
-            Some(handle) => handle.0.enqueue(|records| frame_all(ops, records)),
+            Some(handle) => handle.0.enqueue(ops, Some(live as u64)),
         }
     }
 
@@ -876,7 +923,7 @@ impl Persister {
     pub async fn flush(&self) -> Result<(), Arc<StoreError>> {
         match &self.handle {
             None => Ok(()),
-            Some(handle) => handle.0.enqueue(|_| Ok(())).wait().await,
+            Some(handle) => handle.0.enqueue(&[], None).wait().await,
         }
     }
 
@@ -899,18 +946,20 @@ impl Persister {
 }
 
 impl Shared {
-    /// Adds records (`frame` appends them, or nothing on error) to the next commit.
-    fn enqueue(&self, frame: impl FnOnce(&mut Vec<u8>) -> Result<(), postcard::Error>) -> Durable {
+    /// Adds `ops` to the next commit, all or none.
+    fn enqueue(&self, ops: &[Op], live: Option<u64>) -> Durable {
         let mut queue = self.queue();
         if queue.ended || queue.stop.is_some() {
             return Durable::failed(stopped());
         }
-        if let Err(e) = frame(&mut queue.records) {
+        if let Err(e) = frame_all(ops, &mut queue.records) {
             return Durable::failed(Arc::new(StoreError {
                 path: PathBuf::new(),
                 message: format!("could not encode a change: {e}"),
             }));
         }
+        queue.framed += ops.len() as u64;
+        queue.live = live.or(queue.live);
         let batch = queue.batch.get_or_insert_with(|| Ack(Batch::new())).0.clone();
         self.wake(&queue);
         Durable(Some(batch))
@@ -941,7 +990,7 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
     let mut records = Vec::with_capacity(BUFFER);
     loop {
         records.clear();
-        let (batch, compacted, stopping) = {
+        let (batch, framed, compacted, stopping) = {
             let mut queue = shared.queue();
             loop {
                 if queue.batch.is_some() || queue.compacted.is_some() || (queue.stopping() && !compacting) {
@@ -952,7 +1001,14 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
                 queue.idle = false;
             }
             std::mem::swap(&mut records, &mut queue.records);
-            (queue.batch.take(), queue.compacted.take(), queue.stopping())
+            store.live = queue.live.take().unwrap_or(store.live);
+            let framed = std::mem::take(&mut queue.framed);
+            (
+                queue.batch.take(),
+                framed,
+                queue.compacted.take(),
+                queue.stopping(),
+            )
         };
         if let Some((end, result)) = compacted {
             compacting = false;
@@ -973,7 +1029,7 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
             let result = if records.is_empty() {
                 Ok(())
             } else {
-                let result = store.append(&records);
+                let result = store.append(&records, framed);
                 on_event(StoreEvent::Committed(&result));
                 result
             };
@@ -989,12 +1045,12 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
             break;
         }
         if !compacting && store.wants_compaction() {
-            let (dir, end) = (store.dir.clone(), store.len);
+            let (dir, end) = (store.dir.clone(), store.mark());
             let helper = shared.clone();
             let spawned = std::thread::Builder::new()
                 .name("outbox-compact".into())
                 .spawn(move || {
-                    let result = compact_prefix(&dir, end);
+                    let result = compact_prefix(&dir, end.len);
                     let mut queue = helper.queue();
                     queue.compacted = Some((end, result));
                     helper.wake(&queue);
@@ -1252,12 +1308,14 @@ mod tests {
             {
                 let (mut store, _) = Store::open(&dir).unwrap();
                 store.apply(&before).unwrap();
-                let end = store.len;
-                let compacted = compact_prefix(&dir, end).unwrap();
+                let end = store.mark();
+                let compacted = compact_prefix(&dir, end.len).unwrap();
                 store.apply(&during).unwrap();
                 store.finish_compaction(end, compacted).unwrap();
                 store.apply(&after).unwrap();
                 prop_assert!(store.len <= std::fs::metadata(dir.join(LOG)).unwrap().len());
+                // The count the compaction rule goes by is the log's.
+                prop_assert_eq!(store.records, replay(&dir.join(LOG)).unwrap().records);
             }
             let all: Vec<Op> = before.iter().chain(&during).chain(&after).cloned().collect();
             prop_assert_eq!(reopen(&dir), model(&all));
@@ -1302,11 +1360,13 @@ mod tests {
                     Op::Landed(u.key()),
                 ];
                 all.extend(ops.clone());
-                persister.submit(&ops).wait().await.unwrap();
+                // What still counts: the written state of each check seen so far.
+                let live = (i as usize + 1).min(20);
+                persister.submit(&ops, live).wait().await.unwrap();
             }
             persister.flush().await.unwrap();
             persister.stop().await.unwrap();
-            assert!(persister.submit(&all[..1]).wait().await.is_err(), "stopped");
+            assert!(persister.submit(&all[..1], 1).wait().await.is_err(), "stopped");
         });
         let compactions = compactions.lock().unwrap().clone();
         assert!(!compactions.is_empty(), "the log was compacted");
@@ -1327,6 +1387,60 @@ mod tests {
             "{size} bytes left of {} appended",
             appended.len()
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_log_of_records_that_all_count_is_not_compacted_until_half_are_dead() {
+        let dir = temp_dir("all-live");
+        let updates: Vec<StatusUpdate> = (0..400u64)
+            .map(|i| {
+                let mut u = update('a', "x", State::Pending);
+                u.status.sha = Sha::parse(&format!("{i:040x}")).unwrap();
+                u
+            })
+            .collect();
+        let pending: Vec<Op> = updates.iter().map(|u| Op::Pending(u.clone(), t(1))).collect();
+        let done: Vec<Op> = updates.iter().map(|u| Op::Done(u.key())).collect();
+        let compactions = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let run = |store: Store, ops: &[Op], live: &dyn Fn(usize) -> usize| {
+            let seen = compactions.clone();
+            let persister = Persister::start(store, move |e| {
+                if let StoreEvent::Compacted(r) = e {
+                    seen.lock().unwrap().push(*r.as_ref().unwrap());
+                }
+            })
+            .unwrap();
+            rt.block_on(async {
+                for (i, op) in ops.iter().enumerate() {
+                    let submitted = persister.submit(std::slice::from_ref(op), live(i));
+                    submitted.wait().await.unwrap();
+                }
+                // Lets a compaction under way finish first.
+                persister.stop().await.unwrap();
+            });
+        };
+        // A flood of new updates: every record counts, and the log grows far past the
+        // size that would have it compacted.
+        let (store, _) = Store::open_with(&dir, 8 << 10).unwrap();
+        run(store, &pending, &|i| i + 1);
+        assert!(
+            compactions.lock().unwrap().is_empty(),
+            "nothing to drop, nothing compacted"
+        );
+        let (mut store, _) = Store::open_with(&dir, 8 << 10).unwrap();
+        assert_eq!((store.records, store.live), (400, 400), "counted at opening");
+        // As if the log had just grown enough since its last compaction.
+        store.compact_at = store.len;
+        assert!(!store.wants_compaction(), "all records count");
+        // Delivered one by one: compacted once half the records are dead.
+        run(store, &done, &|i| updates.len() - i - 1);
+        let compactions = compactions.lock().unwrap().clone();
+        let &(before, after) = compactions.first().expect("compacted once half the log was dead");
+        assert!(after < before, "{after} < {before}");
+        let all: Vec<Op> = pending.into_iter().chain(done).collect();
+        assert_eq!(reopen(&dir), model(&all));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1358,7 +1472,12 @@ mod tests {
                         let mut u = update('a', "x", State::Pending);
                         u.status.sha = Sha::parse(&format!("{:040x}", task * 1000 + i)).unwrap();
                         let op = Op::Pending(u, t(i));
-                        persister.submit(std::slice::from_ref(&op)).wait().await.unwrap();
+                        let live = (task * each + i + 1) as usize;
+                        persister
+                            .submit(std::slice::from_ref(&op), live)
+                            .wait()
+                            .await
+                            .unwrap();
                         ops.push(op);
                     }
                     ops
