@@ -234,17 +234,22 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
 
 /// Reads and discards what is left of a request body we answer without using, bounded
 /// in bytes and time, so the client can read our answer.
-pub async fn drain(mut body: Body) {
-    let mut seen = 0usize;
-    let read = async {
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map_or(0, |d| d.len());
-            if seen > DRAIN_BYTES {
-                break;
+///
+/// Boxed: only refusals drain, and its timer would otherwise be part of every request
+/// future that may call it, which axum allocates per request (see `read_body`).
+pub fn drain(mut body: Body) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let mut seen = 0usize;
+        let read = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > DRAIN_BYTES {
+                    break;
+                }
             }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, read).await;
+    })
 }
 
 /// A JSON error answer: `{"error": "...", "reason": "..."}`.

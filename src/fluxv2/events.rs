@@ -60,13 +60,10 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
         debug!(source = SOURCE, kind = %o.kind, namespace = %o.namespace, name = %o.name,
             reason = %ev.reason, skip = skip.label(), detail = %skip, "no status for event");
     }
-    let summary = mapped.updates.first().map(|u| {
-        (
-            u.status.sha.to_string(),
-            u.status.state,
-            u.status.check.to_string(),
-        )
-    });
+    let summary = mapped
+        .updates
+        .first()
+        .map(|u| (u.status.sha.clone(), u.status.state, u.status.check.clone()));
     if let Err(answer) = persist(&st, SOURCE, kind, mapped.updates).await {
         return answer;
     }
