@@ -229,11 +229,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .clone()
             .run(stop_delivery.clone(), config.shutdown_timeout),
     );
-    let ingest_task = tokio::spawn(
-        axum::serve(ingest_listener, ingest::router(ingest_state))
-            .with_graceful_shutdown(stop_ingest.clone().cancelled_owned())
-            .into_future(),
-    );
+    let ingest_task = tokio::spawn(ingest::serve(
+        ingest_listener,
+        ingest::router(ingest_state),
+        stop_ingest.clone(),
+    ));
     let stop_ops = CancellationToken::new();
     if let Some(listener) = ops_listener {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();

@@ -46,6 +46,54 @@ pub fn router(state: Arc<Ingest>) -> Router {
     Router::new().fallback(route).with_state(state)
 }
 
+/// Serves `router` over HTTP/1.1 (with upgrades, for fluxd's websocket) until `stop`;
+/// then accepts no more connections, lets each finish the request it is in, and
+/// returns once all are closed. What `axum::serve` does, with one setting it does
+/// not offer: half-close. Without it, hyper polls the socket for an early EOF while
+/// a request is in flight; every event waits for an fsync, and each of those reads
+/// found the read buffer still shared with the request, so it allocated a new one
+/// (8 KiB per event) for a read that then found nothing. A sender that goes away
+/// mid-request is noticed when its answer is written instead; its event is kept
+/// either way.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused) => continue,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait for some to close.
+                    tracing::error!(error = %e, "could not accept a connection; retrying in 1 s");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        let (service, stop) = (TowerToHyperService::new(router.clone()), stop.clone());
+        connections.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
 async fn route(State(st): State<Arc<Ingest>>, req: Request) -> Response {
     let path = req.uri().path();
     let v1_events = path.ends_with("/v6/events");

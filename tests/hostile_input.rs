@@ -222,3 +222,26 @@ async fn a_thousand_hostile_requests_are_all_answered_and_the_daemon_survives() 
     let logs = serde_json::to_string(&daemon.logs()).unwrap();
     assert!(!logs.contains("panicked"), "a task panicked: {logs}");
 }
+
+/// A sender may shut down its side of the connection once its request is out and
+/// still read the answer. The event waits for an fsync meanwhile; the early end of
+/// the stream must not cost it its answer.
+#[tokio::test]
+async fn a_sender_that_half_closes_after_its_request_still_gets_its_answer() {
+    let daemon = Daemon::start(&["--dry-run", "--git-url", "https://github.com/acme/app"], &[]).await;
+    let body = compact("v1/fluxcloud-sync.json");
+    let mut sock = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    let head = format!(
+        "POST /v6/events HTTP/1.1\r\nhost: flux-status\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(&[head.as_bytes(), &body].concat()).await.unwrap();
+    sock.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut answer))
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+}
