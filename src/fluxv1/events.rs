@@ -25,10 +25,6 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
         Ok(ev) => ev,
         Err(e) => return not_an_event(&st, SOURCE, e.label(), e.to_string(), body.len()),
     };
-    // The request's head and body are slices of the connection's read buffer. Held
-    // over the wait for the store, they would have hyper allocate a new buffer for
-    // its next read and free this one afterwards (8 KiB each way, per event).
-    drop((parts, body));
     let kind = ev.kind_label();
     let mapped = mapping::v1::map(&ev, &st.v1);
     count_skips(&st, &mapped.skips);

@@ -50,8 +50,6 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
         Ok(ev) => ev,
         Err(e) => return not_an_event(&st, SOURCE, e.label(), e.to_string(), body.len()),
     };
-    // Not held over the wait for the store: see the Flux v1 handler.
-    drop((parts, body));
     let kind = kind_label(&ev.involved_object.kind);
     let mapped = mapping::v2::map(&ev, &st.v2);
     let o = &ev.involved_object;
