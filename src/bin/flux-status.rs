@@ -2,8 +2,7 @@ use clap::Parser;
 use flux_status::{config::Args, daemon, telemetry};
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     let level = if args.debug {
         "debug".to_string()
@@ -14,6 +13,7 @@ async fn main() -> ExitCode {
         eprintln!("flux-status: {e}");
         return ExitCode::from(2);
     }
+    let workers = args.worker_threads;
     let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {
@@ -21,8 +21,23 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting flux-status");
-    match daemon::run(config, daemon::shutdown_signal()).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flux-status: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        workers,
+        "starting flux-status"
+    );
+    match runtime.block_on(daemon::run(config, daemon::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "flux-status failed");
