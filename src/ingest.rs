@@ -283,8 +283,8 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
 /// Reads and discards what is left of a request body we answer without using, bounded
 /// in bytes and time, so the client can read our answer.
 ///
-/// Boxed: only refusals drain, and its timer would otherwise be part of every request
-/// future that may call it, which axum allocates per request (see `read_body`).
+/// Boxed: only refusals drain, and its timer would otherwise take room in every request
+/// future that may refuse, and axum allocates each request's future whole.
 pub fn drain(mut body: Body) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
         let mut seen = 0usize;
