@@ -92,20 +92,25 @@ impl EventError {
     }
 }
 
+/// The envelope of every event type. `M` is the metadata: kept raw for the two-pass
+/// decode (no whole-body `Value` copy of a large initial-sync event), or decoded on
+/// the way for the one-pass one.
 #[derive(Deserialize)]
-struct RawEvent<'a> {
+#[serde(bound(deserialize = "M: Deserialize<'de>"))]
+struct Envelope<M> {
     #[serde(rename = "serviceIDs", default)]
     service_ids: Option<Vec<String>>,
     #[serde(rename = "type", default)]
     kind: Option<String>,
-    /// Kept raw and decoded once its type is known: no whole-body `Value` copy of a
-    /// large initial-sync event.
-    #[serde(default, borrow)]
-    metadata: Option<&'a RawValue>,
+    #[serde(default)]
+    metadata: Option<M>,
 }
 
+/// What any event type's metadata gives: a sync's commits and errors, read strictly
+/// (a wrong shape is invalid metadata), and the revision of a commit or release,
+/// read leniently, as fluxd does (a revision that is not a string is none).
 #[derive(Deserialize, Default)]
-struct RawSyncMetadata {
+struct Metadata {
     #[serde(default)]
     commits: Option<Vec<SyncCommit>>,
     /// Pre-"commits" fluxd sent bare revisions.
@@ -115,10 +120,77 @@ struct RawSyncMetadata {
     errors: Option<Vec<ResourceError>>,
     #[serde(rename = "initialSync", default)]
     initial_sync: bool,
+    /// A commit event's.
+    #[serde(default, deserialize_with = "string_or_none")]
+    revision: Option<String>,
+    /// A release's or an automated release's (Go marshals `ReleaseEventCommon` untagged).
+    #[serde(rename = "Revision", default, deserialize_with = "string_or_none")]
+    go_revision: Option<String>,
 }
 
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+impl Metadata {
+    fn string(&self, key: &str) -> Option<&String> {
+        match key {
+            "revision" => self.revision.as_ref(),
+            "Revision" => self.go_revision.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes an event in one pass over the body when it has the shape fluxd gives it.
+/// A body that does not fit (a sync field of another shape, a repeated key, bad JSON)
+/// goes through [`parse_in_two_passes`], which decides what it is: the result is the
+/// same either way, this is only faster (the metadata is not scanned twice).
 pub fn parse(body: &[u8]) -> Result<V1Event, EventError> {
-    let raw: RawEvent = serde_json::from_slice(body).map_err(|e| match e.classify() {
+    let Ok(Envelope {
+        service_ids,
+        kind: Some(kind),
+        metadata,
+    }) = serde_json::from_slice::<Envelope<Metadata>>(body)
+    else {
+        return parse_in_two_passes(body);
+    };
+    if kind.is_empty() {
+        return Err(EventError::MissingType);
+    }
+    let revision = |keys: &[&str]| {
+        let m = metadata.as_ref()?;
+        keys.iter().find_map(|k| m.string(k)).cloned()
+    };
+    Ok(match kind.as_str() {
+        "sync" => {
+            let has_metadata = metadata.is_some();
+            sync_event(service_ids, metadata.unwrap_or_default(), has_metadata)
+        }
+        "commit" => V1Event::Commit {
+            revision: revision(COMMIT_REVISION),
+        },
+        "release" => V1Event::Release {
+            revision: revision(RELEASE_REVISION),
+        },
+        "autorelease" => V1Event::AutoRelease {
+            revision: revision(RELEASE_REVISION),
+        },
+        _ => V1Event::Other { kind },
+    })
+}
+
+/// Where each event type keeps its revision, first match wins.
+const COMMIT_REVISION: &[&str] = &["revision"];
+const RELEASE_REVISION: &[&str] = &["Revision", "revision"];
+
+/// The decode that defines what a body is: the envelope first, then the metadata by
+/// the event's type, leniently for the types whose metadata only gives a revision.
+fn parse_in_two_passes(body: &[u8]) -> Result<V1Event, EventError> {
+    let raw: Envelope<&RawValue> = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data if body.trim_ascii_start().first() != Some(&b'{') => {
             EventError::NotAnObject
         }
@@ -136,42 +208,46 @@ pub fn parse(body: &[u8]) -> Result<V1Event, EventError> {
     Ok(match kind.as_str() {
         "sync" => {
             let has_metadata = metadata.is_some();
-            let meta: RawSyncMetadata = match metadata {
+            let meta: Metadata = match metadata {
                 Some(m) => serde_json::from_str(m.get()).map_err(|e| EventError::InvalidMetadata {
                     kind: "sync",
                     message: e.to_string(),
                 })?,
-                None => RawSyncMetadata::default(),
+                None => Metadata::default(),
             };
-            let commits = match (meta.commits, meta.revisions) {
-                (Some(c), _) => c,
-                (None, Some(revs)) => revs
-                    .into_iter()
-                    .map(|revision| SyncCommit {
-                        revision,
-                        message: String::new(),
-                    })
-                    .collect(),
-                (None, None) => Vec::new(),
-            };
-            V1Event::Sync(SyncEvent {
-                service_ids: raw.service_ids.unwrap_or_default(),
-                commits,
-                errors: meta.errors.unwrap_or_default(),
-                initial_sync: meta.initial_sync,
-                has_metadata,
-            })
+            sync_event(raw.service_ids, meta, has_metadata)
         }
         "commit" => V1Event::Commit {
-            revision: string_field(&metadata, &["revision"]),
+            revision: string_field(&metadata, COMMIT_REVISION),
         },
         "release" => V1Event::Release {
-            revision: string_field(&metadata, &["Revision", "revision"]),
+            revision: string_field(&metadata, RELEASE_REVISION),
         },
         "autorelease" => V1Event::AutoRelease {
-            revision: string_field(&metadata, &["Revision", "revision"]),
+            revision: string_field(&metadata, RELEASE_REVISION),
         },
         _ => V1Event::Other { kind },
+    })
+}
+
+fn sync_event(service_ids: Option<Vec<String>>, meta: Metadata, has_metadata: bool) -> V1Event {
+    let commits = match (meta.commits, meta.revisions) {
+        (Some(c), _) => c,
+        (None, Some(revs)) => revs
+            .into_iter()
+            .map(|revision| SyncCommit {
+                revision,
+                message: String::new(),
+            })
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    V1Event::Sync(SyncEvent {
+        service_ids: service_ids.unwrap_or_default(),
+        commits,
+        errors: meta.errors.unwrap_or_default(),
+        initial_sync: meta.initial_sync,
+        has_metadata,
     })
 }
 
@@ -203,6 +279,65 @@ mod tests {
         match parse(br#"{"type":"sync","metadata":{"revisions":["abc"]}}"#).unwrap() {
             V1Event::Sync(s) => assert_eq!(s.commits[0].revision, "abc"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// The one-pass decode gives what the two-pass one does, for every fixture and for
+    /// the bodies it must hand over; and it does take the fixtures in one pass.
+    #[test]
+    fn one_pass_and_two_passes_agree() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+        let mut fixtures = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let body = std::fs::read(&path).unwrap();
+            assert_eq!(parse(&body), parse_in_two_passes(&body), "{}", path.display());
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("event-"))
+            {
+                assert!(
+                    serde_json::from_slice::<Envelope<Metadata>>(&body).is_ok(),
+                    "{}",
+                    path.display()
+                );
+                fixtures += 1;
+            }
+        }
+        assert!(fixtures >= 5, "{fixtures} fluxd events");
+        for body in [
+            r#"{"type":"commit","metadata":{"revision":5}}"#,
+            r#"{"type":"commit","metadata":{"revision":"abc","commits":5}}"#,
+            r#"{"type":"commit","metadata":{"Revision":"go","revision":"abc"}}"#,
+            r#"{"type":"release","metadata":{"Revision":null,"revision":"x"}}"#,
+            r#"{"type":"release","metadata":{"Revision":"a","revision":"b"}}"#,
+            r#"{"type":"release","metadata":{"Revision":"a","Revision":"b"}}"#,
+            r#"{"type":"autorelease","metadata":{"revision":"b","spec":{"x":[1]}}}"#,
+            r#"{"type":"sync","metadata":{"commits":[{"revision":"a"}],"revision":7}}"#,
+            r#"{"type":"sync","metadata":{"commits":[],"commits":[]}}"#,
+            r#"{"type":"sync","metadata":{"revisions":["a"],"initialSync":true}}"#,
+            r#"{"type":"sync","metadata":{"initialSync":"yes"}}"#,
+            r#"{"type":"sync","metadata":null}"#,
+            r#"{"type":"sync","metadata":"x"}"#,
+            r#"{"type":"sync","serviceIDs":[1]}"#,
+            r#"{"type":"sync","type":"commit"}"#,
+            r#"{"type":"lock","metadata":{"commits":"x"}}"#,
+            r#"{"type":"","metadata":{}}"#,
+            r#"{"type":null}"#,
+            r#"{"metadata":{}}"#,
+            "[1]",
+            "null",
+            "{",
+            "",
+        ] {
+            assert_eq!(
+                parse(body.as_bytes()),
+                parse_in_two_passes(body.as_bytes()),
+                "{body}"
+            );
         }
     }
 
