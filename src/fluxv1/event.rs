@@ -135,13 +135,50 @@ fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
     })
 }
 
-impl Metadata {
-    fn string(&self, key: &str) -> Option<&String> {
-        match key {
-            "revision" => self.revision.as_ref(),
-            "Revision" => self.go_revision.as_ref(),
-            _ => None,
+/// An event's metadata, decoded or still raw: what the event of each type takes from it.
+trait MetadataSource {
+    /// A sync's metadata, and whether the event had any.
+    fn sync(self) -> Result<(Metadata, bool), EventError>;
+    /// The first of `keys` that holds a string.
+    fn revision(&self, keys: &[&str]) -> Option<String>;
+}
+
+impl MetadataSource for Option<Metadata> {
+    fn sync(self) -> Result<(Metadata, bool), EventError> {
+        let has_metadata = self.is_some();
+        Ok((self.unwrap_or_default(), has_metadata))
+    }
+
+    fn revision(&self, keys: &[&str]) -> Option<String> {
+        let m = self.as_ref()?;
+        keys.iter()
+            .find_map(|k| match *k {
+                "revision" => m.revision.as_ref(),
+                "Revision" => m.go_revision.as_ref(),
+                _ => None,
+            })
+            .cloned()
+    }
+}
+
+impl MetadataSource for Option<&RawValue> {
+    fn sync(self) -> Result<(Metadata, bool), EventError> {
+        match self {
+            Some(m) => serde_json::from_str(m.get())
+                .map(|meta| (meta, true))
+                .map_err(|e| EventError::InvalidMetadata {
+                    kind: "sync",
+                    message: e.to_string(),
+                }),
+            None => Ok((Metadata::default(), false)),
         }
+    }
+
+    fn revision(&self, keys: &[&str]) -> Option<String> {
+        let m: Value = serde_json::from_str(self.as_ref()?.get()).ok()?;
+        keys.iter()
+            .find_map(|k| m.get(*k).and_then(Value::as_str))
+            .map(str::to_string)
     }
 }
 
@@ -161,31 +198,8 @@ pub fn parse(body: &[u8]) -> Result<V1Event, EventError> {
     if kind.is_empty() {
         return Err(EventError::MissingType);
     }
-    let revision = |keys: &[&str]| {
-        let m = metadata.as_ref()?;
-        keys.iter().find_map(|k| m.string(k)).cloned()
-    };
-    Ok(match kind.as_str() {
-        "sync" => {
-            let has_metadata = metadata.is_some();
-            sync_event(service_ids, metadata.unwrap_or_default(), has_metadata)
-        }
-        "commit" => V1Event::Commit {
-            revision: revision(COMMIT_REVISION),
-        },
-        "release" => V1Event::Release {
-            revision: revision(RELEASE_REVISION),
-        },
-        "autorelease" => V1Event::AutoRelease {
-            revision: revision(RELEASE_REVISION),
-        },
-        _ => V1Event::Other { kind },
-    })
+    event(kind, service_ids, metadata)
 }
-
-/// Where each event type keeps its revision, first match wins.
-const COMMIT_REVISION: &[&str] = &["revision"];
-const RELEASE_REVISION: &[&str] = &["Revision", "revision"];
 
 /// The decode that defines what a body is: the envelope first, then the metadata by
 /// the event's type, leniently for the types whose metadata only gives a revision.
@@ -204,27 +218,30 @@ fn parse_in_two_passes(body: &[u8]) -> Result<V1Event, EventError> {
         .kind
         .filter(|k| !k.is_empty())
         .ok_or(EventError::MissingType)?;
-    let metadata = raw.metadata.filter(|m| m.get() != "null");
+    event(kind, raw.service_ids, raw.metadata.filter(|m| m.get() != "null"))
+}
+
+/// The event of type `kind`, with what it takes from its metadata.
+fn event(
+    kind: String,
+    service_ids: Option<Vec<String>>,
+    metadata: impl MetadataSource,
+) -> Result<V1Event, EventError> {
+    // Go marshals `ReleaseEventCommon` untagged: a release's revision is `Revision`.
+    const RELEASE: &[&str] = &["Revision", "revision"];
     Ok(match kind.as_str() {
         "sync" => {
-            let has_metadata = metadata.is_some();
-            let meta: Metadata = match metadata {
-                Some(m) => serde_json::from_str(m.get()).map_err(|e| EventError::InvalidMetadata {
-                    kind: "sync",
-                    message: e.to_string(),
-                })?,
-                None => Metadata::default(),
-            };
-            sync_event(raw.service_ids, meta, has_metadata)
+            let (meta, has_metadata) = metadata.sync()?;
+            sync_event(service_ids, meta, has_metadata)
         }
         "commit" => V1Event::Commit {
-            revision: string_field(&metadata, COMMIT_REVISION),
+            revision: metadata.revision(&["revision"]),
         },
         "release" => V1Event::Release {
-            revision: string_field(&metadata, RELEASE_REVISION),
+            revision: metadata.revision(RELEASE),
         },
         "autorelease" => V1Event::AutoRelease {
-            revision: string_field(&metadata, RELEASE_REVISION),
+            revision: metadata.revision(RELEASE),
         },
         _ => V1Event::Other { kind },
     })
@@ -249,13 +266,6 @@ fn sync_event(service_ids: Option<Vec<String>>, meta: Metadata, has_metadata: bo
         initial_sync: meta.initial_sync,
         has_metadata,
     })
-}
-
-fn string_field(metadata: &Option<&RawValue>, keys: &[&str]) -> Option<String> {
-    let m: Value = serde_json::from_str(metadata.as_ref()?.get()).ok()?;
-    keys.iter()
-        .find_map(|k| m.get(*k).and_then(Value::as_str))
-        .map(str::to_string)
 }
 
 #[cfg(test)]
