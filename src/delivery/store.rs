@@ -1013,7 +1013,7 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
         if let Some((end, result)) = compacted {
             compacting = false;
             // The records just taken are not written yet: they go to the new file.
-            let result = result.and_then(|len| store.finish_compaction(end, len));
+            let result = result.and_then(|compacted| store.finish_compaction(end, compacted));
             match &result {
                 Ok((before, after)) => {
                     info!(before_bytes = before, after_bytes = after, "outbox log compacted")
