@@ -6,6 +6,11 @@ use std::sync::Arc;
 /// Which configured repository (and so which notifier) an update is for.
 pub type RepoId = Arc<str>;
 
+/// For maps looked up several times per accepted event (by key, by repository):
+/// foldhash, seeded per process so keys from events cannot be chosen to collide
+/// offline, instead of SipHash.
+pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusUpdate {
     pub repo: RepoId,

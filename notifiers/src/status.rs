@@ -51,6 +51,12 @@ impl Sha {
         std::str::from_utf8(&self.hex[..usize::from(self.len)]).unwrap_or_default()
     }
 
+    /// The stored hex digits: what comparing and hashing look at, since they run
+    /// several times per event and `as_str` checks the bytes each time.
+    fn bytes(&self) -> &[u8] {
+        &self.hex[..usize::from(self.len)]
+    }
+
     /// The 7-character abbreviation git shows by default.
     pub fn short(&self) -> &str {
         &self.as_str()[..7]
@@ -59,7 +65,7 @@ impl Sha {
 
 impl PartialEq for Sha {
     fn eq(&self, other: &Sha) -> bool {
-        self.as_str() == other.as_str()
+        self.bytes() == other.bytes()
     }
 }
 
@@ -67,7 +73,7 @@ impl Eq for Sha {}
 
 impl Hash for Sha {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
+        self.bytes().hash(state)
     }
 }
 
@@ -79,7 +85,8 @@ impl PartialOrd for Sha {
 
 impl Ord for Sha {
     fn cmp(&self, other: &Sha) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        // Byte order is the order of the hex strings.
+        self.bytes().cmp(other.bytes())
     }
 }
 

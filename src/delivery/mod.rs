@@ -8,7 +8,7 @@ pub mod outbox;
 pub mod store;
 
 use crate::metrics::{Metrics, ProviderLabels};
-use crate::update::{Key, RepoId, StatusUpdate};
+use crate::update::{Key, Map, RepoId, StatusUpdate};
 use limiter::{Limiter, Limits};
 use notifiers::{Budget, Notifier, NotifyError, Reason, Retry};
 use outbox::{Completion, Full, Lease, Offer, Outbox};
@@ -81,8 +81,8 @@ enum Sent {
 pub struct Delivery {
     outbox: Mutex<Outbox>,
     wake: Notify,
-    routes: HashMap<RepoId, Route>,
-    throttles: Mutex<HashMap<RepoId, Throttle>>,
+    routes: Map<RepoId, Route>,
+    throttles: Mutex<Map<RepoId, Throttle>>,
     persister: Persister,
     metrics: Arc<Metrics>,
     cfg: DeliveryConfig,
@@ -141,7 +141,7 @@ impl Delivery {
         Delivery {
             outbox: Mutex::new(outbox),
             wake: Notify::new(),
-            routes,
+            routes: routes.into_iter().collect(),
             throttles: Mutex::new(throttles),
             persister,
             metrics,

@@ -9,16 +9,11 @@
 //!   repository held back by its provider's budget costs nothing per update, and
 //!   one repository's flood does not hold up the others.
 
-use crate::update::{Key, RepoId, StatusUpdate};
+use crate::update::{Key, Map, RepoId, StatusUpdate};
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry as Slot;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
-
-/// The outbox's maps are looked up several times per accepted event, under the lock
-/// every ingest shares: foldhash (seeded per process, so keys from events cannot be
-/// chosen to collide offline) instead of SipHash.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
