@@ -218,12 +218,11 @@ fn frame_all(ops: &[Op], buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
 fn frame(record: &Record<'_>, buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
     let start = buf.len();
     buf.extend_from_slice(&[0; HEADER]);
-    match postcard::to_extend(record, std::mem::take(buf)) {
-        Ok(out) => *buf = out,
-        Err(e) => {
-            buf.truncate(start);
-            return Err(e);
-        }
+    // Through `io::Write`: a `Vec` takes each field's bytes with one copy, where
+    // `to_extend` pushes them one byte at a time.
+    if let Err(e) = postcard::to_io(record, &mut *buf) {
+        buf.truncate(start);
+        return Err(e);
     }
     let payload = &buf[start + HEADER..];
     let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
