@@ -229,11 +229,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .clone()
             .run(stop_delivery.clone(), config.shutdown_timeout),
     );
-    let ingest_task = tokio::spawn(ingest::serve(
-        ingest_listener,
-        ingest::router(ingest_state),
-        stop_ingest.clone(),
-    ));
+    let ingest_task = tokio::spawn(ingest::serve(ingest_listener, ingest_state, stop_ingest.clone()));
     let stop_ops = CancellationToken::new();
     if let Some(listener) = ops_listener {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
