@@ -14,6 +14,10 @@
 //! ceiling on this machine. Flat-out load comes from 32 keep-alive connections driven
 //! by a small raw HTTP/1.1 poster, not reqwest, so that the generator, which shares
 //! the 2 cores, takes as little of them as it can from what is measured.
+//!
+//! The host's speed drifts within seconds (other guests), so the flat-out share is the
+//! median of three rounds, each between two loads of the bare handler, and the fixed
+//! rate runs three windows of 10 s, each printed with the CPU steal it saw.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -68,6 +72,10 @@ const V2: Event = v2_event;
 /// Concurrent keep-alive connections posting events flat out (notification-controller
 /// posts each event from its own goroutine; fluxd posts one at a time).
 const POSTERS: u64 = 32;
+/// Flat-out rounds per event source, each between two loads of the bare handler.
+const ROUNDS: u64 = 3;
+/// Windows of 10 s at the fixed rate.
+const FIXED_WINDOWS: u64 = 3;
 
 fn sha(run: u64, i: u64) -> String {
     format!("{run:08x}{i:032x}")
@@ -294,6 +302,51 @@ async fn commits(client: &reqwest::Client, ops_port: u16) -> f64 {
         .find_map(|l| l.strip_prefix("flux_status_outbox_commits_total{result=\"ok\"} "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// One window of 10 s at 1,000 events/s, each a new commit, to the daemon at `ingest`;
+/// prints the latency from the event's POST to the fake provider's request, and
+/// returns its p99 in milliseconds.
+async fn fixed_rate(client: &reqwest::Client, fake: &Fake, ingest: SocketAddr, window: u64) -> f64 {
+    let rate = 1000u64;
+    let n = rate * 10;
+    let ticks = machine_ticks();
+    let mut sent: Vec<(String, Instant)> = Vec::with_capacity(n as usize);
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..n {
+        ticker.tick().await;
+        let s = sha(2, window * n + i);
+        sent.push((s.clone(), Instant::now()));
+        let (client, url) = (client.clone(), format!("http://{ingest}/v6/events"));
+        posts.spawn(async move {
+            client
+                .post(&url)
+                .body(v1_event(&s))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        });
+    }
+    while posts.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let steal = steal_since(ticks);
+    let arrived = fake.arrivals.lock().unwrap().clone();
+    let mut lat: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(s, t)| arrived.get(s).map(|a| a.saturating_duration_since(*t)))
+        .collect();
+    lat.sort();
+    let p99 = ms(percentile(&lat, 0.99));
+    println!(
+        "at {rate} events/s, window {}: {}/{n} delivered; POST → provider request p50 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms; CPU steal {steal:.0}%",
+        window + 1,
+        lat.len(),
+        ms(percentile(&lat, 0.50)),
+        ms(lat.last().copied().unwrap_or_default()),
+    );
+    p99
 }
 
 fn free_port() -> u16 {
@@ -559,16 +612,31 @@ async fn main() {
     println!("with 10,000 pending updates: RSS {:.1} MiB", rss_mib(d.pid));
     let bare = Bare::start(root).await;
     for (name, path, event, run) in [("v1", v1, V1, 1u64), ("v2", v2, V2, 5)] {
-        let before = bare.flood("just before", total).await;
-        let label = format!("accepted flat out, {name} (new commit each)");
-        let rate = flat_out(&client, &d, &label, path, total, move |i| event(&sha(run, i))).await;
-        let after = bare.flood("just after", total).await;
+        // The host's speed drifts by a third within seconds, with no steal to show for
+        // it: each round is compared with the bare handler just before and just after
+        // it, and the median round is the result.
+        let mut before = bare.flood("before round 1", total).await;
+        let mut shares = Vec::new();
+        for round in 0..ROUNDS {
+            let label = format!("accepted flat out, {name} (new commit each), round {}", round + 1);
+            let first = round * total;
+            let rate = flat_out(&client, &d, &label, path, total, move |i| {
+                event(&sha(run, first + i))
+            })
+            .await;
+            let after = bare.flood(&format!("after round {}", round + 1), total).await;
+            shares.push(100.0 * rate / ((before + after) / 2.0));
+            before = after;
+        }
+        let rounds: Vec<String> = shares.iter().map(|s| format!("{s:.0}%")).collect();
+        shares.sort_by(f64::total_cmp);
         println!(
-            "  flux-status {name} accepts {:.0}% of the bare handler's rate around it (new commits, durable)",
-            100.0 * rate / ((before + after) / 2.0)
+            "  flux-status {name} accepts {:.0}% of the bare handler's rate around it (new commits, durable; median of rounds {})",
+            shares[shares.len() / 2],
+            rounds.join(", ")
         );
     }
-    let pending = 10_000 + 2 * total;
+    let pending = 10_000 + 2 * ROUNDS * total;
     println!(
         "with {pending} pending updates: RSS {:.1} MiB; peak {:.1} MiB",
         rss_mib(d.pid),
@@ -593,46 +661,9 @@ async fn main() {
             total as f64 / t0.elapsed().as_secs_f64()
         );
     }
-    // Fixed rate: 1,000 events/s for 10 s, one new commit each; POST → provider request.
-    let rate = 1000u64;
-    let n = rate * 10;
-    let mut sent: Vec<(String, Instant)> = Vec::with_capacity(n as usize);
-    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut posts = tokio::task::JoinSet::new();
-    for i in 0..n {
-        ticker.tick().await;
-        let s = sha(2, i);
-        sent.push((s.clone(), Instant::now()));
-        let (client, url) = (client.clone(), format!("http://{}{v1}", d.ingest));
-        posts.spawn(async move {
-            client
-                .post(&url)
-                .body(v1_event(&s))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        });
-    }
-    while posts.join_next().await.is_some() {}
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let arrived = fake.arrivals.lock().unwrap().clone();
-    let mut lat: Vec<Duration> = sent
-        .iter()
-        .filter_map(|(s, t)| arrived.get(s).map(|a| a.saturating_duration_since(*t)))
-        .collect();
-    lat.sort();
-    println!(
-        "at {rate} events/s: {}/{n} delivered; POST → provider request p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        lat.len(),
-        ms(percentile(&lat, 0.50)),
-        ms(percentile(&lat, 0.99)),
-        ms(lat.last().copied().unwrap_or_default()),
-    );
-
-    // Re-sent states cost nothing: every event above named a new commit once, plus
-    // 40,000 repeats of states already written. Deduplicated at ingest, they take no
-    // store commit and no provider write: the rate is that of the ingest path alone.
+    // Re-sent states cost nothing: 40,000 repeats of the v1 states just written (the
+    // daemon remembers the last 100,000). Deduplicated at ingest, they take no store
+    // commit and no provider write: the rate is that of the ingest path alone.
     let (resent, cost) = measured_flood(d.pid, d.ingest, v1, total, |i| v1_event(&sha(11, i))).await;
     let ingest_only = resent.len() as f64 / cost.secs;
     println!(
@@ -646,6 +677,20 @@ async fn main() {
         "  flux-status accepts {:.0}% of the bare handler's rate on the ingest path alone",
         100.0 * ingest_only / ceiling
     );
+    // Fixed rate: 1,000 events/s, one new commit each; POST → provider request. Three
+    // windows of 10 s: other guests' steal comes in bursts that can take one window.
+    let mut p99s = Vec::new();
+    for window in 0..FIXED_WINDOWS {
+        p99s.push(fixed_rate(&client, &fake, d.ingest, window).await);
+    }
+    let windows: Vec<String> = p99s.iter().map(|p| format!("{p:.2} ms")).collect();
+    p99s.sort_by(f64::total_cmp);
+    println!(
+        "  p99 at 1000 events/s: {:.2} ms (median of windows {})",
+        p99s[p99s.len() / 2],
+        windows.join(", ")
+    );
+
     tokio::time::sleep(Duration::from_secs(1)).await;
     let changes = fake.arrivals.lock().unwrap().len() as f64;
     let writes = fake.writes.load(Ordering::Relaxed) as f64;
@@ -654,7 +699,7 @@ async fn main() {
         writes / changes
     );
     println!(
-        "run 2 peak RSS: {:.1} MiB ({} written states remembered for dedup)",
+        "run 2 peak RSS: {:.1} MiB ({} states written; the last 100,000 remembered for dedup)",
         peak_rss_mib(d.pid),
         changes
     );
