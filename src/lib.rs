@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod fluxv1;
 pub mod fluxv2;
 pub mod ingest;
+pub mod json;
 pub mod mapping;
 pub mod metrics;
 pub mod ops;

@@ -191,7 +191,7 @@ pub fn parse(body: &[u8]) -> Result<V1Event, EventError> {
         service_ids,
         kind: Some(kind),
         metadata,
-    }) = serde_json::from_slice::<Envelope<Metadata>>(body)
+    }) = crate::json::from_body::<Envelope<Metadata>>(body)
     else {
         return parse_in_two_passes(body);
     };
@@ -204,7 +204,7 @@ pub fn parse(body: &[u8]) -> Result<V1Event, EventError> {
 /// The decode that defines what a body is: the envelope first, then the metadata by
 /// the event's type, leniently for the types whose metadata only gives a revision.
 fn parse_in_two_passes(body: &[u8]) -> Result<V1Event, EventError> {
-    let raw: Envelope<&RawValue> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+    let raw: Envelope<&RawValue> = crate::json::from_body(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data if body.trim_ascii_start().first() != Some(&b'{') => {
             EventError::NotAnObject
         }
@@ -310,7 +310,7 @@ mod tests {
                 .is_some_and(|n| n.to_string_lossy().starts_with("event-"))
             {
                 assert!(
-                    serde_json::from_slice::<Envelope<Metadata>>(&body).is_ok(),
+                    crate::json::from_body::<Envelope<Metadata>>(&body).is_ok(),
                     "{}",
                     path.display()
                 );

@@ -53,7 +53,7 @@ impl EventError {
 }
 
 pub fn parse(body: &[u8]) -> Result<Event, EventError> {
-    let ev: Event = serde_json::from_slice(body).map_err(|e| match e.classify() {
+    let ev: Event = crate::json::from_body(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => EventError::Invalid(e.to_string()),
         _ => EventError::MalformedJson(e.to_string()),
     })?;
