@@ -81,6 +81,15 @@ fn sha(run: u64, i: u64) -> String {
     format!("{run:08x}{i:032x}")
 }
 
+/// The median of repeated measurements, and all of them in the order they were taken,
+/// each shown with `show`.
+fn median_of(values: &[f64], show: impl Fn(f64) -> String) -> (f64, String) {
+    let listed: Vec<String> = values.iter().map(|v| show(*v)).collect();
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (sorted[sorted.len() / 2], listed.join(", "))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -628,12 +637,9 @@ async fn main() {
             shares.push(100.0 * rate / ((before + after) / 2.0));
             before = after;
         }
-        let rounds: Vec<String> = shares.iter().map(|s| format!("{s:.0}%")).collect();
-        shares.sort_by(f64::total_cmp);
+        let (median, rounds) = median_of(&shares, |s| format!("{s:.0}%"));
         println!(
-            "  flux-status {name} accepts {:.0}% of the bare handler's rate around it (new commits, durable; median of rounds {})",
-            shares[shares.len() / 2],
-            rounds.join(", ")
+            "  flux-status {name} accepts {median:.0}% of the bare handler's rate around it (new commits, durable; median of rounds {rounds})"
         );
     }
     let pending = 10_000 + 2 * ROUNDS * total;
@@ -683,13 +689,8 @@ async fn main() {
     for window in 0..FIXED_WINDOWS {
         p99s.push(fixed_rate(&client, &fake, d.ingest, window).await);
     }
-    let windows: Vec<String> = p99s.iter().map(|p| format!("{p:.2} ms")).collect();
-    p99s.sort_by(f64::total_cmp);
-    println!(
-        "  p99 at 1000 events/s: {:.2} ms (median of windows {})",
-        p99s[p99s.len() / 2],
-        windows.join(", ")
-    );
+    let (median, windows) = median_of(&p99s, |p| format!("{p:.2} ms"));
+    println!("  p99 at 1000 events/s: {median:.2} ms (median of windows {windows})");
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let changes = fake.arrivals.lock().unwrap().len() as f64;
