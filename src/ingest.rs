@@ -287,7 +287,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
 /// in bytes and time, so the client can read our answer.
 ///
 /// Boxed: only refusals drain, and its timer would otherwise take room in every request
-/// future that may refuse, and axum allocates each request's future whole.
+/// future that may refuse, which hyper keeps for as long as each connection lives.
 pub fn drain(mut body: Body) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
         let mut seen = 0usize;
