@@ -112,12 +112,12 @@ pub fn provider_choice(name: Option<&str>) -> Result<ProviderChoice, String> {
 mod tests {
     use super::*;
 
-    fn obj(kind: &str, ns: &str, name: &str) -> ObjectRef {
+    fn obj<'a>(kind: &'a str, ns: &'a str, name: &'a str) -> ObjectRef<'a> {
         ObjectRef {
             kind: kind.into(),
             namespace: ns.into(),
             name: name.into(),
-            api_version: String::new(),
+            api_version: "".into(),
         }
     }
 

@@ -5,34 +5,38 @@
 
 use notifiers::{Sha, ShaError};
 use serde::Deserialize;
-use std::collections::HashMap;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use std::borrow::Cow;
+
+/// A string of the event, borrowed from the body unless it had to be unescaped: an
+/// event is read, mapped and dropped within its request, so its strings need not be
+/// copied out of the body.
+pub type Text<'a> = Cow<'a, str>;
 
 #[derive(Debug, Clone, Deserialize, Default)]
-pub struct ObjectRef {
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default)]
-    pub namespace: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(rename = "apiVersion", default)]
-    pub api_version: String,
+pub struct ObjectRef<'a> {
+    #[serde(default, borrow)]
+    pub kind: Text<'a>,
+    #[serde(default, borrow)]
+    pub namespace: Text<'a>,
+    #[serde(default, borrow)]
+    pub name: Text<'a>,
+    #[serde(rename = "apiVersion", default, borrow)]
+    pub api_version: Text<'a>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct Event {
-    #[serde(rename = "involvedObject")]
-    pub involved_object: ObjectRef,
-    #[serde(default)]
-    pub severity: String,
-    #[serde(default)]
-    pub message: String,
-    #[serde(default)]
-    pub reason: String,
-    #[serde(default)]
-    pub metadata: HashMap<String, String>,
-    #[serde(rename = "reportingController", default)]
-    pub reporting_controller: String,
+pub struct Event<'a> {
+    #[serde(rename = "involvedObject", borrow)]
+    pub involved_object: ObjectRef<'a>,
+    #[serde(default, borrow)]
+    pub severity: Text<'a>,
+    #[serde(default, borrow)]
+    pub message: Text<'a>,
+    #[serde(default, borrow)]
+    pub reason: Text<'a>,
+    #[serde(default, borrow)]
+    pub metadata: Metadata<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -52,7 +56,7 @@ impl EventError {
     }
 }
 
-pub fn parse(body: &[u8]) -> Result<Event, EventError> {
+pub fn parse(body: &[u8]) -> Result<Event<'_>, EventError> {
     let ev: Event = crate::json::from_body(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => EventError::Invalid(e.to_string()),
         _ => EventError::MalformedJson(e.to_string()),
@@ -64,10 +68,40 @@ pub fn parse(body: &[u8]) -> Result<Event, EventError> {
     Ok(ev)
 }
 
+/// An event's metadata (a JSON object of strings), in the order sent. An event has a
+/// handful of keys and each is looked up under up to three names: one scan of the
+/// pairs does that without hashing any of them.
+#[derive(Debug, Clone, Default)]
+pub struct Metadata<'a>(Vec<(Text<'a>, Text<'a>)>);
+
+/// One key or value of the metadata, borrowed where it can be.
+#[derive(Deserialize)]
+struct Borrowed<'a>(#[serde(borrow)] Text<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Metadata<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Metadata<'a>, D::Error> {
+        struct Pairs<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Pairs<'a> {
+            type Value = Metadata<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings to strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Metadata<'a>, A::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(4).min(16));
+                while let Some((Borrowed(k), Borrowed(v))) = map.next_entry()? {
+                    pairs.push((k, v));
+                }
+                Ok(Metadata(pairs))
+            }
+        }
+        d.deserialize_map(Pairs(std::marker::PhantomData))
+    }
+}
+
 /// Where notification-controller puts object annotations in raw events.
 const ANNOTATION_GROUP: &str = "event.toolkit.fluxcd.io";
 
-impl Event {
+impl Event<'_> {
     /// The API group of the involved object (`kustomize.toolkit.fluxcd.io`).
     fn group(&self) -> &str {
         self.involved_object.api_version.split('/').next().unwrap_or("")
@@ -75,28 +109,24 @@ impl Event {
 
     /// A metadata value by its unprefixed key, in either shape, with
     /// notification-controller's precedence: the forwarded (merged) key, then the
-    /// controller's `<group>/<key>`, then the object annotation.
+    /// controller's `<group>/<key>`, then the object annotation. A key sent twice
+    /// has its last value, as when the object is decoded into a map.
     pub fn meta(&self, key: &str) -> Option<&str> {
         let group = self.group();
-        self.metadata
-            .get(key)
-            .or_else(|| (!group.is_empty()).then(|| self.get_joined(group, key)).flatten())
-            .or_else(|| self.get_joined(ANNOTATION_GROUP, key))
-            .map(String::as_str)
-    }
-
-    /// The value of `<prefix>/<key>`. The key is put together on the stack: every
-    /// event looks up several keys this way, most of them absent.
-    fn get_joined(&self, prefix: &str, key: &str) -> Option<&String> {
-        let mut buf = [0u8; 128];
-        let len = prefix.len() + 1 + key.len();
-        let Some(joined) = buf.get_mut(..len) else {
-            return self.metadata.get(&format!("{prefix}/{key}"));
-        };
-        joined[..prefix.len()].copy_from_slice(prefix.as_bytes());
-        joined[prefix.len()] = b'/';
-        joined[prefix.len() + 1..].copy_from_slice(key.as_bytes());
-        self.metadata.get(std::str::from_utf8(joined).ok()?)
+        let mut by_precedence: [Option<&str>; 3] = [None; 3];
+        for (k, v) in &self.metadata.0 {
+            let rank = if k == key {
+                0
+            } else {
+                match k.strip_suffix(key).and_then(|prefix| prefix.strip_suffix('/')) {
+                    Some(prefix) if !group.is_empty() && prefix == group => 1,
+                    Some(ANNOTATION_GROUP) => 2,
+                    _ => continue,
+                }
+            };
+            by_precedence[rank] = Some(v.as_ref());
+        }
+        by_precedence.into_iter().flatten().next()
     }
 
     /// Flux's `GetRevision`: `commit`, then `originRevision`, then `revision`.
@@ -232,12 +262,26 @@ mod tests {
         assert_eq!(fwd.meta("commit_status"), Some("update"));
         assert_eq!(fwd.revision().map(|r| r.0), Some("revision"));
         let group = "g".repeat(200);
-        let long = parse(format!(r#"{{"involvedObject":{{"kind":"K","name":"a","apiVersion":"{group}/v1"}},"severity":"info","metadata":{{"{group}/revision":"r1"}}}}"#).as_bytes()).unwrap();
-        assert_eq!(
-            long.meta("revision"),
-            Some("r1"),
-            "a group longer than the stack key"
+        let body = format!(
+            r#"{{"involvedObject":{{"kind":"K","name":"a","apiVersion":"{group}/v1"}},"severity":"info","metadata":{{"{group}/revision":"r1"}}}}"#
         );
+        let long = parse(body.as_bytes()).unwrap();
+        assert_eq!(long.meta("revision"), Some("r1"), "a long group");
+        let twice = parse(br#"{"involvedObject":{"kind":"K","name":"a","apiVersion":"g/v1"},"metadata":{"event.toolkit.fluxcd.io/revision":"r3","g/revision":"r2","revision":"r0","revision":"r1","g/revision":"r4"}}"#).unwrap();
+        assert_eq!(twice.meta("revision"), Some("r1"), "the forwarded key first, its last value");
+        assert_eq!(twice.meta("vision"), None, "only whole keys match");
+        let raw_only = parse(br#"{"involvedObject":{"kind":"K","name":"a","apiVersion":"g/v1"},"metadata":{"event.toolkit.fluxcd.io/revision":"r3","g/revision":"r2","g/revision":"r4"}}"#).unwrap();
+        assert_eq!(raw_only.meta("revision"), Some("r4"), "the group's key before the annotation");
+        let no_group = parse(br#"{"involvedObject":{"kind":"K","name":"a"},"metadata":{"/revision":"r2","event.toolkit.fluxcd.io/revision":"r3"}}"#).unwrap();
+        assert_eq!(no_group.meta("revision"), Some("r3"), "no group: the annotation");
+        let escaped = parse(br#"{"involvedObject":{"kind":"K","name":"a\u0070ps"},"metadata":{"revi\u0073ion":"main@sha1:\u0061bc","commit_status":"update"}}"#).unwrap();
+        assert_eq!(&*escaped.involved_object.name, "apps", "an escaped string is unescaped");
+        assert_eq!(escaped.meta("revision"), Some("main@sha1:abc"), "so is an escaped key");
+        assert_eq!(escaped.meta("commit_status"), Some("update"));
+        for bad in [r#"{"revision":1}"#, "[]", r#""revision""#] {
+            let body = format!(r#"{{"involvedObject":{{"kind":"K","name":"a"}},"metadata":{bad}}}"#);
+            assert!(matches!(parse(body.as_bytes()), Err(EventError::Invalid(_))), "{bad}");
+        }
         assert!(matches!(parse(b"{"), Err(EventError::MalformedJson(_))));
         assert!(matches!(
             parse(br#"{"involvedObject":{}}"#),

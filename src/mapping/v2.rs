@@ -53,8 +53,8 @@ pub fn reason_words(reason: &str) -> String {
 
 /// Our state for an event, or why it carries none.
 fn state(ev: &Event) -> Result<State, Skip> {
-    let reason = ev.reason.as_str();
-    match ev.severity.as_str() {
+    let reason: &str = &ev.reason;
+    match &*ev.severity {
         "error" => Ok(State::Failed),
         "info"
             if matches!(
@@ -183,9 +183,11 @@ mod tests {
         }
     }
 
-    fn fixture(path: &str) -> Event {
+    fn fixture(path: &str) -> Event<'static> {
         let p = format!("{}/tests/fixtures/v2/{path}", env!("CARGO_MANIFEST_DIR"));
-        parse(&std::fs::read(&p).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"))
+        // The event borrows its body, which each test keeps to its end.
+        let body: &'static [u8] = Vec::leak(std::fs::read(&p).unwrap());
+        parse(body).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     const SHA: &str = "731f7eaddfb6af01cb2173e18f0f75b0ba780ef1";
