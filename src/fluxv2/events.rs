@@ -20,16 +20,18 @@ pub const MAX_EVENT_BYTES: usize = 3 * 1024 * 1024;
 
 /// A bounded label for the object kind (senders could send any string).
 fn kind_label(kind: &str) -> &'static str {
-    match kind.to_ascii_lowercase().as_str() {
-        "kustomization" => "kustomization",
-        "helmrelease" => "helmrelease",
-        "gitrepository" => "gitrepository",
-        "ocirepository" => "ocirepository",
-        "helmrepository" => "helmrepository",
-        "helmchart" => "helmchart",
-        "bucket" => "bucket",
-        _ => "other",
-    }
+    [
+        "kustomization",
+        "helmrelease",
+        "gitrepository",
+        "ocirepository",
+        "helmrepository",
+        "helmchart",
+        "bucket",
+    ]
+    .into_iter()
+    .find(|known| known.eq_ignore_ascii_case(kind))
+    .unwrap_or("other")
 }
 
 pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {

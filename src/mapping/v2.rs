@@ -40,12 +40,21 @@ pub fn reason_words(reason: &str) -> String {
         if boundary {
             out.push(' ');
         }
-        let mut lower = c.to_lowercase();
-        if prev.is_none() {
-            // Sentence case: the first letter of the lowercased text goes up again.
-            out.extend(lower.next().into_iter().flat_map(char::to_uppercase));
+        if c.is_ascii() {
+            // Flux's reasons are ASCII: the same mapping without Unicode's case tables.
+            out.push(if prev.is_none() {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+        } else {
+            let mut lower = c.to_lowercase();
+            if prev.is_none() {
+                // Sentence case: the first letter of the lowercased text goes up again.
+                out.extend(lower.next().into_iter().flat_map(char::to_uppercase));
+            }
+            out.extend(lower);
         }
-        out.extend(lower);
         prev = Some(c);
     }
     out
@@ -329,6 +338,8 @@ mod tests {
             ("HealthCheckFailed", "Health check failed"),
             ("InvalidCELExpression", "Invalid cel expression"),
             ("BuildFailed", "Build failed"),
+            ("ÉtatInconnuÀVoir", "État inconnu à voir"),
+            ("İndexFailed", "I\u{307}ndex failed"),
             ("", ""),
         ] {
             assert_eq!(reason_words(reason), want, "{reason}");
