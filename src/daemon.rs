@@ -205,7 +205,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             rules,
             fallback,
             instance: config.instance.clone(),
-            check_template: config.check_template.clone(),
+            check_template: config.check_template.as_str().into(),
             target_url: config.target_url.clone(),
         },
         hmac_key: config.hmac_key,

@@ -21,10 +21,60 @@ pub struct V2Context {
     /// `--git-url`, for objects no rule matches.
     pub fallback: Option<RepoId>,
     pub instance: String,
-    /// Placeholders: `{instance}`, `{kind}` (lowercase), `{namespace}`, `{name}`,
-    /// and `{cluster}` (the `cluster` metadata an Alert can add, else the instance).
-    pub check_template: String,
+    pub check_template: CheckTemplate,
     pub target_url: Option<String>,
+}
+
+/// `--check-template`, split once into text and placeholders: `{instance}`, `{kind}`
+/// (lowercase), `{namespace}`, `{name}`, and `{cluster}` (the `cluster` metadata an
+/// Alert can add, else the instance). Any other brace is text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckTemplate(Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Instance,
+    Cluster,
+    Kind,
+    Namespace,
+    Name,
+}
+
+impl From<&str> for CheckTemplate {
+    fn from(template: &str) -> CheckTemplate {
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            text.push_str(&rest[..open]);
+            rest = &rest[open..];
+            let placeholder = rest.find('}').map(|close| &rest[1..close]);
+            let part = match placeholder {
+                Some("instance") => Part::Instance,
+                Some("cluster") => Part::Cluster,
+                Some("kind") => Part::Kind,
+                Some("namespace") => Part::Namespace,
+                Some("name") => Part::Name,
+                // Not a placeholder: the brace is text.
+                _ => {
+                    text.push('{');
+                    rest = &rest[1..];
+                    continue;
+                }
+            };
+            if !text.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut text)));
+            }
+            parts.push(part);
+            rest = &rest[placeholder.map_or(0, str::len) + 2..];
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
+        }
+        CheckTemplate(parts)
+    }
 }
 
 /// `ReconciliationSucceeded` → `Reconciliation succeeded`.
@@ -99,34 +149,17 @@ impl V2Context {
 
 pub fn check_name(ev: &Event, ctx: &V2Context) -> Check {
     let o = &ev.involved_object;
-    let cluster = ev.meta("cluster").unwrap_or(&ctx.instance);
-    // One pass over the template: this runs for every event.
-    let mut name = String::with_capacity(ctx.check_template.len() + 32);
-    let mut rest = ctx.check_template.as_str();
-    while let Some(open) = rest.find('{') {
-        name.push_str(&rest[..open]);
-        rest = &rest[open..];
-        let placeholder = rest.find('}').map(|close| &rest[1..close]);
-        let value = match placeholder {
-            Some("instance") => ctx.instance.as_str(),
-            Some("cluster") => cluster,
-            Some("kind") => {
-                name.extend(o.kind.chars().map(|c| c.to_ascii_lowercase()));
-                ""
-            }
-            Some("namespace") => &o.namespace,
-            Some("name") => &o.name,
-            // Not a placeholder: the brace is text.
-            _ => {
-                name.push('{');
-                rest = &rest[1..];
-                continue;
-            }
-        };
-        name.push_str(value);
-        rest = &rest[placeholder.map_or(0, str::len) + 2..];
+    let mut name = String::with_capacity(64);
+    for part in &ctx.check_template.0 {
+        match part {
+            Part::Text(text) => name.push_str(text),
+            Part::Instance => name.push_str(&ctx.instance),
+            Part::Cluster => name.push_str(ev.meta("cluster").unwrap_or(&ctx.instance)),
+            Part::Kind => name.extend(o.kind.chars().map(|c| c.to_ascii_lowercase())),
+            Part::Namespace => name.push_str(&o.namespace),
+            Part::Name => name.push_str(&o.name),
+        }
     }
-    name.push_str(rest);
     Check::new(name)
 }
 
@@ -370,6 +403,18 @@ mod tests {
             "{prod/kustomization/flux-system/apps/{unknown}/{name",
             "every placeholder once, other braces kept as text"
         );
+        for (template, want) in [
+            ("", ""),
+            ("{", "{"),
+            ("}{name}{", "}apps{"),
+            ("{}{name}}", "{}apps}"),
+            ("{kind}{kind}", "kustomizationkustomization"),
+            ("a{{{name}}}b", "a{{apps}}b"),
+        ] {
+            c.check_template = template.into();
+            let ev = fixture("forwarded/kustomization-reconciliation-succeeded.json");
+            assert_eq!(check_name(&ev, &c).as_str(), want, "{template:?}");
+        }
         let ev = parse(br#"{"involvedObject":{"kind":"Kustomization","name":"a","namespace":"n"},"severity":"error","reason":"ArtifactFailed","message":"x"}"#).unwrap();
         assert_eq!(
             map(&ev, &ctx()).skips,
