@@ -8,21 +8,19 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use std::borrow::Cow;
 
-/// A string of the event, borrowed from the body unless it had to be unescaped: an
-/// event is read, mapped and dropped within its request, so its strings need not be
-/// copied out of the body.
-pub type Text<'a> = Cow<'a, str>;
-
+// Every string of an event is borrowed from the body unless it had to be unescaped:
+// an event is read, mapped and dropped within its request. (serde borrows only a
+// field spelled `Cow`, not an alias of it.)
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct ObjectRef<'a> {
     #[serde(default, borrow)]
-    pub kind: Text<'a>,
+    pub kind: Cow<'a, str>,
     #[serde(default, borrow)]
-    pub namespace: Text<'a>,
+    pub namespace: Cow<'a, str>,
     #[serde(default, borrow)]
-    pub name: Text<'a>,
+    pub name: Cow<'a, str>,
     #[serde(rename = "apiVersion", default, borrow)]
-    pub api_version: Text<'a>,
+    pub api_version: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -30,11 +28,11 @@ pub struct Event<'a> {
     #[serde(rename = "involvedObject", borrow)]
     pub involved_object: ObjectRef<'a>,
     #[serde(default, borrow)]
-    pub severity: Text<'a>,
+    pub severity: Cow<'a, str>,
     #[serde(default, borrow)]
-    pub message: Text<'a>,
+    pub message: Cow<'a, str>,
     #[serde(default, borrow)]
-    pub reason: Text<'a>,
+    pub reason: Cow<'a, str>,
     #[serde(default, borrow)]
     pub metadata: Metadata<'a>,
 }
@@ -72,11 +70,11 @@ pub fn parse(body: &[u8]) -> Result<Event<'_>, EventError> {
 /// handful of keys and each is looked up under up to three names: one scan of the
 /// pairs does that without hashing any of them.
 #[derive(Debug, Clone, Default)]
-pub struct Metadata<'a>(Vec<(Text<'a>, Text<'a>)>);
+pub struct Metadata<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 /// One key or value of the metadata, borrowed where it can be.
 #[derive(Deserialize)]
-struct Borrowed<'a>(#[serde(borrow)] Text<'a>);
+struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Metadata<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Metadata<'a>, D::Error> {
@@ -268,19 +266,37 @@ mod tests {
         let long = parse(body.as_bytes()).unwrap();
         assert_eq!(long.meta("revision"), Some("r1"), "a long group");
         let twice = parse(br#"{"involvedObject":{"kind":"K","name":"a","apiVersion":"g/v1"},"metadata":{"event.toolkit.fluxcd.io/revision":"r3","g/revision":"r2","revision":"r0","revision":"r1","g/revision":"r4"}}"#).unwrap();
-        assert_eq!(twice.meta("revision"), Some("r1"), "the forwarded key first, its last value");
+        assert_eq!(
+            twice.meta("revision"),
+            Some("r1"),
+            "the forwarded key first, its last value"
+        );
         assert_eq!(twice.meta("vision"), None, "only whole keys match");
         let raw_only = parse(br#"{"involvedObject":{"kind":"K","name":"a","apiVersion":"g/v1"},"metadata":{"event.toolkit.fluxcd.io/revision":"r3","g/revision":"r2","g/revision":"r4"}}"#).unwrap();
-        assert_eq!(raw_only.meta("revision"), Some("r4"), "the group's key before the annotation");
+        assert_eq!(
+            raw_only.meta("revision"),
+            Some("r4"),
+            "the group's key before the annotation"
+        );
         let no_group = parse(br#"{"involvedObject":{"kind":"K","name":"a"},"metadata":{"/revision":"r2","event.toolkit.fluxcd.io/revision":"r3"}}"#).unwrap();
         assert_eq!(no_group.meta("revision"), Some("r3"), "no group: the annotation");
         let escaped = parse(br#"{"involvedObject":{"kind":"K","name":"a\u0070ps"},"metadata":{"revi\u0073ion":"main@sha1:\u0061bc","commit_status":"update"}}"#).unwrap();
-        assert_eq!(&*escaped.involved_object.name, "apps", "an escaped string is unescaped");
-        assert_eq!(escaped.meta("revision"), Some("main@sha1:abc"), "so is an escaped key");
+        assert_eq!(
+            &*escaped.involved_object.name, "apps",
+            "an escaped string is unescaped"
+        );
+        assert_eq!(
+            escaped.meta("revision"),
+            Some("main@sha1:abc"),
+            "so is an escaped key"
+        );
         assert_eq!(escaped.meta("commit_status"), Some("update"));
         for bad in [r#"{"revision":1}"#, "[]", r#""revision""#] {
             let body = format!(r#"{{"involvedObject":{{"kind":"K","name":"a"}},"metadata":{bad}}}"#);
-            assert!(matches!(parse(body.as_bytes()), Err(EventError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(parse(body.as_bytes()), Err(EventError::Invalid(_))),
+                "{bad}"
+            );
         }
         assert!(matches!(parse(b"{"), Err(EventError::MalformedJson(_))));
         assert!(matches!(
@@ -288,5 +304,20 @@ mod tests {
             Err(EventError::Invalid(_))
         ));
         assert!(matches!(parse(b"[1]"), Err(EventError::Invalid(_))));
+    }
+
+    #[test]
+    fn strings_are_borrowed_from_the_body_unless_escaped() {
+        let ev = parse(br#"{"involvedObject":{"kind":"K","name":"a\u0070ps"},"reason":"R","metadata":{"revision":"main@sha1:abc","k\u0065y":"v"}}"#).unwrap();
+        let borrowed = |c: &Cow<'_, str>| matches!(c, Cow::Borrowed(_));
+        assert!(borrowed(&ev.involved_object.kind) && borrowed(&ev.reason));
+        assert!(!borrowed(&ev.involved_object.name), "unescaped, so owned");
+        let pairs: Vec<(bool, bool)> = ev
+            .metadata
+            .0
+            .iter()
+            .map(|(k, v)| (borrowed(k), borrowed(v)))
+            .collect();
+        assert_eq!(pairs, [(true, true), (false, true)]);
     }
 }
