@@ -118,7 +118,10 @@ fn quiet_median(samples: &[Sample], what: &str, show: impl Fn(f64) -> String) ->
     } else {
         (
             quiet.clone(),
-            format!("median of the {} {what}s at ≤ {QUIET_STEAL:.0}% CPU steal", quiet.len()),
+            format!(
+                "median of the {} {what}s at ≤ {QUIET_STEAL:.0}% CPU steal",
+                quiet.len()
+            ),
         )
     };
     chosen.sort_by(f64::total_cmp);
