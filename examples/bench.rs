@@ -95,8 +95,10 @@ struct Sample {
 }
 
 impl Sample {
+    /// Judged on the steal as printed (whole percent), so that what the output shows
+    /// as 3% counts as quiet.
     fn quiet(&self) -> bool {
-        self.steal <= QUIET_STEAL
+        self.steal.round() <= QUIET_STEAL
     }
 }
 
