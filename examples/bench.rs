@@ -118,13 +118,11 @@ fn quiet_median(samples: &[Sample], what: &str, show: impl Fn(f64) -> String) ->
             format!("no {what} saw ≤ {QUIET_STEAL:.0}% CPU steal: the host was busy; median of all"),
         )
     } else {
-        (
-            quiet.clone(),
-            format!(
-                "median of the {} {what}s at ≤ {QUIET_STEAL:.0}% CPU steal",
-                quiet.len()
-            ),
-        )
+        let basis = format!(
+            "median of the {} {what}s at ≤ {QUIET_STEAL:.0}% CPU steal",
+            quiet.len()
+        );
+        (quiet, basis)
     };
     chosen.sort_by(f64::total_cmp);
     let listed: Vec<String> = samples
