@@ -2,7 +2,7 @@
 //! loaded as fluxd (v1) and notification-controller (v2) load it.
 //!
 //! `cargo run --release --example bench` (builds the daemon in release mode first).
-//! Prints numbers; nothing here is asserted (see the README's Performance section).
+//! Prints numbers; nothing here is asserted (see docs/performance.md).
 //!
 //! Two runs of the daemon:
 //! 1. as shipped (the provider's write budget on): a flood is accepted into the
