@@ -189,6 +189,9 @@ impl AsyncWrite for Tracked {
     }
 }
 
+/// Still above any request head flux-status takes, and enough to read bodies fast.
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
 /// What a client over the cap is told before its connection is closed.
 const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
 retry-after: 5\r\nconnection: close\r\ncontent-length: 78\r\n\r\n\
@@ -306,6 +309,9 @@ async fn connection<H, F>(
     let conn = hyper::server::conn::http1::Builder::new()
         .half_close(true)
         .header_read_timeout(None)
+        // A connection's read buffer is not body bytes, so not under the body budget;
+        // hyper's default (~400 KiB) times every connection would dwarf it.
+        .max_buf_size(MAX_READ_BUFFER)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
