@@ -1,12 +1,12 @@
 //! Wiring: build the notifier, bind the listeners, run until told to stop, drain.
 
+use crate::auth::IngestAuth;
 use crate::config::{Config, Target};
 use crate::delivery::store::{Persister, Recovered, Store, StoreEvent};
 use crate::delivery::{Delivery, Route};
 use crate::fluxv1::poller::{Poller, PollerConfig};
 use crate::fluxv1::rpc::FluxdLink;
 use crate::fluxv1::workloads::Workloads;
-use crate::auth::IngestAuth;
 use crate::ingest::{self, BodyGate, Ingest};
 use crate::listener::Limits;
 use crate::listener::throttle::Throttle;
@@ -253,7 +253,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(addr = %addr, paths = "/metrics /healthz /readyz", auth = "none",
             max_connections = ops_limits.max_connections, "ops listening");
-        tokio::spawn(ops::serve(listener, ops_state.clone(), ops_limits, stop_ops.clone()));
+        tokio::spawn(ops::serve(
+            listener,
+            ops_state.clone(),
+            ops_limits,
+            stop_ops.clone(),
+        ));
     }
     info!(
         addr = %ingest_addr,

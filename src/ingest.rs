@@ -3,10 +3,12 @@
 //! Routing is by path suffix so that a path prefix in fluxd's `--connect`
 //! (`ws://host:3000/flux` → `/flux/v11/daemon`, `/flux/v6/events`) just works.
 
+use crate::auth::{IngestAuth, Refusal};
 use crate::delivery::AcceptError;
 use crate::delivery::Delivery;
 use crate::fluxv1;
 use crate::fluxv2;
+use crate::listener::throttle::Throttle;
 use crate::mapping::Skip;
 use crate::mapping::v1::V1Context;
 use crate::mapping::v2::V2Context;
@@ -18,8 +20,6 @@ use axum::http::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use crate::auth::{IngestAuth, Refusal};
-use crate::listener::throttle::Throttle;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -193,7 +193,13 @@ pub async fn refuse(st: &Ingest, source: &'static str, refusal: Refusal, body: B
     drain(body).await;
     st.metrics.event(source, "unknown", refusal.label);
     if let Some(suppressed) = st.refusal_log.allow() {
-        warn!(source, reason = refusal.label, suppressed, "event rejected: {}", refusal.message);
+        warn!(
+            source,
+            reason = refusal.label,
+            suppressed,
+            "event rejected: {}",
+            refusal.message
+        );
     }
     error(StatusCode::UNAUTHORIZED, refusal.reason, refusal.message)
 }
@@ -327,7 +333,12 @@ fn announced_length(headers: &HeaderMap) -> Option<u64> {
 /// Reads a body up to `limit` bytes within the gate's deadline; an announced or actual
 /// overflow is `TooLarge`. Memory follows the bytes received, never the length a
 /// client announces.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize, gate: &BodyGate) -> Result<HeldBody, BodyError> {
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    gate: &BodyGate,
+) -> Result<HeldBody, BodyError> {
     if announced_length(headers).is_some_and(|n| n > limit as u64) {
         drain(body).await;
         return Err(BodyError::TooLarge);
@@ -465,10 +476,17 @@ mod tests {
         let held = read_body(&none, chunked(&[b"01234567"]), 64, &gate).await;
         let held = held.ok().expect("within the budget");
         let busy = read_body(&none, chunked(&[b"0123", b"4567"]), 64, &gate).await;
-        assert!(matches!(busy, Err(BodyError::Busy)), "over the budget while the first is held");
+        assert!(
+            matches!(busy, Err(BodyError::Busy)),
+            "over the budget while the first is held"
+        );
         drop(held);
         let again = read_body(&none, chunked(&[b"0123", b"4567"]), 64, &gate).await;
-        assert_eq!(again.ok().as_deref(), Some(&b"01234567"[..]), "room again once released");
+        assert_eq!(
+            again.ok().as_deref(),
+            Some(&b"01234567"[..]),
+            "room again once released"
+        );
     }
 
     #[tokio::test]
@@ -481,6 +499,10 @@ mod tests {
             .chain(futures_util::stream::pending());
         let read = read_body(&announced, Body::from_stream(stalled), 64 * 1024 * 1024, &gate).await;
         assert!(matches!(read, Err(BodyError::TimedOut)));
-        assert_eq!(gate.budget.available_permits(), gate.total, "its bytes are released");
+        assert_eq!(
+            gate.budget.available_permits(),
+            gate.total,
+            "its bytes are released"
+        );
     }
 }

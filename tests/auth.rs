@@ -96,7 +96,10 @@ async fn an_hmac_key_alone_refuses_fluxds_routes_instead_of_leaving_them_open() 
         "{line}"
     );
     assert!(
-        line["flux_v2_routes"].as_str().unwrap_or("").contains("--hmac-key-file"),
+        line["flux_v2_routes"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--hmac-key-file"),
         "{line}"
     );
     let logs = serde_json::to_string(&d.logs()).unwrap();
@@ -121,17 +124,34 @@ async fn with_a_token_every_route_needs_it_and_the_log_says_so() {
     )
     .await;
     let sync = compact("v1/fluxcloud-sync.json");
-    assert_eq!(post_as_fluxd(&d.url("/v6/events"), sync.clone(), None).await.0, 401);
     assert_eq!(
-        post_as_fluxd(&d.url("/v6/events"), sync, Some("route-token")).await.0,
+        post_as_fluxd(&d.url("/v6/events"), sync.clone(), None).await.0,
+        401
+    );
+    assert_eq!(
+        post_as_fluxd(&d.url("/v6/events"), sync, Some("route-token"))
+            .await
+            .0,
         202
     );
     assert!(connect_fluxd(&d, "/v11/daemon", None).await.is_err());
-    assert!(connect_fluxd(&d, "/v11/daemon", Some("route-token")).await.is_ok());
+    assert!(
+        connect_fluxd(&d, "/v11/daemon", Some("route-token"))
+            .await
+            .is_ok()
+    );
 
     let sig = signature(V2_EVENT);
-    assert_eq!(forward(&d, Some(&sig), None).await, 401, "signature without the token");
-    assert_eq!(forward(&d, None, Some("route-token")).await, 401, "token without the signature");
+    assert_eq!(
+        forward(&d, Some(&sig), None).await,
+        401,
+        "signature without the token"
+    );
+    assert_eq!(
+        forward(&d, None, Some("route-token")).await,
+        401,
+        "token without the signature"
+    );
     assert_eq!(forward(&d, Some(&sig), Some("route-token")).await, 202);
 
     let line = listening(&d);
@@ -150,8 +170,14 @@ async fn with_no_credential_on_loopback_every_route_is_open_and_logged_as_such()
     let (status, _) = post_as_fluxd(&d.url("/v6/events"), compact("v1/fluxcloud-sync.json"), None).await;
     assert_eq!(status, 202);
     let line = listening(&d);
-    assert!(line["fluxd_routes"].as_str().unwrap_or("").starts_with("open"), "{line}");
-    assert!(line["flux_v2_routes"].as_str().unwrap_or("").starts_with("open"), "{line}");
+    assert!(
+        line["fluxd_routes"].as_str().unwrap_or("").starts_with("open"),
+        "{line}"
+    );
+    assert!(
+        line["flux_v2_routes"].as_str().unwrap_or("").starts_with("open"),
+        "{line}"
+    );
 }
 
 /// Beyond loopback, start-up needs every route authenticated: `--hmac-key-file`

@@ -93,7 +93,8 @@ async fn three_hundred_half_sent_requests_are_closed_at_their_deadlines_while_th
         served += 1;
         while let Some(done) = readers.try_join_next() {
             let (kind, answer) = done.unwrap();
-            let answer = answer.unwrap_or_else(|| panic!("a half-sent request (kind {kind}) was never closed"));
+            let answer =
+                answer.unwrap_or_else(|| panic!("a half-sent request (kind {kind}) was never closed"));
             if kind != 0 {
                 let text = String::from_utf8_lossy(&answer);
                 assert!(text.starts_with("HTTP/1.1 408"), "held body: {text}");
@@ -120,7 +121,11 @@ async fn three_hundred_half_sent_requests_are_closed_at_their_deadlines_while_th
     let lines = d
         .logs()
         .iter()
-        .filter(|l| l["message"].as_str().is_some_and(|m| m.contains("--header-timeout")))
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--header-timeout"))
+        })
         .count();
     assert!((1..=5).contains(&lines), "{lines} header timeout lines");
 }
@@ -156,8 +161,18 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     );
 }
 
+async fn wait_metric_at_least(d: &Daemon, series: &str, want: f64) {
+    let until = Instant::now() + Duration::from_secs(15);
+    while d.metric(series).await < want {
+        assert!(Instant::now() < until, "{series} never reached {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const INGEST_OPEN: &str = r#"flux_status_connections_open{listener="ingest"}"#;
+
 #[tokio::test]
-async fn connections_over_the_cap_are_refused_at_once_and_probes_keep_answering() {
+async fn connections_over_the_cap_are_refused_when_all_are_busy_and_probes_keep_answering() {
     let d = Daemon::start(
         &[
             "--dry-run",
@@ -167,6 +182,83 @@ async fn connections_over_the_cap_are_refused_at_once_and_probes_keep_answering(
             "20",
             "--ops-max-connections",
             "4",
+            "--body-timeout",
+            "60s",
+        ],
+        &[],
+    )
+    .await;
+    let client = fresh_connections();
+    // Twenty requests in progress, their bodies held short: none can give way.
+    let mut busy = Vec::new();
+    for _ in 0..20 {
+        let mut sock = TcpStream::connect(d.addr).await.unwrap();
+        sock.write_all(b"POST /v6/events HTTP/1.1\r\nHost: flux-status\r\nContent-Length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        busy.push(sock);
+    }
+    wait_metric_at_least(&d, INGEST_OPEN, 20.0).await;
+    // Past the minimum age below which nobody is evicted, to show busy ones are kept.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The 21st is answered 503 and closed at once, not left waiting.
+    let over = TcpStream::connect(d.addr).await.unwrap();
+    let answer = read_until_closed(over, Instant::now() + Duration::from_secs(10))
+        .await
+        .expect("a connection over the cap is closed");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("retry-after:"), "{text}");
+    assert!(
+        d.metric(r#"flux_status_connections_closed_total{listener="ingest",reason="connection_limit"}"#)
+            .await
+            >= 1.0
+    );
+
+    // Ops has its own cap, and idle connections there give way to probes.
+    let mut ops_idle = Vec::new();
+    for _ in 0..4 {
+        ops_idle.push(TcpStream::connect(d.ops).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        let health = client
+            .get(format!("http://{}/healthz", d.ops))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            health.status().as_u16(),
+            200,
+            "probes answered under an ops flood"
+        );
+    }
+    drop(ops_idle);
+
+    // Once the busy ones go, events are taken again.
+    drop(busy);
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, event) = probe_and_event(&d, &client).await;
+        if event == 202 {
+            break;
+        }
+        assert!(Instant::now() < until, "events not taken after the cap freed up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_idle_connections_cannot_keep_events_out() {
+    let d = Daemon::start(
+        &[
+            "--dry-run",
+            "--git-url",
+            "https://github.com/acme/app",
+            "--max-connections",
+            "20",
             "--header-timeout",
             "60s",
         ],
@@ -178,62 +270,29 @@ async fn connections_over_the_cap_are_refused_at_once_and_probes_keep_answering(
     for _ in 0..20 {
         idle.push(TcpStream::connect(d.addr).await.unwrap());
     }
-    let open = r#"flux_status_connections_open{listener="ingest"}"#;
-    let until = Instant::now() + Duration::from_secs(15);
-    while d.metric(open).await < 20.0 {
-        assert!(Instant::now() < until, "20 connections never counted open");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    // The 21st is answered 503 and closed at once, not left waiting.
-    let over = TcpStream::connect(d.addr).await.unwrap();
-    let answer = read_until_closed(over, Instant::now() + Duration::from_secs(10))
-        .await
-        .expect("a connection over the cap is closed");
-    let text = String::from_utf8_lossy(&answer);
-    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("retry-after:"), "{text}");
-    let health = client
-        .get(format!("http://{}/healthz", d.ops))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status().as_u16(), 200, "ops has its own cap");
-
-    // The ops cap holds against its own flood too.
-    let mut ops_idle = Vec::new();
-    for _ in 0..4 {
-        ops_idle.push(TcpStream::connect(d.ops).await.unwrap());
-    }
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        let over = TcpStream::connect(d.ops).await.unwrap();
-        let answer = read_until_closed(over, Instant::now() + Duration::from_secs(10))
-            .await
-            .expect("an ops connection over the cap is closed");
-        if String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 503") {
-            break;
-        }
-        assert!(Instant::now() < until, "ops cap never reached");
-    }
-    drop(ops_idle);
-
-    // Once the idle ones go, events are taken again.
-    drop(idle);
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, event) = probe_and_event(&d, &client).await;
-        if event == 202 {
-            break;
-        }
-        assert!(Instant::now() < until, "events not taken after the cap freed up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_metric_at_least(&d, INGEST_OPEN, 20.0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..5 {
+        let (health, event) = probe_and_event(&d, &client).await;
+        assert_eq!((health, event), (200, 202), "served at the cap");
     }
     assert!(
-        d.metric(r#"flux_status_connections_closed_total{listener="ingest",reason="connection_limit"}"#)
+        d.metric(r#"flux_status_connections_closed_total{listener="ingest",reason="evicted"}"#)
             .await
             >= 1.0
     );
+    assert!(d.metric(INGEST_OPEN).await <= 20.0, "the cap held");
+    // The evicted ones were really closed.
+    let mut closed = 0;
+    for sock in idle {
+        if read_until_closed(sock, Instant::now() + Duration::from_millis(200))
+            .await
+            .is_some()
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "{closed} closed");
 }
 
 #[tokio::test]

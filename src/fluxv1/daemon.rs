@@ -65,7 +65,12 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
         st.websocket_sessions.fetch_sub(1, Ordering::Relaxed);
         drain(body).await;
         if let Some(suppressed) = st.refusal_log.allow() {
-            warn!(source = "fluxv1", max = MAX_SESSIONS, suppressed, "fluxd websocket rejected: too many sessions open");
+            warn!(
+                source = "fluxv1",
+                max = MAX_SESSIONS,
+                suppressed,
+                "fluxd websocket rejected: too many sessions open"
+            );
         }
         let mut answer = error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -17,7 +17,16 @@ const SOURCE: &str = "fluxv1";
 
 pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match event_body(&st, SOURCE, EventRoute::Fluxd, &parts.headers, body, st.max_event_bytes).await {
+    let body = match event_body(
+        &st,
+        SOURCE,
+        EventRoute::Fluxd,
+        &parts.headers,
+        body,
+        st.max_event_bytes,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(answer) => return answer,
     };

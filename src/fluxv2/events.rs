@@ -35,7 +35,16 @@ fn kind_label(kind: &str) -> &'static str {
 
 pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match event_body(&st, SOURCE, EventRoute::FluxV2, &parts.headers, body, MAX_EVENT_BYTES).await {
+    let body = match event_body(
+        &st,
+        SOURCE,
+        EventRoute::FluxV2,
+        &parts.headers,
+        body,
+        MAX_EVENT_BYTES,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(answer) => return answer,
     };

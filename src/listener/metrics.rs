@@ -59,6 +59,8 @@ impl ListenerMetrics {
     }
 
     pub fn closed(&self, listener: &'static str, reason: &'static str) {
-        self.closed.get_or_create(&ClosedLabels { listener, reason }).inc();
+        self.closed
+            .get_or_create(&ClosedLabels { listener, reason })
+            .inc();
     }
 }

@@ -7,6 +7,11 @@
 //! both deadlines are kept here instead, by a watchdog per connection that knows
 //! which phase the connection is in. Request bodies have their own deadline where
 //! they are read (`ingest::read_body`).
+//!
+//! At the cap, a new connection takes the slot of the one that has waited longest
+//! without a request in progress (idle, or still sending headers after a second):
+//! a flood of idle connections then cannot keep real senders out. Only when every
+//! connection is busy with a request is the new one refused (503).
 
 pub mod metrics;
 pub mod throttle;
@@ -19,12 +24,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use throttle::Throttle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
@@ -78,20 +84,37 @@ pub fn fit_caps(ingest: usize, ops: usize, fd_limit: Option<u64>) -> (usize, usi
 const PHASE_HEAD: u64 = 0;
 const PHASE_REQUEST: u64 = 1;
 const PHASE_IDLE: u64 = 2;
+/// Its HTTP task is over: closed, or handed to a websocket session.
+const PHASE_DONE: u64 = 3;
 
-/// Which phase a connection is in, and since when: `(millis since opened) << 2 | phase`.
-/// Written by the connection's own task only (its reads, its service calls).
+/// A connection younger than this in its phase is never evicted: a sender that has
+/// just connected gets to send its headers.
+const MIN_EVICTABLE_AGE: Duration = Duration::from_secs(1);
+
+/// One connection: which phase it is in and since when (`(millis since opened) << 2
+/// | phase`, written by the connection's own task only), and its slot under the cap.
 struct Activity {
     opened: Instant,
     state: AtomicU64,
+    /// Released when the connection is gone, or taken by a newer one that evicts it.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    evicted: Notify,
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(slot: OwnedSemaphorePermit) -> Self {
         Activity {
             opened: Instant::now(),
             state: AtomicU64::new(PHASE_HEAD),
+            slot: Mutex::new(Some(slot)),
+            evicted: Notify::new(),
         }
+    }
+
+    /// Since when it has waited without a request in progress; `None` if it has not.
+    fn waiting_since(&self) -> Option<Instant> {
+        let state = self.state.load(Ordering::Relaxed);
+        matches!(state & 3, PHASE_HEAD | PHASE_IDLE).then(|| self.opened + Duration::from_millis(state >> 2))
     }
 
     fn set(&self, phase: u64) {
@@ -116,7 +139,54 @@ impl Activity {
             // A request in progress is bounded by its handler (body deadline, drain).
             _ => return Ok(now + limits.header_timeout.min(limits.idle_timeout)),
         };
-        if now >= deadline { Err(reason) } else { Ok(deadline) }
+        if now >= deadline {
+            Err(reason)
+        } else {
+            Ok(deadline)
+        }
+    }
+}
+
+/// Marks the connection's HTTP task over when dropped (after its request, if any).
+struct Done(Arc<Activity>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.set(PHASE_DONE);
+    }
+}
+
+/// The connections of one listener, for eviction at the cap.
+#[derive(Default)]
+struct Registry {
+    entries: Mutex<Vec<Weak<Activity>>>,
+}
+
+impl Registry {
+    fn add(&self, activity: &Arc<Activity>, cap: usize) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= cap.saturating_mul(2).saturating_add(16) {
+            entries.retain(|w| w.strong_count() > 0);
+        }
+        entries.push(Arc::downgrade(activity));
+    }
+
+    /// Takes the slot of the connection that has waited longest without a request in
+    /// progress, and tells it to close.
+    fn evict(&self, now: Instant) -> Option<OwnedSemaphorePermit> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|w| w.strong_count() > 0);
+        let victim = entries
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|a| a.waiting_since().map(|since| (since, a)))
+            .filter(|(since, _)| now.saturating_duration_since(*since) >= MIN_EVICTABLE_AGE)
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, a)| a)?;
+        let slot = victim.slot.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        victim.state.store(PHASE_DONE, Ordering::Relaxed);
+        victim.evicted.notify_one();
+        Some(slot)
     }
 }
 
@@ -136,12 +206,11 @@ impl Drop for InRequest {
     }
 }
 
-/// The socket, holding its connection slot for as long as it is open: after a
-/// websocket upgrade, too.
+/// The socket, holding its connection slot (in its [`Activity`]) for as long as it
+/// is open: after a websocket upgrade, too.
 struct Tracked {
     io: TcpStream,
     activity: Arc<Activity>,
-    _slot: OwnedSemaphorePermit,
     open: Gauge,
 }
 
@@ -152,7 +221,11 @@ impl Drop for Tracked {
 }
 
 impl AsyncRead for Tracked {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
@@ -203,6 +276,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     over_cap_log: Throttle,
     timeout_log: Throttle,
+    evict_log: Throttle,
 }
 
 /// Serves `handler` over HTTP/1.1 (with upgrades) until `stop`; then accepts no more
@@ -226,7 +300,9 @@ pub async fn serve<H, F>(
         metrics,
         over_cap_log: Throttle::new(),
         timeout_log: Throttle::new(),
+        evict_log: Throttle::new(),
     });
+    let registry = Registry::default();
     let open = shared
         .metrics
         .listener
@@ -254,19 +330,31 @@ pub async fn serve<H, F>(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refuse_over_cap(&shared, stream);
-            continue;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => match registry.evict(Instant::now()) {
+                Some(slot) => slot,
+                None => {
+                    refuse_over_cap(&shared, stream);
+                    continue;
+                }
+            },
         };
         open.inc();
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(slot));
+        registry.add(&activity, limits.max_connections);
         let io = Tracked {
             io: stream,
             activity: activity.clone(),
-            _slot: slot,
             open: open.clone(),
         };
-        connections.spawn(connection(shared.clone(), io, activity, handler.clone(), stop.clone()));
+        connections.spawn(connection(
+            shared.clone(),
+            io,
+            activity,
+            handler.clone(),
+            stop.clone(),
+        ));
     }
     connections.close();
     connections.wait().await;
@@ -281,7 +369,7 @@ fn refuse_over_cap(shared: &Shared, stream: TcpStream) {
             listener = shared.name,
             max_connections = shared.limits.max_connections,
             suppressed,
-            "connection refused: too many connections open (--max-connections / --ops-max-connections)"
+            "connection refused: every connection is busy with a request (--max-connections / --ops-max-connections)"
         );
     }
 }
@@ -296,6 +384,7 @@ async fn connection<H, F>(
     H: Fn(Request<Body>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
+    let _done = Done(activity.clone());
     let in_service = activity.clone();
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let busy = InRequest::enter(&in_service);
@@ -318,6 +407,7 @@ async fn connection<H, F>(
     let watchdog = tokio::time::sleep(shared.limits.header_timeout);
     let mut watchdog = std::pin::pin!(watchdog);
     let mut stopping = false;
+    let mut evicted = false;
     loop {
         tokio::select! {
             done = conn.as_mut() => {
@@ -327,6 +417,20 @@ async fn connection<H, F>(
                 return;
             }
             () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = activity.evicted.notified(), if !evicted => {
+                evicted = true;
+                shared.metrics.listener.closed(shared.name, "evicted");
+                if let Some(suppressed) = shared.evict_log.allow() {
+                    warn!(listener = shared.name, max_connections = shared.limits.max_connections, suppressed,
+                        "connection cap reached: closed the connection waiting longest without a request");
+                }
+                // A request that began as it was chosen is finished first.
+                if activity.state.load(Ordering::Relaxed) & 3 != PHASE_REQUEST {
+                    return;
+                }
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -363,7 +467,10 @@ mod tests {
     fn the_over_cap_answer_is_well_formed() {
         let text = std::str::from_utf8(OVER_CAP).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(body).unwrap()["reason"],
             "connection_limit"
@@ -387,16 +494,49 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1,
         };
-        let a = Activity::new();
+        let a = Activity::new(Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap());
         let t0 = a.opened;
         assert!(a.check(&limits, t0 + Duration::from_secs(9)).is_ok());
-        assert_eq!(a.check(&limits, t0 + Duration::from_secs(10)), Err("header_timeout"));
+        assert_eq!(
+            a.check(&limits, t0 + Duration::from_secs(10)),
+            Err("header_timeout")
+        );
         a.set(PHASE_REQUEST);
         assert!(a.check(&limits, t0 + Duration::from_secs(3600)).is_ok());
         a.set(PHASE_IDLE);
         assert!(a.check(&limits, t0 + Duration::from_secs(59)).is_ok());
-        assert_eq!(a.check(&limits, t0 + Duration::from_secs(61)), Err("idle_timeout"));
+        assert_eq!(
+            a.check(&limits, t0 + Duration::from_secs(61)),
+            Err("idle_timeout")
+        );
         a.bytes_arrived();
         assert_eq!(a.state.load(Ordering::Relaxed) & 3, PHASE_HEAD);
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_longest_waiting_connection_gives_up_its_slot() {
+        let slots = Arc::new(Semaphore::new(3));
+        let registry = Registry::default();
+        let conns: Vec<Arc<Activity>> = (0..3)
+            .map(|_| Arc::new(Activity::new(slots.clone().try_acquire_owned().unwrap())))
+            .collect();
+        for a in &conns {
+            registry.add(a, 3);
+        }
+        let t0 = conns[0].opened;
+        assert!(registry.evict(t0).is_none(), "nobody has waited long enough yet");
+        conns[0].set(PHASE_REQUEST);
+        let later = t0 + Duration::from_secs(5);
+        let slot = registry.evict(later).expect("an idle one gives way");
+        assert_eq!(conns[0].waiting_since(), None, "busy with a request: kept");
+        assert!(
+            conns[1].slot.lock().unwrap().is_none(),
+            "the oldest waiting one is evicted"
+        );
+        assert!(conns[2].slot.lock().unwrap().is_some());
+        drop(slot);
+        assert_eq!(slots.available_permits(), 1);
+        let _again = registry.evict(later).expect("the next one");
+        assert!(registry.evict(later).is_none(), "only busy connections left");
     }
 }

@@ -35,7 +35,12 @@ impl Throttle {
         if now >= next
             && self
                 .next
-                .compare_exchange(next, now.saturating_add(period), Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now.saturating_add(period),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             return Some(self.suppressed.swap(0, Ordering::Relaxed));
