@@ -898,4 +898,69 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn listener_limits_are_validated_and_defaulted() {
+        let base = ["--git-url=https://github.com/o/r", "--dry-run"];
+        let c = args(&base).unwrap().validate().unwrap();
+        assert_eq!(c.listeners.ingest.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.listeners.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.listeners.ingest.idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            (
+                c.listeners.ingest.max_connections,
+                c.listeners.ops.max_connections
+            ),
+            (512, 64)
+        );
+        assert_eq!(c.listeners.body_bytes_in_flight, 64 * 1024 * 1024);
+        let big = args(&[base[0], base[1], "--max-event-bytes=100000000"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(
+            big.listeners.body_bytes_in_flight, 100_000_000,
+            "never below one event"
+        );
+        let err = args(&[
+            base[0],
+            base[1],
+            "--header-timeout=0",
+            "--max-connections=0",
+            "--max-body-bytes-in-flight=1024",
+        ])
+        .unwrap()
+        .validate()
+        .err()
+        .unwrap()
+        .to_string();
+        for want in [
+            "--header-timeout",
+            "--max-connections",
+            "--max-body-bytes-in-flight",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn beyond_loopback_every_route_needs_a_credential_or_a_refusal() {
+        let dir = std::env::temp_dir().join(format!("flux-status-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("hmac");
+        std::fs::write(&key, "k").unwrap();
+        let key = format!("--hmac-key-file={}", key.display());
+        let base = [
+            "--git-url=https://github.com/o/r",
+            "--dry-run",
+            "--listen=0.0.0.0:3000",
+        ];
+        assert!(args(&base).unwrap().validate().is_err(), "nothing authenticated");
+        let hmac_only = args(&[base[0], base[1], base[2], &key]).unwrap().validate();
+        assert!(hmac_only.is_ok(), "fluxd's routes refused, Flux v2's signed");
+        let token = args(&[base[0], base[1], base[2], "--token=t"])
+            .unwrap()
+            .validate();
+        assert!(token.is_ok());
+    }
 }
