@@ -77,7 +77,7 @@ async fn an_hmac_key_alone_refuses_fluxds_routes_instead_of_leaving_them_open() 
 
     // fluxd's websocket is not upgraded.
     for path in ["/v11/daemon", "/flux/v6/daemon"] {
-        let refused = connect_fluxd(&d, path, None).await.err().expect("not upgraded");
+        let refused = connect_fluxd(&d, path, None).await.expect_err("not upgraded");
         assert!(refused.contains("401"), "{path}: {refused}");
     }
     assert!(
