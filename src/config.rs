@@ -148,6 +148,34 @@ pub struct Args {
     #[arg(long, env = "FLUX_STATUS_MAX_EVENT_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_event_bytes: usize,
 
+    /// Time a client has to send a request's headers, from connecting (or from the
+    /// first byte of its next request on a keep-alive connection).
+    #[arg(long, env = "FLUX_STATUS_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Time a client has to send an event's body once its headers are in; 408 after.
+    #[arg(long, env = "FLUX_STATUS_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// How long a keep-alive connection may wait for its next request. fluxd's
+    /// websocket gets at least 30s without a frame (fluxd pings every ~13 s).
+    #[arg(long, env = "FLUX_STATUS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Ingest connections open at once, lowered to fit the open-file limit; beyond it
+    /// new connections get 503 and are closed.
+    #[arg(long, env = "FLUX_STATUS_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// Ops connections open at once: apart from ingest's, so probes keep answering.
+    #[arg(long, env = "FLUX_STATUS_OPS_MAX_CONNECTIONS", default_value_t = 64)]
+    pub ops_max_connections: usize,
+
+    /// Event body bytes held at once across all requests; beyond it 503 [default:
+    /// 64 MiB, or --max-event-bytes if larger].
+    #[arg(long, env = "FLUX_STATUS_MAX_BODY_BYTES_IN_FLIGHT")]
+    pub max_body_bytes_in_flight: Option<usize>,
+
     /// Checks that may wait for delivery at once; beyond it events get 503 and fluxd re-sends.
     #[arg(long, env = "FLUX_STATUS_QUEUE_CAPACITY", default_value_t = 10_000)]
     pub queue_capacity: usize,
@@ -295,7 +323,21 @@ pub struct Config {
     pub workloads: Option<WorkloadPolling>,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub listeners: ListenerConfig,
 }
+
+/// Limits against slow, idle and too many clients.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Before [`crate::listener::fit_caps`].
+    pub ingest: crate::listener::Limits,
+    pub ops: crate::listener::Limits,
+    pub body_timeout: Duration,
+    pub body_bytes_in_flight: usize,
+}
+
+/// The default of `--max-body-bytes-in-flight`, below `--max-event-bytes`' own.
+const DEFAULT_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
 /// Flux v1 workload polling after each sync.
 #[derive(Debug, Clone)]
@@ -538,13 +580,15 @@ impl Args {
                 }
             },
         };
-        let authenticated = self.hmac_key_file.is_some() || upstream_token.is_some();
-        if !self.listen.ip().is_loopback() && !authenticated && !self.insecure_allow_unauthenticated {
+        let open = crate::auth::open_routes(upstream_token.is_some(), self.hmac_key_file.is_some());
+        if !self.listen.ip().is_loopback() && !open.is_empty() && !self.insecure_allow_unauthenticated {
             errors.push(format!(
                 "--listen {} is reachable beyond this host, and with neither --token nor --hmac-key-file \
-                 anyone who can reach it could forge deploy statuses: set one, listen on 127.0.0.1, or pass \
-                 --insecure-allow-unauthenticated",
-                self.listen
+                 the routes {} take requests with no credential: anyone who can reach it could forge deploy \
+                 statuses. Set --token (every route) or --hmac-key-file (Flux v2; fluxd's routes are then \
+                 refused), listen on 127.0.0.1, or pass --insecure-allow-unauthenticated",
+                self.listen,
+                open.join(" and ")
             ));
         }
         if !self.check_template.contains("{name}") {
@@ -636,6 +680,29 @@ impl Args {
         if self.max_event_bytes < 1024 {
             errors.push("--max-event-bytes must be at least 1024".into());
         }
+        for (flag, d) in [
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--idle-timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                errors.push(format!("{flag} must be above zero"));
+            }
+        }
+        if self.max_connections == 0 || self.ops_max_connections == 0 {
+            errors.push("--max-connections and --ops-max-connections must be at least 1".into());
+        }
+        let largest_body = self.max_event_bytes.max(crate::fluxv2::events::MAX_EVENT_BYTES);
+        let body_bytes_in_flight = match self.max_body_bytes_in_flight {
+            Some(n) if n < largest_body => {
+                errors.push(format!(
+                    "--max-body-bytes-in-flight must be at least {largest_body} (the largest event body accepted)"
+                ));
+                n
+            }
+            Some(n) => n,
+            None => DEFAULT_BODY_BYTES_IN_FLIGHT.max(largest_body),
+        };
         if self.poll_interval.is_zero() {
             errors.push("--poll-interval must be above zero".into());
         }
@@ -681,6 +748,20 @@ impl Args {
                 "debug".into()
             } else {
                 self.log_level
+            },
+            listeners: ListenerConfig {
+                ingest: crate::listener::Limits {
+                    header_timeout: self.header_timeout,
+                    idle_timeout: self.idle_timeout,
+                    max_connections: self.max_connections,
+                },
+                ops: crate::listener::Limits {
+                    header_timeout: self.header_timeout,
+                    idle_timeout: self.idle_timeout,
+                    max_connections: self.ops_max_connections,
+                },
+                body_timeout: self.body_timeout,
+                body_bytes_in_flight,
             },
         })
     }
@@ -816,5 +897,70 @@ mod tests {
                 .contains("github needs a credential: set GITHUB_TOKEN"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn listener_limits_are_validated_and_defaulted() {
+        let base = ["--git-url=https://github.com/o/r", "--dry-run"];
+        let c = args(&base).unwrap().validate().unwrap();
+        assert_eq!(c.listeners.ingest.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.listeners.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.listeners.ingest.idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            (
+                c.listeners.ingest.max_connections,
+                c.listeners.ops.max_connections
+            ),
+            (512, 64)
+        );
+        assert_eq!(c.listeners.body_bytes_in_flight, 64 * 1024 * 1024);
+        let big = args(&[base[0], base[1], "--max-event-bytes=100000000"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(
+            big.listeners.body_bytes_in_flight, 100_000_000,
+            "never below one event"
+        );
+        let err = args(&[
+            base[0],
+            base[1],
+            "--header-timeout=0",
+            "--max-connections=0",
+            "--max-body-bytes-in-flight=1024",
+        ])
+        .unwrap()
+        .validate()
+        .err()
+        .unwrap()
+        .to_string();
+        for want in [
+            "--header-timeout",
+            "--max-connections",
+            "--max-body-bytes-in-flight",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn beyond_loopback_every_route_needs_a_credential_or_a_refusal() {
+        let dir = std::env::temp_dir().join(format!("flux-status-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("hmac");
+        std::fs::write(&key, "k").unwrap();
+        let key = format!("--hmac-key-file={}", key.display());
+        let base = [
+            "--git-url=https://github.com/o/r",
+            "--dry-run",
+            "--listen=0.0.0.0:3000",
+        ];
+        assert!(args(&base).unwrap().validate().is_err(), "nothing authenticated");
+        let hmac_only = args(&[base[0], base[1], base[2], &key]).unwrap().validate();
+        assert!(hmac_only.is_ok(), "fluxd's routes refused, Flux v2's signed");
+        let token = args(&[base[0], base[1], base[2], "--token=t"])
+            .unwrap()
+            .validate();
+        assert!(token.is_ok());
     }
 }

@@ -1,12 +1,15 @@
 //! Wiring: build the notifier, bind the listeners, run until told to stop, drain.
 
+use crate::auth::IngestAuth;
 use crate::config::{Config, Target};
 use crate::delivery::store::{Persister, Recovered, Store, StoreEvent};
 use crate::delivery::{Delivery, Route};
 use crate::fluxv1::poller::{Poller, PollerConfig};
 use crate::fluxv1::rpc::FluxdLink;
 use crate::fluxv1::workloads::Workloads;
-use crate::ingest::{self, Ingest};
+use crate::ingest::{self, BodyGate, Ingest};
+use crate::listener::Limits;
+use crate::listener::throttle::Throttle;
 use crate::mapping::v1::V1Context;
 use crate::mapping::v2::V2Context;
 use crate::metrics::{Metrics, ResultLabel};
@@ -19,7 +22,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -192,6 +195,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => (None, None),
     };
+    let (ingest_limits, ops_limits) = connection_caps(&config);
     let ingest_state = Arc::new(Ingest {
         metrics: metrics.clone(),
         delivery: delivery.clone(),
@@ -208,12 +212,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             check_template: config.check_template.as_str().into(),
             target_url: config.target_url.clone(),
         },
-        hmac_key: config.hmac_key,
-        upstream_token: config.upstream_token.clone(),
+        auth: IngestAuth::new(config.upstream_token.clone(), config.hmac_key),
         max_event_bytes: config.max_event_bytes,
+        bodies: BodyGate::new(
+            config.listeners.body_timeout,
+            config.listeners.body_bytes_in_flight,
+        ),
+        websocket_idle: config.listeners.ingest.idle_timeout.max(MIN_WEBSOCKET_IDLE),
+        websocket_sessions: AtomicUsize::new(0),
         shutdown: stop_ingest.clone(),
         fluxd,
         poller,
+        refusal_log: Throttle::new(),
     });
 
     let ingest_listener = bind(config.listen).await?;
@@ -229,18 +239,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .clone()
             .run(stop_delivery.clone(), config.shutdown_timeout),
     );
-    let ingest_task = tokio::spawn(ingest::serve(ingest_listener, ingest_state, stop_ingest.clone()));
+    let fluxd_auth = ingest_state.auth.fluxd().describe();
+    let v2_auth = ingest_state.auth.v2().describe();
+    let body_bytes_in_flight = ingest_state.bodies.total;
+    let ingest_task = tokio::spawn(ingest::serve(
+        ingest_listener,
+        ingest_state,
+        ingest_limits,
+        stop_ingest.clone(),
+    ));
     let stop_ops = CancellationToken::new();
     if let Some(listener) = ops_listener {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        info!(addr = %addr, paths = "/metrics /healthz /readyz", "ops listening");
-        tokio::spawn(
-            axum::serve(listener, ops::router(ops_state.clone()))
-                .with_graceful_shutdown(stop_ops.clone().cancelled_owned())
-                .into_future(),
-        );
+        info!(addr = %addr, paths = "/metrics /healthz /readyz", auth = "none",
+            max_connections = ops_limits.max_connections, "ops listening");
+        tokio::spawn(ops::serve(
+            listener,
+            ops_state.clone(),
+            ops_limits,
+            stop_ops.clone(),
+        ));
     }
-    info!(addr = %ingest_addr, "ingest listening");
+    info!(
+        addr = %ingest_addr,
+        fluxd_routes = fluxd_auth,
+        flux_v2_routes = v2_auth,
+        max_connections = ingest_limits.max_connections,
+        header_timeout = ?ingest_limits.header_timeout,
+        body_timeout = ?config.listeners.body_timeout,
+        idle_timeout = ?ingest_limits.idle_timeout,
+        body_bytes_in_flight,
+        "ingest listening"
+    );
     ops_state.health.listening.store(true, Ordering::Relaxed);
 
     shutdown.await;
@@ -267,6 +297,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         info!("all accepted status updates delivered");
     }
     Ok(())
+}
+
+/// fluxd pings every ~13 s: a shorter `--idle-timeout` must not cut its websocket.
+const MIN_WEBSOCKET_IDLE: Duration = Duration::from_secs(30);
+
+/// Each listener's limits, the caps lowered if together they would not fit well under
+/// the open-file limit.
+fn connection_caps(config: &Config) -> (Limits, Limits) {
+    let (mut ingest, mut ops) = (config.listeners.ingest, config.listeners.ops);
+    let fds = crate::listener::fd_limit();
+    let (i, o, lowered) = crate::listener::fit_caps(ingest.max_connections, ops.max_connections, fds);
+    if lowered {
+        warn!(
+            open_file_limit = fds.unwrap_or(0),
+            max_connections = i,
+            ops_max_connections = o,
+            "connection caps lowered to stay under the open-file limit (ulimit -n)"
+        );
+    }
+    ingest.max_connections = i;
+    ops.max_connections = o;
+    (ingest, ops)
 }
 
 /// Checks the credential once at startup, and again until the provider accepts it:

@@ -3,10 +3,12 @@
 //! Routing is by path suffix so that a path prefix in fluxd's `--connect`
 //! (`ws://host:3000/flux` → `/flux/v11/daemon`, `/flux/v6/events`) just works.
 
+use crate::auth::{IngestAuth, Refusal};
 use crate::delivery::AcceptError;
 use crate::delivery::Delivery;
 use crate::fluxv1;
 use crate::fluxv2;
+use crate::listener::throttle::Throttle;
 use crate::mapping::Skip;
 use crate::mapping::v1::V1Context;
 use crate::mapping::v2::V2Context;
@@ -18,8 +20,8 @@ use axum::http::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -28,23 +30,27 @@ pub struct Ingest {
     pub delivery: Arc<Delivery>,
     pub v1: V1Context,
     pub v2: V2Context,
-    /// `generic-hmac`: every Flux v2 event must carry a valid `X-Signature`.
-    pub hmac_key: Option<secrecy::SecretBox<Vec<u8>>>,
-    /// What fluxd must present as `Authorization: Scope-Probe token=<token>`.
-    pub upstream_token: Option<SecretString>,
+    /// What each route must present.
+    pub auth: IngestAuth,
     pub max_event_bytes: usize,
+    /// Deadline and memory bound for reading event bodies.
+    pub bodies: BodyGate,
+    /// fluxd's websocket closes after this long without a frame (fluxd pings every ~13 s).
+    pub websocket_idle: std::time::Duration,
+    /// fluxd websocket sessions open; each may buffer one message.
+    pub websocket_sessions: std::sync::atomic::AtomicUsize,
     /// Fired on shutdown: websocket sessions close.
     pub shutdown: CancellationToken,
     /// fluxd's websocket, for RPC calls to it.
     pub fluxd: Arc<fluxv1::rpc::FluxdLink>,
     /// Checks the workloads of each sync (`--poll-workloads`).
     pub poller: Option<fluxv1::poller::PollHandle>,
+    /// Refusals a client can repeat at will are logged at this pace.
+    pub refusal_log: Throttle,
 }
 
-/// Serves the ingest routes over HTTP/1.1 (with upgrades, for fluxd's websocket)
-/// until `stop`; then accepts no more connections, lets each finish the request it
-/// is in, and returns once all are closed. What `axum::serve` does, with two
-/// differences, both for the cost of an event:
+/// Serves the ingest routes until `stop`, with the limits of [`crate::listener`].
+/// Two choices there are for the cost of an event:
 /// - half-close is allowed. Without it, hyper polls the socket for an early EOF
 ///   while a request is in flight; every event waits for an fsync, and each of those
 ///   reads found the read buffer still shared with the request, so it allocated a
@@ -55,46 +61,17 @@ pub struct Ingest {
 ///   each request's future (1.7 KiB, past the size glibc serves from its per-thread
 ///   cache) and added a tenth of the instructions of an event. hyper keeps the
 ///   future of a plain service in one allocation per connection.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<Ingest>, stop: CancellationToken) {
-    use hyper_util::rt::TokioIo;
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused) => continue,
-                Err(e) => {
-                    // Out of file descriptors, most likely: wait for some to close.
-                    tracing::error!(error = %e, "could not accept a connection; retrying in 1 s");
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                    }
-                }
-            },
-        };
-        let (st, stop) = (state.clone(), stop.clone());
-        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let st = st.clone();
-            async move { Ok::<_, std::convert::Infallible>(route(st, req.map(Body::new)).await) }
-        });
-        connections.spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .half_close(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
-            let _ = conn.await;
-        });
-    }
-    connections.close();
-    connections.wait().await;
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<Ingest>,
+    limits: crate::listener::Limits,
+    stop: CancellationToken,
+) {
+    let metrics = state.metrics.clone();
+    crate::listener::serve("ingest", listener, limits, metrics, stop, move |req| {
+        route(state.clone(), req)
+    })
+    .await;
 }
 
 async fn route(st: Arc<Ingest>, req: Request<Body>) -> Response {
@@ -131,64 +108,117 @@ fn is_daemon_path(path: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Checks `--token` in constant time, as fluxd sends it (`Authorization: Scope-Probe
-/// token=<token>`) or as a notification-controller Provider's Secret `headers` can
-/// (`Authorization: Bearer <token>`).
-pub fn upstream_authorized(headers: &HeaderMap, token: &Option<SecretString>) -> bool {
-    use subtle::ConstantTimeEq;
-    let Some(token) = token else { return true };
-    let Some(given) = headers.get(header::AUTHORIZATION) else {
-        return false;
-    };
-    let given = given.as_bytes();
-    let token = token.expose_secret().as_bytes();
-    let matches = |prefix: &[u8]| -> bool {
-        given.len() == prefix.len() + token.len()
-            && bool::from(given[..prefix.len()].ct_eq(prefix) & given[prefix.len()..].ct_eq(token))
-    };
-    matches(b"Scope-Probe token=") | matches(b"Bearer ")
-}
-
 pub enum BodyError {
     TooLarge,
     Unreadable(String),
+    /// Not all there within `--body-timeout`.
+    TimedOut,
+    /// The bound on bodies being read at once is reached.
+    Busy,
 }
 
-/// The gate every event route shares: the token, then a body within `limit`.
-/// Returns the body, or the answer to give instead (401, 413, 400).
+/// Which credential an event route needs (see [`crate::auth`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum EventRoute {
+    Fluxd,
+    FluxV2,
+}
+
+/// The gate every event route shares, cheapest check first: the token, the announced
+/// size, a signature header where one is required, then a body within `limit`.
+/// Returns the body, or the answer to give instead (401, 413, 408, 503, 400).
 pub async fn event_body(
     st: &Ingest,
     source: &'static str,
+    route: EventRoute,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-) -> Result<Bytes, Response> {
-    if !upstream_authorized(headers, &st.upstream_token) {
-        drain(body).await;
-        st.metrics.event(source, "unknown", "unauthorized");
-        warn!(source, "event rejected: missing or wrong token");
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong token",
-        ));
+) -> Result<HeldBody, Response> {
+    let token = match route {
+        EventRoute::Fluxd => st.auth.check_fluxd(headers),
+        EventRoute::FluxV2 => st.auth.check_v2_token(headers),
+    };
+    if let Err(refusal) = token {
+        return Err(refuse(st, source, refusal, body).await);
     }
-    read_body(headers, body, limit).await.map_err(|e| match e {
-        BodyError::TooLarge => {
-            st.metrics.event(source, "unknown", "too_large");
-            warn!(source, limit, "event rejected: body too large");
-            error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("event body exceeds {limit} bytes"),
-            )
-        }
+    if announced_length(headers).is_some_and(|n| n > limit as u64) {
+        drain(body).await;
+        return Err(too_large(st, source, limit));
+    }
+    if route == EventRoute::FluxV2
+        && let Err(refusal) = st.auth.check_v2_signature_present(headers)
+    {
+        return Err(refuse(st, source, refusal, body).await);
+    }
+    read_body(headers, body, limit, &st.bodies).await.map_err(|e| match e {
+        BodyError::TooLarge => too_large(st, source, limit),
         BodyError::Unreadable(e) => {
             st.metrics.event(source, "unknown", "unreadable");
             warn!(source, error = %e, "event rejected: body could not be read");
             error(StatusCode::BAD_REQUEST, "unreadable", e)
         }
+        BodyError::TimedOut => {
+            st.metrics.event(source, "unknown", "body_timeout");
+            if let Some(suppressed) = st.refusal_log.allow() {
+                warn!(source, timeout = ?st.bodies.timeout, suppressed,
+                    "event rejected: body not received within --body-timeout; closing the connection");
+            }
+            closing(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "request body not received in time",
+            ))
+        }
+        BodyError::Busy => {
+            st.metrics.event(source, "unknown", "busy");
+            if let Some(suppressed) = st.refusal_log.allow() {
+                warn!(source, max_bytes = st.bodies.total, suppressed,
+                    "event refused: too many body bytes being read at once (--max-body-bytes-in-flight); the sender will retry");
+            }
+            let mut resp = closing(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many requests being read; retry later",
+            ));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp
+        }
     })
+}
+
+/// 401 for a request refused on its headers; its body is drained, not kept.
+pub async fn refuse(st: &Ingest, source: &'static str, refusal: Refusal, body: Body) -> Response {
+    drain(body).await;
+    st.metrics.event(source, "unknown", refusal.label);
+    if let Some(suppressed) = st.refusal_log.allow() {
+        warn!(
+            source,
+            reason = refusal.label,
+            suppressed,
+            "event rejected: {}",
+            refusal.message
+        );
+    }
+    error(StatusCode::UNAUTHORIZED, refusal.reason, refusal.message)
+}
+
+fn too_large(st: &Ingest, source: &'static str, limit: usize) -> Response {
+    st.metrics.event(source, "unknown", "too_large");
+    warn!(source, limit, "event rejected: body too large");
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("event body exceeds {limit} bytes"),
+    )
+}
+
+/// An answer after which the connection closes: what is left of the request is not read.
+fn closing(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// 400 for a body that is not an event, counted and logged with `label`.
@@ -246,41 +276,115 @@ pub async fn persist(
 /// sending, gets to see the 413 rather than a reset connection.
 const DRAIN_BYTES: usize = 8 * 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a body waits for room under `--max-body-bytes-in-flight` before 503.
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reads a body up to `limit` bytes; an announced or actual overflow is `TooLarge`.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, BodyError> {
-    let announced = headers
+/// Bounds on reading event bodies, shared by every request.
+pub struct BodyGate {
+    pub timeout: std::time::Duration,
+    /// Body bytes held by requests being read or handled, at most `total`.
+    budget: Arc<Semaphore>,
+    pub total: usize,
+}
+
+impl BodyGate {
+    pub fn new(timeout: std::time::Duration, total: usize) -> Self {
+        let total = total.min(Semaphore::MAX_PERMITS);
+        BodyGate {
+            timeout,
+            budget: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Room for `n` more bytes: at once, or within [`BUDGET_WAIT`].
+    async fn reserve(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+        let permits = u32::try_from(n).ok().filter(|_| n <= self.total)?;
+        if let Ok(p) = self.budget.clone().try_acquire_many_owned(permits) {
+            return Some(p);
+        }
+        tokio::time::timeout(BUDGET_WAIT, self.budget.clone().acquire_many_owned(permits))
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// A body read whole, holding its share of the body budget until dropped.
+pub struct HeldBody {
+    bytes: Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for HeldBody {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+fn announced_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit as u64) {
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Reads a body up to `limit` bytes within the gate's deadline; an announced or actual
+/// overflow is `TooLarge`. Memory follows the bytes received, never the length a
+/// client announces.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    gate: &BodyGate,
+) -> Result<HeldBody, BodyError> {
+    if announced_length(headers).is_some_and(|n| n > limit as u64) {
         drain(body).await;
         return Err(BodyError::TooLarge);
     }
-    let mut body = body;
+    match tokio::time::timeout(gate.timeout, collect(body, limit, gate)).await {
+        Ok(read) => read,
+        Err(_) => Err(BodyError::TimedOut),
+    }
+}
+
+async fn collect(mut body: Body, limit: usize, gate: &BodyGate) -> Result<HeldBody, BodyError> {
     // A body that arrives in one piece (nearly every event) is used as it is, not copied.
     let mut first: Option<Bytes> = None;
     let mut buf = bytes::BytesMut::new();
+    let mut have = 0usize;
+    let mut held: Option<OwnedSemaphorePermit> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            let have = first.as_ref().map_or(0, Bytes::len) + buf.len();
-            if have + data.len() > limit {
-                drain(body).await;
-                return Err(BodyError::TooLarge);
-            }
-            if first.is_none() && buf.is_empty() {
-                first = Some(data);
-                continue;
-            }
-            if let Some(earlier) = first.take() {
-                buf.reserve(announced.map_or(0, |n| n as usize).max(have + data.len()));
-                buf.extend_from_slice(&earlier);
-            }
-            buf.extend_from_slice(&data);
+        let Ok(data) = frame.into_data() else { continue };
+        if data.is_empty() {
+            continue;
         }
+        if have + data.len() > limit {
+            drain(body).await;
+            return Err(BodyError::TooLarge);
+        }
+        let room = gate.reserve(data.len()).await.ok_or(BodyError::Busy)?;
+        match held.as_mut() {
+            Some(h) => h.merge(room),
+            None => held = Some(room),
+        }
+        have += data.len();
+        if first.is_none() && buf.is_empty() {
+            first = Some(data);
+            continue;
+        }
+        if let Some(earlier) = first.take() {
+            buf.reserve(have);
+            buf.extend_from_slice(&earlier);
+        }
+        buf.extend_from_slice(&data);
     }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
+    Ok(HeldBody {
+        bytes: first.unwrap_or_else(|| buf.freeze()),
+        _budget: held,
+    })
 }
 
 /// Reads and discards what is left of a request body we answer without using, bounded
@@ -337,42 +441,68 @@ mod tests {
         Body::from_stream(futures_util::stream::iter(frames))
     }
 
+    fn gate() -> BodyGate {
+        BodyGate::new(std::time::Duration::from_secs(30), 1024)
+    }
+
     #[tokio::test]
     async fn bodies_are_read_whole_in_one_piece_or_many() {
         let none = HeaderMap::new();
+        let gate = gate();
         for parts in [
             &[&b"{\"type\":\"sync\"}"[..]][..],
             &[b"{\"ty", b"", b"pe\":", b"\"sync\"}"],
         ] {
-            let body = read_body(&none, chunked(parts), 64).await;
+            let body = read_body(&none, chunked(parts), 64, &gate).await;
             assert_eq!(
                 body.ok().as_deref(),
                 Some(&b"{\"type\":\"sync\"}"[..]),
                 "{parts:?}"
             );
         }
-        let over = read_body(&none, chunked(&[b"0123456789", b"0123456789"]), 15).await;
+        let over = read_body(&none, chunked(&[b"0123456789", b"0123456789"]), 15, &gate).await;
         assert!(
             matches!(over, Err(BodyError::TooLarge)),
             "the limit counts every piece"
         );
-        let exact = read_body(&none, chunked(&[b"0123456789", b"01234"]), 15).await;
+        let exact = read_body(&none, chunked(&[b"0123456789", b"01234"]), 15, &gate).await;
         assert_eq!(exact.ok().as_deref(), Some(&b"012345678901234"[..]));
     }
 
-    #[test]
-    fn upstream_token_must_match_exactly() {
-        let token = Some(SecretString::from("s3cret".to_string()));
-        let with = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
-            h
-        };
-        assert!(upstream_authorized(&with("Scope-Probe token=s3cret"), &token));
-        assert!(!upstream_authorized(&with("Scope-Probe token=s3cre"), &token));
-        assert!(upstream_authorized(&with("Bearer s3cret"), &token));
-        assert!(!upstream_authorized(&with("Bearer s3cre"), &token));
-        assert!(!upstream_authorized(&HeaderMap::new(), &token));
-        assert!(upstream_authorized(&HeaderMap::new(), &None));
+    #[tokio::test]
+    async fn bodies_being_read_share_one_byte_budget() {
+        let none = HeaderMap::new();
+        let gate = BodyGate::new(std::time::Duration::from_secs(30), 12);
+        let held = read_body(&none, chunked(&[b"01234567"]), 64, &gate).await;
+        let held = held.ok().expect("within the budget");
+        let busy = read_body(&none, chunked(&[b"0123", b"4567"]), 64, &gate).await;
+        assert!(
+            matches!(busy, Err(BodyError::Busy)),
+            "over the budget while the first is held"
+        );
+        drop(held);
+        let again = read_body(&none, chunked(&[b"0123", b"4567"]), 64, &gate).await;
+        assert_eq!(
+            again.ok().as_deref(),
+            Some(&b"01234567"[..]),
+            "room again once released"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_ends_times_out() {
+        use futures_util::StreamExt;
+        let mut announced = HeaderMap::new();
+        announced.insert(header::CONTENT_LENGTH, HeaderValue::from_static("33554432"));
+        let gate = BodyGate::new(std::time::Duration::from_millis(200), 64 * 1024 * 1024);
+        let stalled = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"{}"))])
+            .chain(futures_util::stream::pending());
+        let read = read_body(&announced, Body::from_stream(stalled), 64 * 1024 * 1024, &gate).await;
+        assert!(matches!(read, Err(BodyError::TimedOut)));
+        assert_eq!(
+            gate.budget.available_permits(),
+            gate.total,
+            "its bytes are released"
+        );
     }
 }

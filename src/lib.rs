@@ -5,6 +5,7 @@
 //! ```
 //! Ingest never calls a provider; mapping does no I/O; notifiers know nothing of Flux.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod credentials;
@@ -14,6 +15,7 @@ pub mod fluxv1;
 pub mod fluxv2;
 pub mod ingest;
 pub mod json;
+pub mod listener;
 pub mod mapping;
 pub mod metrics;
 pub mod ops;

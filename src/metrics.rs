@@ -88,6 +88,7 @@ pub struct Metrics {
     pub oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub fluxd_connected: Gauge,
     pub delivery_seconds: Histogram,
+    pub listener: crate::listener::metrics::ListenerMetrics,
 }
 
 impl Metrics {
@@ -189,6 +190,7 @@ impl Metrics {
             "Time from accepting an update to the provider confirming it",
             delivery_seconds.clone(),
         );
+        let listener = crate::listener::metrics::ListenerMetrics::register(&mut registry);
         registry.register(
             "build",
             "Build information",
@@ -212,6 +214,7 @@ impl Metrics {
             oldest_pending_seconds,
             fluxd_connected,
             delivery_seconds,
+            listener,
         }
     }
 

@@ -2,11 +2,9 @@
 //! network policy can expose ingest to Flux only.
 
 use crate::metrics::Metrics;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -36,15 +34,42 @@ impl Default for Health {
     }
 }
 
-pub fn router(state: Arc<Ops>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(state)
+/// Serves the ops routes until `stop`, with the listener limits of its own: an
+/// ingest flood cannot take the probes' connections.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<Ops>,
+    limits: crate::listener::Limits,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let metrics = state.metrics.clone();
+    crate::listener::serve("ops", listener, limits, metrics, stop, move |req| {
+        handle(state.clone(), req)
+    })
+    .await;
 }
 
-async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+/// Request bodies are never read here: hyper closes a connection whose body is left.
+pub async fn handle(ops: Arc<Ops>, req: Request<Body>) -> Response {
+    let path = req.uri().path();
+    let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
+    if !known {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+        return resp;
+    }
+    match path {
+        "/metrics" => metrics(&ops),
+        "/healthz" => "ok\n".into_response(),
+        _ => readyz(&ops),
+    }
+}
+
+fn metrics(ops: &Ops) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -52,9 +77,10 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
         )],
         ops.metrics.render(),
     )
+        .into_response()
 }
 
-async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+fn readyz(ops: &Ops) -> Response {
     let h = &ops.health;
     let checks = [
         ("listening", h.listening.load(Ordering::Relaxed)),
@@ -75,5 +101,5 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(body))
+    (status, axum::Json(body)).into_response()
 }

@@ -5,7 +5,7 @@
 
 use super::event::{self, V1Event};
 use super::poller::SyncDone;
-use crate::ingest::{Ingest, count_skips, event_body, not_an_event, persist};
+use crate::ingest::{EventRoute, Ingest, count_skips, event_body, not_an_event, persist};
 use crate::mapping::{self, Skip};
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -17,7 +17,16 @@ const SOURCE: &str = "fluxv1";
 
 pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match event_body(&st, SOURCE, &parts.headers, body, st.max_event_bytes).await {
+    let body = match event_body(
+        &st,
+        SOURCE,
+        EventRoute::Fluxd,
+        &parts.headers,
+        body,
+        st.max_event_bytes,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(answer) => return answer,
     };

@@ -5,12 +5,11 @@
 
 use super::event;
 use super::signature;
-use crate::ingest::{Ingest, count_skips, error, event_body, not_an_event, persist};
+use crate::ingest::{EventRoute, Ingest, count_skips, error, event_body, not_an_event, persist};
 use crate::mapping;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use secrecy::ExposeSecret;
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 
@@ -36,13 +35,22 @@ fn kind_label(kind: &str) -> &'static str {
 
 pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match event_body(&st, SOURCE, &parts.headers, body, MAX_EVENT_BYTES).await {
+    let body = match event_body(
+        &st,
+        SOURCE,
+        EventRoute::FluxV2,
+        &parts.headers,
+        body,
+        MAX_EVENT_BYTES,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(answer) => return answer,
     };
-    if let Some(key) = &st.hmac_key {
+    if let Some(key) = st.auth.hmac_key() {
         let sig = parts.headers.get("x-signature").and_then(|v| v.to_str().ok());
-        if let Err(e) = signature::verify(key.expose_secret(), &body, sig) {
+        if let Err(e) = signature::verify(key, &body, sig) {
             st.metrics.event(SOURCE, "unknown", "bad_signature");
             warn!(source = SOURCE, error = %e, "event rejected: X-Signature");
             return error(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string());
