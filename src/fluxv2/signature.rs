@@ -37,6 +37,9 @@ fn nibble(b: u8) -> Option<u8> {
     }
 }
 
+/// `verify_with` for one algorithm: (key, body, signature) -> matches.
+type Verifier = fn(&[u8], &[u8], &[u8]) -> bool;
+
 fn verify_with<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8], sig: &[u8]) -> bool {
     let Ok(mut mac) = <M as hmac::digest::KeyInit>::new_from_slice(key) else {
         return false;
@@ -53,7 +56,7 @@ fn verify_with<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8], sig: &[u
 pub fn verify(key: &[u8], body: &[u8], header: Option<&str>) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let (alg, sig) = header.split_once('=').ok_or(SignatureError::Malformed)?;
-    let (verify, len): (fn(&[u8], &[u8], &[u8]) -> bool, usize) = match alg.to_ascii_lowercase().as_str() {
+    let (verify, len): (Verifier, usize) = match alg.to_ascii_lowercase().as_str() {
         "sha224" => (verify_with::<Hmac<Sha224>>, 28),
         "sha256" => (verify_with::<Hmac<Sha256>>, 32),
         "sha384" => (verify_with::<Hmac<Sha384>>, 48),
