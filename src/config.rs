@@ -7,7 +7,7 @@ use crate::credentials::{SecretSource, load_or_report};
 use crate::delivery::DeliveryConfig;
 use crate::delivery::limiter::Limits;
 use crate::repos::ObjectPattern;
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, CommandFactory, Parser, ValueEnum};
 use notifiers::http::HttpConfig;
 use notifiers::{GitUrl, Provider};
 use secrecy::SecretString;
@@ -34,7 +34,8 @@ pub enum ProviderChoice {
 #[derive(clap::Args)]
 pub struct TargetArgs {
     /// The git repository Flux syncs from, as given to Flux (https, ssh or scp form).
-    #[arg(long, env = "FLUX_STATUS_GIT_URL")]
+    /// Any user info in it (a token) is never printed.
+    #[arg(long, env = "FLUX_STATUS_GIT_URL", hide_env_values = true)]
     pub git_url: Option<String>,
     /// Which provider hosts the repository.
     #[arg(long, env = "FLUX_STATUS_PROVIDER", value_enum, default_value = "auto")]
@@ -44,19 +45,29 @@ pub struct TargetArgs {
     #[arg(long, env = "FLUX_STATUS_API_URL")]
     pub api_url: Option<String>,
     /// GitHub token. Prefer GITHUB_TOKEN or --github-token-file: a flag shows in `ps`.
-    #[arg(long, env = "GITHUB_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GITHUB_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub github_token: Option<String>,
     /// File holding the GitHub token (e.g. a mounted Secret).
     #[arg(long, env = "FLUX_STATUS_GITHUB_TOKEN_FILE")]
     pub github_token_file: Option<PathBuf>,
     /// GitLab token. Prefer GITLAB_TOKEN or --gitlab-token-file.
-    #[arg(long, env = "GITLAB_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GITLAB_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub gitlab_token: Option<String>,
     /// File holding the GitLab token.
     #[arg(long, env = "FLUX_STATUS_GITLAB_TOKEN_FILE")]
     pub gitlab_token_file: Option<PathBuf>,
     /// Azure DevOps personal access token. Prefer AZDO_PAT or --azdo-pat-file.
-    #[arg(long, env = "AZDO_PAT", hide_env_values = true)]
+    #[arg(long, env = "AZDO_PAT", hide_env_values = true, allow_hyphen_values = true)]
     pub azdo_pat: Option<String>,
     /// File holding the Azure DevOps personal access token.
     #[arg(long, env = "FLUX_STATUS_AZDO_PAT_FILE")]
@@ -93,7 +104,12 @@ pub struct Args {
     pub dry_run: bool,
 
     /// Token fluxd must present (fluxd --token): `Authorization: Scope-Probe token=<token>`.
-    #[arg(long, env = "FLUX_STATUS_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FLUX_STATUS_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub token: Option<String>,
 
     /// File holding the token fluxd must present.
@@ -237,6 +253,60 @@ pub struct Args {
     /// --rpc-timeout is 10s.
     #[arg(long, env = "FLUX_STATUS_FLUX_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub flux_timeout: Duration,
+}
+
+/// `P::parse()`, except that a usage error never shows what may be a secret.
+pub fn parse_args<P: Parser>() -> P {
+    P::try_parse().unwrap_or_else(|e| without_secrets::<P>(e).exit())
+}
+
+/// A clap error with every value that may be a secret taken out: the value of a
+/// secret flag (one whose env value is hidden), a value given to a flag that takes
+/// none, and an unknown word (`--github-token= ghp_…` makes the token one). Other
+/// flags' invalid values stay, since they say what to fix.
+pub fn without_secrets<P: CommandFactory>(mut e: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    const HIDDEN: &str = "<not shown: may be a secret>";
+    let secret_flags: Vec<String> = P::command()
+        .get_arguments()
+        .filter(|a| a.is_hide_env_values_set())
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let arg = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    // `--token <TOKEN>`, `--debug[=<DEBUG>]`: the flag is the first word.
+    let flag = arg.split([' ', '[', '=']).next().unwrap_or_default();
+    let mut hidden = Vec::new();
+    // An unknown `--flag-name` is a typo worth naming; any other unknown word (even
+    // `-x`, from a stray `-x…` token) is shown by no one.
+    let flag_shaped = arg.strip_prefix("--").is_some_and(|name| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    });
+    if e.kind() == ErrorKind::UnknownArgument && !flag_shaped {
+        hidden.push(arg.clone());
+        e.insert(ContextKind::InvalidArg, ContextValue::String(HIDDEN.into()));
+    }
+    let names_the_problem = matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation)
+        && !secret_flags.iter().any(|f| f == flag);
+    if !names_the_problem && let Some(value) = e.get(ContextKind::InvalidValue) {
+        hidden.push(value.to_string());
+        e.insert(ContextKind::InvalidValue, ContextValue::String(HIDDEN.into()));
+    }
+    // A tip can quote the word again ("to pass '…' as a value, use '-- …'").
+    let quotes_it = e.get(ContextKind::Suggested).is_some_and(|tip| {
+        hidden
+            .iter()
+            .any(|h| !h.is_empty() && tip.to_string().contains(h.as_str()))
+    });
+    if quotes_it {
+        e.remove(ContextKind::Suggested);
+    }
+    e
 }
 
 /// `host:port`, or Go's `:port` (all interfaces) as the original flux-status took it.
@@ -773,6 +843,73 @@ mod tests {
 
     fn args(list: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("flux-status").chain(list.iter().copied()))
+    }
+
+    /// A secret with characters no clap message has, starting with `-` as a token
+    /// may; clap once echoed `-%` of it as an unknown flag.
+    const SECRET: &str = "-%s3cr3t%";
+
+    fn shown(list: &[&str]) -> String {
+        match args(list) {
+            Ok(_) => String::new(),
+            Err(e) => {
+                let e = without_secrets::<Args>(e);
+                format!("{e}\n{}", e.render())
+            }
+        }
+    }
+
+    #[test]
+    fn usage_errors_never_show_a_secret() {
+        let eq = |flag: &str| format!("{flag}={SECRET}");
+        let mut cases: Vec<Vec<String>> = Vec::new();
+        for flag in ["--token", "--github-token", "--gitlab-token", "--azdo-pat"] {
+            cases.extend([
+                vec![flag.into(), SECRET.into()],
+                vec![flag.into(), SECRET.into(), flag.into(), SECRET.into()],
+                vec![eq(flag), eq(flag)],
+                vec![format!("{flag}="), SECRET.into()],
+                vec![flag.into(), SECRET.into(), SECRET.into()],
+                vec![flag.into(), SECRET.into(), "--listen=nowhere".into()],
+                vec![eq(&format!("{flag}x"))],
+            ]);
+        }
+        cases.extend([
+            vec![SECRET.trim_start_matches('-').into()],
+            vec!["--dry-run".into(), SECRET.trim_start_matches('-').into()],
+            vec![eq("--dry-run")],
+            vec![eq("--git-url"), eq("--git-url")],
+            vec![
+                "--git-url".into(),
+                format!("https://u:{SECRET}@github.com/o/r"),
+                "x".into(),
+            ],
+        ]);
+        let mut errors = 0;
+        for case in &cases {
+            let list: Vec<&str> = case.iter().map(String::as_str).collect();
+            let out = shown(&list);
+            errors += usize::from(!out.is_empty());
+            assert!(!out.contains('%') && !out.contains("s3cr3t"), "{case:?}:\n{out}");
+        }
+        assert!(errors >= cases.len() - 4, "most cases are usage errors");
+        // What the secret does not touch is still said.
+        let out = shown(&["--listen=nowhere"]);
+        assert!(out.contains("nowhere"), "{out}");
+    }
+
+    /// A token may start with `-`, and the secret flags are those whose env values
+    /// are hidden from --help.
+    #[test]
+    fn secret_flags_are_marked() {
+        let cmd = Args::command();
+        for id in ["token", "github_token", "gitlab_token", "azdo_pat", "git_url"] {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == id).unwrap();
+            assert!(arg.is_hide_env_values_set(), "{id}");
+        }
+        let a = args(&["--token", "-abc", "--github-token", "--x"]).unwrap();
+        assert_eq!(a.token.as_deref(), Some("-abc"));
+        assert_eq!(a.target.github_token.as_deref(), Some("--x"));
     }
 
     #[test]

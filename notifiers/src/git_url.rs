@@ -82,7 +82,16 @@ impl GitUrl {
                     "http" => Scheme::Http,
                     "ssh" | "git+ssh" | "ssh+git" => Scheme::Ssh,
                     "git" => Scheme::Git,
-                    other => return Err(GitUrlError::UnsupportedScheme(other.to_string())),
+                    // Named only if it is one (RFC 3986): text before "://" may be user info.
+                    other
+                        if other.starts_with(|c: char| c.is_ascii_alphabetic())
+                            && other
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+                    {
+                        return Err(GitUrlError::UnsupportedScheme(other.to_string()));
+                    }
+                    _ => return Err(GitUrlError::Unrecognised),
                 };
                 let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
                 (scheme, authority, path)
@@ -96,6 +105,11 @@ impl GitUrl {
                 (Scheme::Scp, &s[..colon], &s[colon + 1..])
             }
         };
+        // No git host has an '@' in a repository path: one there is user info that
+        // held a ':' or '/' and was split in the wrong place, and would be printed.
+        if path.contains('@') {
+            return Err(GitUrlError::Unrecognised);
+        }
         let host_port = match authority.rfind('@') {
             Some(at) => &authority[at + 1..],
             None => authority,
@@ -317,7 +331,77 @@ mod tests {
         }
     }
 
+    #[test]
+    fn misplaced_user_info_is_refused_not_shown() {
+        for input in [
+            "x-access-token:ghp_secret@github.com:o/r",
+            "x-access-token:ghp_secret@github.com/o/r",
+            "https://u:ghp/secret@github.com/o/r",
+            "https://u:gh?p/secret@github.com/o/r",
+            "u:ghp_secret@https://github.com/o/r",
+        ] {
+            assert_eq!(GitUrl::parse(input), Err(GitUrlError::Unrecognised), "{input}");
+        }
+    }
+
+    /// One of the forms `parse` takes, with user info (a password marked `Zq`: nothing
+    /// else generated holds a z or a q) and a repository path of plain segments.
+    fn url_with_secret() -> impl proptest::strategy::Strategy<Value = (String, String, Vec<String>)> {
+        use proptest::prelude::*;
+        let secret = "Zq[!-~]{0,12}";
+        let host = "[a-p0-9][a-p0-9.-]{0,15}";
+        let segments = prop::collection::vec("[a-pA-P0-9_.-]{1,10}", 1..4);
+        let form = prop::sample::select(
+            &[
+                "https://",
+                "http://",
+                "ssh://",
+                "git://",
+                "git+ssh://",
+                "",
+                "bogus://",
+            ][..],
+        );
+        (form, "[a-p-]{0,8}", secret, host, segments, any::<bool>()).prop_map(
+            |(form, user, secret, host, segments, with_port)| {
+                let port = if with_port && !form.is_empty() {
+                    ":2222"
+                } else {
+                    ""
+                };
+                let sep = if form.is_empty() { ":" } else { "/" };
+                let input = format!("{form}{user}:{secret}@{host}{port}{sep}{}", segments.join("/"));
+                (input, host, segments)
+            },
+        )
+    }
+
     proptest::proptest! {
+        /// User info is never printed: not by a parsed URL, not by an error.
+        #[test]
+        fn user_info_is_never_shown((input, _, _) in url_with_secret()) {
+            let shown = match GitUrl::parse(&input) {
+                Ok(u) => format!("{u} {u:?} {}", u.web_origin()),
+                Err(e) => format!("{e} {e:?}"),
+            };
+            proptest::prop_assert!(!shown.to_ascii_lowercase().contains("zq"), "{input} -> {shown}");
+        }
+
+        /// A URL made of a host and plain segments parses to them, and what it prints
+        /// parses back to the same repository.
+        #[test]
+        fn plain_urls_round_trip((input, host, segments) in url_with_secret()) {
+            let Ok(u) = GitUrl::parse(&input) else {
+                // The only forms refused: a bogus scheme, a host that is not one, a
+                // password with '/', '?', '#' or '@', the user info's ':' read as scp's.
+                return Ok(());
+            };
+            proptest::prop_assert_eq!(&u.host, &host);
+            proptest::prop_assert_eq!(&u.segments, &segments);
+            let again = GitUrl::parse(&u.to_string()).unwrap();
+            proptest::prop_assert_eq!((&again.host, again.port, &again.segments), (&u.host, u.port, &u.segments));
+        }
+
         #[test]
         fn parsing_never_panics(s in "\\PC{0,80}") {
             let _ = GitUrl::parse(&s).map(|u| (u.to_string(), u.repo_segments().len(), u.web_origin()));

@@ -1,9 +1,9 @@
-use clap::Parser;
-use flux_status::{config::Args, daemon, telemetry};
+use flux_status::config::{self, Args};
+use flux_status::{daemon, telemetry};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = config::parse_args();
     let level = if args.debug {
         "debug".to_string()
     } else {

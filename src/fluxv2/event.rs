@@ -320,4 +320,121 @@ mod tests {
             .collect();
         assert_eq!(pairs, [(true, true), (false, true)]);
     }
+
+    fn v2_context() -> crate::mapping::v2::V2Context {
+        crate::mapping::v2::V2Context {
+            rules: Vec::new(),
+            fallback: Some("github.com/o/r".into()),
+            instance: "prod".into(),
+            check_template: crate::mapping::v2::DEFAULT_CHECK_TEMPLATE.into(),
+            target_url: None,
+        }
+    }
+
+    /// Event-shaped bodies (keys and revisions as Flux sends them, any text in
+    /// between), at times with a byte that is not UTF-8 or JSON spliced in; or any
+    /// bytes at all.
+    fn body() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let text = prop_oneof![
+            3 => prop::sample::select(&[
+                "Kustomization", "HelmRelease", "apps", "flux-system", "info", "error",
+                "ReconciliationSucceeded", "Progressing", "revision", "commit", "originRevision",
+                "kustomize.toolkit.fluxcd.io/revision", "event.toolkit.fluxcd.io/commit",
+                "kustomize.toolkit.fluxcd.io/v1", "commit_status", "update",
+                "main@sha1:a1afe267b54f38b46b487f6e938a6fd508278c07",
+                "main/a1afe267b54f38b46b487f6e938a6fd508278c07",
+                "latest@sha256:8af90b59cf7a1d0c2c3b4f9d0e5f7a6b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f",
+                "6.7.1", "",
+            ][..]).prop_map(str::to_string),
+            1 => any::<String>(),
+        ];
+        let pairs = prop::collection::vec((text.clone(), text.clone()), 0..5);
+        let event = (text.clone(), text.clone(), text.clone(), text.clone(), text, pairs).prop_map(
+            |(kind, name, api, severity, reason, pairs)| {
+                let metadata: serde_json::Map<String, serde_json::Value> =
+                    pairs.into_iter().map(|(k, v)| (k, v.into())).collect();
+                serde_json::json!({
+                    "involvedObject": {"kind": kind, "name": name, "namespace": "flux-system", "apiVersion": api},
+                    "severity": severity, "reason": reason, "message": "m", "metadata": metadata,
+                })
+                .to_string()
+                .into_bytes()
+            },
+        );
+        let spliced: &[&[u8]] = &[b"\xff", b"\xc3", b"\xed\xa0\x80", b"\"", b"\\", b"{", b"\x00"];
+        prop_oneof![
+            4 => (event, any::<prop::sample::Index>(), prop::sample::select(spliced), any::<bool>()).prop_map(
+                |(mut body, at, bytes, splice)| {
+                    if splice {
+                        let at = at.index(body.len() + 1);
+                        body.splice(at..at, bytes.iter().copied());
+                    }
+                    body
+                }
+            ),
+            1 => prop::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// What the fuzz target does: any bytes are decoded and mapped, or refused,
+        /// without a panic; an accepted event names its object.
+        #[test]
+        fn any_bytes_decode_and_map_or_are_refused(body in body()) {
+            if let Ok(ev) = parse(&body) {
+                proptest::prop_assert!(!ev.involved_object.kind.is_empty() && !ev.involved_object.name.is_empty());
+                let _ = (ev.revision(), ev.meta("commit_status"));
+                let _ = crate::mapping::v2::map(&ev, &v2_context());
+            }
+        }
+
+        /// An event as serde_json writes it decodes to what was written, whatever
+        /// the text (escapes, quotes, any Unicode).
+        #[test]
+        fn written_events_decode_to_their_fields(
+            kind in ".{1,12}", name in ".{1,12}", message in ".{0,40}",
+            pairs in proptest::collection::vec(("[a-z_]{1,6}", ".{0,12}"), 0..5),
+        ) {
+            let metadata: serde_json::Map<String, Value> = pairs.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+            let body = serde_json::json!({
+                "involvedObject": {"kind": kind, "name": name},
+                "message": message,
+                "metadata": metadata,
+            }).to_string();
+            let ev = parse(body.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(&*ev.involved_object.kind, &kind);
+            proptest::prop_assert_eq!(&*ev.involved_object.name, &name);
+            proptest::prop_assert_eq!(&*ev.message, &message);
+            for (k, v) in &metadata {
+                proptest::prop_assert_eq!(ev.meta(k), v.as_str());
+            }
+        }
+
+        /// Every form Flux writes a commit revision in gives that commit back.
+        #[test]
+        fn valid_revisions_round_trip(
+            sha in "[0-9a-fA-F]{40}",
+            branch in "[a-zA-Z0-9._-]{1,12}(/[a-zA-Z0-9._-]{1,12}){0,2}",
+            form in 0..4u8,
+        ) {
+            let rev = match form {
+                0 => format!("{branch}@sha1:{sha}"),
+                1 => format!("{branch}/{sha}"),
+                2 => format!("sha1:{sha}"),
+                _ => sha.clone(),
+            };
+            proptest::prop_assert_eq!(parse_revision(&rev).map(|s| s.to_string()), Ok(sha.to_ascii_lowercase()), "{}", rev);
+        }
+
+        /// Any text is a commit, or a reason why not; a commit is the text's tail.
+        #[test]
+        fn any_revision_is_a_commit_or_a_reason(rev in "\\PC{0,80}|.{0,80}") {
+            if let Ok(sha) = parse_revision(&rev) {
+                proptest::prop_assert!(rev.to_ascii_lowercase().ends_with(sha.as_str()), "{} -> {}", rev, sha);
+            }
+        }
+    }
 }

@@ -16,15 +16,29 @@ pub enum SignatureError {
     Mismatch,
 }
 
-fn hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+/// Exactly `2 * len` hex digits, either case: no sign, space or anything else that a
+/// lenient number parser would let through (`u8::from_str_radix` takes "+f").
+fn hex(s: &str, len: usize) -> Option<Vec<u8>> {
+    if s.len() != 2 * len {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+    s.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
         .collect()
 }
+
+fn nibble(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `verify_with` for one algorithm: (key, body, signature) -> matches.
+type Verifier = fn(&[u8], &[u8], &[u8]) -> bool;
 
 fn verify_with<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8], sig: &[u8]) -> bool {
     let Ok(mut mac) = <M as hmac::digest::KeyInit>::new_from_slice(key) else {
@@ -35,19 +49,26 @@ fn verify_with<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8], sig: &[u
     mac.verify_slice(sig).is_ok()
 }
 
-/// Checks `header` (the X-Signature value) against the raw `body`; hex in either case.
+/// Checks `header` (the X-Signature value) against the raw `body`. The header is
+/// what notification-controller writes, `<algorithm>=<hex digest>`, and nothing
+/// else: the digest in hex of either case and of exactly the algorithm's length,
+/// nothing around either part (HTTP already took the spaces around the whole value).
 pub fn verify(key: &[u8], body: &[u8], header: Option<&str>) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?.trim();
+    let header = header.ok_or(SignatureError::Missing)?;
     let (alg, sig) = header.split_once('=').ok_or(SignatureError::Malformed)?;
-    let sig = hex(sig.trim()).ok_or(SignatureError::Malformed)?;
-    let ok = match alg.trim().to_ascii_lowercase().as_str() {
-        "sha224" => verify_with::<Hmac<Sha224>>(key, body, &sig),
-        "sha256" => verify_with::<Hmac<Sha256>>(key, body, &sig),
-        "sha384" => verify_with::<Hmac<Sha384>>(key, body, &sig),
-        "sha512" => verify_with::<Hmac<Sha512>>(key, body, &sig),
+    let (verify, len): (Verifier, usize) = match alg.to_ascii_lowercase().as_str() {
+        "sha224" => (verify_with::<Hmac<Sha224>>, 28),
+        "sha256" => (verify_with::<Hmac<Sha256>>, 32),
+        "sha384" => (verify_with::<Hmac<Sha384>>, 48),
+        "sha512" => (verify_with::<Hmac<Sha512>>, 64),
         _ => return Err(SignatureError::Algorithm),
     };
-    if ok { Ok(()) } else { Err(SignatureError::Mismatch) }
+    let sig = hex(sig, len).ok_or(SignatureError::Malformed)?;
+    if verify(key, body, &sig) {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
 }
 
 #[cfg(test)]
@@ -122,5 +143,65 @@ mod tests {
             Err(SignatureError::Malformed)
         );
         assert_eq!(verify(b"k", body, Some("md5=00")), Err(SignatureError::Algorithm));
+    }
+
+    /// Only `<algorithm>=<digest in hex>`: every other way of writing the right
+    /// digest is refused as malformed, before any MAC is computed.
+    #[test]
+    fn hex_is_parsed_strictly() {
+        let digest_of = |body: &[u8]| {
+            let mut mac = <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(b"k").unwrap();
+            mac.update(body);
+            mac.finalize().into_bytes()
+        };
+        // A body whose digest has a byte below 0x10, whose hex starts with a 0.
+        let (body, digest) = (0..)
+            .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+            .map(|body| {
+                let digest = digest_of(&body);
+                (body, digest)
+            })
+            .find(|(_, d)| d.iter().any(|b| *b < 0x10))
+            .unwrap();
+        let body = body.as_slice();
+        let sig: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(verify(b"k", body, Some(&format!("sha256={sig}"))), Ok(()));
+        let upper = sig.to_ascii_uppercase();
+        assert_eq!(verify(b"k", body, Some(&format!("sha256={upper}"))), Ok(()));
+        // `u8::from_str_radix` reads "+f" as 15: a sign in place of that leading 0.
+        let signed: String = digest
+            .iter()
+            .map(|b| {
+                if *b < 0x10 {
+                    format!("+{b:x}")
+                } else {
+                    format!("{b:02x}")
+                }
+            })
+            .collect();
+        for bad in [
+            format!("sha256= {sig}"),
+            format!("sha256 ={sig}"),
+            format!(" sha256={sig}"),
+            format!("sha256={sig} "),
+            format!("sha256={sig}\t"),
+            format!("sha256={sig}00"),
+            format!("sha256={sig}0"),
+            format!("sha256=00{sig}"),
+            format!("sha256={}", &sig[..62]),
+            format!("sha256=0x{}", &sig[2..]),
+            format!("sha256=sha256={sig}"),
+            format!("sha256={sig},sha256={sig}"),
+            format!("sha256={}", sig.replacen(&sig[..1], "é", 1)),
+            format!("sha256={}", &sig[..32]),
+            format!("sha256={signed}"),
+            "sha256=".to_string(),
+        ] {
+            let got = verify(b"k", body, Some(&bad));
+            assert!(
+                matches!(got, Err(SignatureError::Malformed | SignatureError::Algorithm)),
+                "{bad:?}: {got:?}"
+            );
+        }
     }
 }
