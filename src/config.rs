@@ -170,6 +170,12 @@ pub struct Args {
     #[arg(long, env = "FLUX_STATUS_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
     pub retry_max: Duration,
 
+    /// How long a provider may still apply a write whose answer we never got (our
+    /// timeout, a reset, a 5xx). That check is not written again before then, and then
+    /// only if reading back shows another state on top. [default: 3 × --http-timeout]
+    #[arg(long, env = "FLUX_STATUS_SETTLE_AFTER", value_parser = parse_duration)]
+    pub settle_after: Option<Duration>,
+
     /// On SIGTERM, how long to keep delivering before exiting.
     #[arg(long, env = "FLUX_STATUS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -633,6 +639,9 @@ impl Args {
         if self.retry_initial.is_zero() || self.retry_initial > self.retry_max {
             errors.push("--retry-initial must be above zero and at most --retry-max".into());
         }
+        if self.settle_after.is_some_and(|d| d.is_zero()) {
+            errors.push("--settle-after must be above zero".into());
+        }
         if self.max_event_bytes < 1024 {
             errors.push("--max-event-bytes must be at least 1024".into());
         }
@@ -666,6 +675,7 @@ impl Args {
                 concurrency: self.concurrency,
                 initial_backoff: self.retry_initial,
                 max_backoff: self.retry_max,
+                settle_after: self.settle_after.unwrap_or(http.timeout * 3),
                 ..DeliveryConfig::default()
             },
             http,

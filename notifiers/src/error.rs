@@ -64,4 +64,17 @@ impl NotifyError {
     pub fn is_retryable(&self) -> bool {
         self.retry != Retry::Permanent
     }
+
+    /// Whether a failed write may still have been applied, now or later: the
+    /// provider had the request and we never learnt how it ended (our timeout, the
+    /// connection lost after sending, a 5xx). A refused connection, a rate limit or a
+    /// 4xx answer means the write was not applied.
+    pub fn may_have_landed(&self) -> bool {
+        match self.reason {
+            Reason::Timeout => self.status != Some(408),
+            // A 5xx, or a transport failure once connected (reset, cut-off answer).
+            Reason::ServerError => true,
+            _ => false,
+        }
+    }
 }
