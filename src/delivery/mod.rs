@@ -513,7 +513,7 @@ async fn send(
         });
     }
     if let Some(after) = lease.read_back {
-        let listing = delivery
+        let listed = delivery
             .listings
             .at_or_after(repo, &status.sha, after, || {
                 delivery.spend(repo, false);
@@ -526,16 +526,25 @@ async fn send(
                     .inc();
                 notifier.list_statuses(&status.sha)
             })
-            .await
-            .map_err(|error| Failed { error, wrote: false })?;
-        let top = listing.top(&status.check);
-        if top == Some(notifier.reads_back_as(status.state)) {
-            return Ok(Sent::AlreadyThere);
+            .await;
+        match listed {
+            Ok(listing) => {
+                let top = listing.top(&status.check);
+                if top == Some(notifier.reads_back_as(status.state)) {
+                    return Ok(Sent::AlreadyThere);
+                }
+                info!(
+                    on_top = top.map(|s| s.as_str()).unwrap_or("none"),
+                    "read back: the newest state is not on top; writing it"
+                );
+            }
+            // A credential that may write but not read: better a status twice than none.
+            Err(e) if e.retry == Retry::Permanent => {
+                warn!(http_status = e.status, reason = e.reason.as_str(), error = %e.message,
+                    "cannot read the commit's statuses back; writing without knowing what is on top");
+            }
+            Err(error) => return Err(Failed { error, wrote: false }),
         }
-        info!(
-            on_top = top.map(|s| s.as_str()).unwrap_or("none"),
-            "read back: the newest state is not on top; writing it"
-        );
         delivery.spend(repo, true);
     }
     notifier
