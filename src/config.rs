@@ -753,6 +753,23 @@ mod tests {
     }
 
     #[test]
+    fn settling_defaults_to_a_few_http_timeouts() {
+        let settle = |extra: &[&str]| {
+            let mut list = vec!["--git-url=https://github.com/o/r", "--github-token=t"];
+            list.extend_from_slice(extra);
+            args(&list).unwrap().validate().map(|c| c.delivery.settle_after)
+        };
+        assert_eq!(settle(&[]).unwrap(), Duration::from_secs(45));
+        assert_eq!(settle(&["--http-timeout=2s"]).unwrap(), Duration::from_secs(6));
+        assert_eq!(
+            settle(&["--http-timeout=2s", "--settle-after=500ms"]).unwrap(),
+            Duration::from_millis(500)
+        );
+        let err = settle(&["--settle-after=0s"]).unwrap_err();
+        assert!(err.to_string().contains("--settle-after"), "{err}");
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let err = args(&[
             "--instance=bad/name",

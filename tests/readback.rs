@@ -200,6 +200,16 @@ async fn a_newer_state_is_written_once_the_doubt_is_over() {
     assert_eq!(history(&gh)[&(sha, ctx)], ["pending"]);
     assert_eq!(gh.writes(), 2, "written again once read back");
     assert_eq!(gh.listings(), 1, "read back once");
+    assert_eq!(
+        d.metric(r#"flux_status_provider_read_backs_total{provider="github"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        d.metric(r#"flux_status_statuses_total{provider="github",state="pending",result="in_doubt"}"#)
+            .await,
+        1.0
+    );
 }
 
 /// After an outage in which every write got a 503 (whose outcome is unknown) and a

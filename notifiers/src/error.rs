@@ -78,3 +78,36 @@ impl NotifyError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_write_the_provider_may_have_taken_is_in_doubt() {
+        let e = |reason, status| NotifyError {
+            provider: "github",
+            retry: Retry::Transient,
+            reason,
+            status,
+            message: String::new(),
+            retry_after: None,
+        };
+        for (reason, status, doubt) in [
+            (Reason::Timeout, None, true),
+            (Reason::ServerError, None, true),
+            (Reason::ServerError, Some(502), true),
+            (Reason::Timeout, Some(408), false),
+            (Reason::Connect, None, false),
+            (Reason::RateLimited, Some(429), false),
+            (Reason::Conflict, Some(409), false),
+            (Reason::Invalid, Some(422), false),
+        ] {
+            assert_eq!(
+                e(reason, status).may_have_landed(),
+                doubt,
+                "{reason:?} {status:?}"
+            );
+        }
+    }
+}
