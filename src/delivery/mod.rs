@@ -449,10 +449,14 @@ impl Delivery {
                         "commit status write may have been applied; reading it back before writing again");
                     Completion::InDoubt { retry: delay, until }
                 } else {
+                    let message = if wrote || lease.read_back.is_none() {
+                        "commit status write failed; will retry"
+                    } else {
+                        "reading the commit's statuses back failed; will retry before writing"
+                    };
                     warn!(provider, repo = %u.repo, sha = %u.status.sha, check = %u.status.check,
                         http_status = e.status, reason = e.reason.as_str(), error = %e.message,
-                        attempt = lease.attempt, retry_in_ms = delay.as_millis() as u64,
-                        "commit status write failed; will retry");
+                        attempt = lease.attempt, retry_in_ms = delay.as_millis() as u64, "{message}");
                     Completion::Retry(delay)
                 }
             }
