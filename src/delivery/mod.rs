@@ -102,6 +102,8 @@ pub struct Delivery {
     metrics: Arc<Metrics>,
     cfg: DeliveryConfig,
     listings: Listings,
+    /// Where the grid of settle deadlines starts.
+    epoch: Instant,
 }
 
 /// A poisoned lock only means another thread panicked mid-update; the outbox's
@@ -166,6 +168,7 @@ impl Delivery {
             metrics,
             cfg,
             listings: Listings::default(),
+            epoch: now,
         }
     }
 
@@ -440,7 +443,7 @@ impl Delivery {
                 if wrote && e.may_have_landed() {
                     // It may show up on the provider later still, on top of a newer
                     // state written meanwhile, or beside the same state written again.
-                    let until = now + self.cfg.settle_after;
+                    let until = settle_deadline(self.epoch, now, self.cfg.settle_after);
                     self.metrics.status(provider, u.status.state, "in_doubt");
                     warn!(provider, repo = %u.repo, sha = %u.status.sha, check = %u.status.check,
                         state = %u.status.state, http_status = e.status, reason = e.reason.as_str(),
@@ -558,8 +561,43 @@ async fn send(
         .map_err(|error| Failed { error, wrote: true })
 }
 
+/// When a write of unknown outcome sent before `now` can no longer land: at least
+/// `settle` later, rounded up to a grid, so that the checks of one commit failing
+/// close together come due for their read-back together and share one listing.
+fn settle_deadline(epoch: Instant, now: Instant, settle: Duration) -> Instant {
+    let grid = (settle / 8)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5))
+        .as_nanos();
+    let since = (now + settle).saturating_duration_since(epoch).as_nanos();
+    let rounded = since.div_ceil(grid) * grid;
+    epoch + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
+}
+
 async fn sleep_until(at: Option<Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_close_together_settle_together() {
+        let epoch = Instant::now();
+        let settle = Duration::from_secs(8);
+        let at = |ms| settle_deadline(epoch, epoch + Duration::from_millis(ms), settle);
+        for ms in [0, 1, 999, 1000, 1001, 12_345] {
+            let now = epoch + Duration::from_millis(ms);
+            let until = at(ms);
+            assert!(until >= now + settle, "{ms}: never before the grace is over");
+            assert!(
+                until < now + settle + Duration::from_secs(1),
+                "{ms}: a grid of settle/8"
+            );
+        }
+        assert_eq!(at(1), at(999), "one grid cell, one deadline");
+        assert_ne!(at(999), at(1001));
     }
 }
