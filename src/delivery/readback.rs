@@ -41,7 +41,14 @@ impl Listing {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Arc<Listing>>>>;
+/// What is known of one commit: its last listing, and its last failed read.
+#[derive(Default)]
+struct Kept {
+    listing: Option<Arc<Listing>>,
+    failed: Option<(Instant, NotifyError)>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Kept>>;
 
 #[derive(Default)]
 pub struct Listings {
@@ -51,7 +58,8 @@ pub struct Listings {
 impl Listings {
     /// A listing of `sha` taken no earlier than `after`: the one kept if it is recent
     /// enough, else one read now with `read`. Keys of the same commit asking at once
-    /// wait for the same read.
+    /// wait for the same read, and share its failure too: during an outage, one
+    /// failed read per commit rather than one per key.
     pub async fn at_or_after<F, Fut>(
         &self,
         repo: &RepoId,
@@ -63,6 +71,7 @@ impl Listings {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<ReadStatus>, NotifyError>>,
     {
+        let asked = Instant::now();
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             if slots.len() >= KEPT {
@@ -71,13 +80,27 @@ impl Listings {
             slots.entry((repo.clone(), sha.clone())).or_default().clone()
         };
         let mut kept = slot.lock().await;
-        if let Some(listing) = kept.as_ref().filter(|l| l.taken >= after) {
+        if let Some(listing) = kept.listing.as_ref().filter(|l| l.taken >= after) {
             return Ok(listing.clone());
         }
+        if let Some((_, e)) = kept.failed.as_ref().filter(|(at, _)| *at >= asked) {
+            return Err(e.clone());
+        }
         let taken = Instant::now();
-        let listing = Arc::new(Listing::new(taken, read().await?));
-        *kept = Some(listing.clone());
-        Ok(listing)
+        match read().await {
+            Ok(statuses) => {
+                let listing = Arc::new(Listing::new(taken, statuses));
+                *kept = Kept {
+                    listing: Some(listing.clone()),
+                    failed: None,
+                };
+                Ok(listing)
+            }
+            Err(e) => {
+                kept.failed = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 }
 
@@ -141,23 +164,61 @@ mod tests {
             3,
             "a key whose doubt ended after the kept listing reads again"
         );
-        let failed = listings
-            .at_or_after(
-                &repo,
-                &sha,
-                Instant::now() + std::time::Duration::from_secs(1),
-                || async {
-                    Err(NotifyError {
-                        provider: "github",
-                        retry: notifiers::Retry::Transient,
-                        reason: notifiers::Reason::ServerError,
-                        status: Some(503),
-                        message: String::new(),
-                        retry_after: None,
-                    })
-                },
-            )
+    }
+
+    fn unavailable() -> NotifyError {
+        NotifyError {
+            provider: "github",
+            retry: notifiers::Retry::Transient,
+            reason: notifiers::Reason::ServerError,
+            status: Some(503),
+            message: String::new(),
+            retry_after: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_waiting_on_a_failed_read_share_its_failure_and_later_ones_read_again() {
+        let listings = Arc::new(Listings::default());
+        let reads = Arc::new(AtomicUsize::new(0));
+        let repo: RepoId = "r".into();
+        let sha = Sha::parse(&"c".repeat(40)).unwrap();
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let gate = Arc::new(tokio::sync::Mutex::new(Some(gate)));
+        let t0 = Instant::now();
+        let mut waiting = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let (listings, repo, sha) = (listings.clone(), repo.clone(), sha.clone());
+            let (reads, gate) = (reads.clone(), gate.clone());
+            waiting.spawn(async move {
+                let read = || async move {
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    // The first read hangs until the others queue behind it.
+                    if let Some(g) = gate.lock().await.take() {
+                        let _ = g.await;
+                    }
+                    Err(unavailable())
+                };
+                listings.at_or_after(&repo, &sha, t0, read).await.is_err()
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        release.send(()).unwrap();
+        while let Some(failed) = waiting.join_next().await {
+            assert!(failed.unwrap());
+        }
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "one failed read for the three");
+        let again = listings
+            .at_or_after(&repo, &sha, t0, || async {
+                reads.fetch_add(1, Ordering::Relaxed);
+                Err(unavailable())
+            })
             .await;
-        assert!(failed.is_err(), "a failed read is not kept");
+        assert!(again.is_err());
+        assert_eq!(
+            reads.load(Ordering::Relaxed),
+            2,
+            "a failure is not kept for later keys"
+        );
     }
 }
