@@ -214,6 +214,12 @@ pub struct Args {
     #[arg(long, env = "FLUX_STATUS_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
     pub retry_max: Duration,
 
+    /// How long a provider may still apply a write whose answer we never got (our
+    /// timeout, a reset, a 5xx). That check is not written again before then, and then
+    /// only if reading back shows another state on top. [default: 3 × --http-timeout]
+    #[arg(long, env = "FLUX_STATUS_SETTLE_AFTER", value_parser = parse_duration)]
+    pub settle_after: Option<Duration>,
+
     /// On SIGTERM, how long to keep delivering before exiting.
     #[arg(long, env = "FLUX_STATUS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -747,6 +753,9 @@ impl Args {
         if self.retry_initial.is_zero() || self.retry_initial > self.retry_max {
             errors.push("--retry-initial must be above zero and at most --retry-max".into());
         }
+        if self.settle_after.is_some_and(|d| d.is_zero()) {
+            errors.push("--settle-after must be above zero".into());
+        }
         if self.max_event_bytes < 1024 {
             errors.push("--max-event-bytes must be at least 1024".into());
         }
@@ -803,6 +812,7 @@ impl Args {
                 concurrency: self.concurrency,
                 initial_backoff: self.retry_initial,
                 max_backoff: self.retry_max,
+                settle_after: self.settle_after.unwrap_or(http.timeout * 3),
                 ..DeliveryConfig::default()
             },
             http,
@@ -958,6 +968,23 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn settling_defaults_to_a_few_http_timeouts() {
+        let settle = |extra: &[&str]| {
+            let mut list = vec!["--git-url=https://github.com/o/r", "--github-token=t"];
+            list.extend_from_slice(extra);
+            args(&list).unwrap().validate().map(|c| c.delivery.settle_after)
+        };
+        assert_eq!(settle(&[]).unwrap(), Duration::from_secs(45));
+        assert_eq!(settle(&["--http-timeout=2s"]).unwrap(), Duration::from_secs(6));
+        assert_eq!(
+            settle(&["--http-timeout=2s", "--settle-after=500ms"]).unwrap(),
+            Duration::from_millis(500)
+        );
+        let err = settle(&["--settle-after=0s"]).unwrap_err();
+        assert!(err.to_string().contains("--settle-after"), "{err}");
     }
 
     #[test]

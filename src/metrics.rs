@@ -27,7 +27,8 @@ pub struct SkipLabels {
 pub struct StatusLabels {
     pub provider: &'static str,
     pub state: &'static str,
-    /// `written`, `deduplicated`, `dropped`.
+    /// `written`, `deduplicated`, `dropped`, `reconciled` (found on top when read
+    /// back), `in_doubt` (a write whose outcome is unknown).
     pub result: &'static str,
 }
 
@@ -83,6 +84,7 @@ pub struct Metrics {
     pub skipped: Family<SkipLabels, Counter>,
     pub statuses: Family<StatusLabels, Counter>,
     pub retries: Family<ProviderLabels, Counter>,
+    pub read_backs: Family<ProviderOnly, Counter>,
     pub queue_depth: Gauge,
     pub in_flight: Gauge,
     pub oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -117,6 +119,12 @@ impl Metrics {
             "provider_retries",
             "Provider requests that will be retried, by reason",
             retries.clone(),
+        );
+        let read_backs = Family::<ProviderOnly, Counter>::default();
+        registry.register(
+            "provider_read_backs",
+            "Listings of a commit's statuses read before writing a key whose last write may have landed",
+            read_backs.clone(),
         );
         let queue_depth = Gauge::default();
         registry.register(
@@ -209,6 +217,7 @@ impl Metrics {
             skipped,
             statuses,
             retries,
+            read_backs,
             queue_depth,
             in_flight,
             oldest_pending_seconds,

@@ -167,7 +167,8 @@ async fn kill_minus_nine_mid_write_loses_nothing_and_writes_nothing_twice() {
     assert!(before_restart < n, "the kill came too late to test anything");
 
     github.delay_ms.store(0, Ordering::Relaxed);
-    let second = daemon(state.clone(), &server, &[]).await;
+    // Writes cut off by the kill are read back once they can no longer land.
+    let second = daemon(state.clone(), &server, &["--settle-after", "1s"]).await;
     github
         .wait_until("every accepted status", Duration::from_secs(30), |g| {
             g.current().len() == n
@@ -204,7 +205,14 @@ async fn a_minute_long_outage_delays_but_loses_nothing() {
     let d = daemon(
         support::temp_dir("outage"),
         &server,
-        &["--retry-initial", "200ms", "--retry-max", "5s"],
+        &[
+            "--retry-initial",
+            "200ms",
+            "--retry-max",
+            "5s",
+            "--settle-after",
+            "1s",
+        ],
     )
     .await;
     for i in 0..5 {

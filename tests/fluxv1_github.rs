@@ -268,7 +268,9 @@ async fn server_errors_are_retried_until_the_status_lands() {
         vec![ResponseTemplate::new(500), ResponseTemplate::new(502)],
     )
     .await;
-    let daemon = github_daemon(&github, &[]).await;
+    // A 5xx may come after the write was applied: each retry reads back first,
+    // after a grace period kept short here.
+    let daemon = github_daemon(&github, &["--settle-after", "100ms"]).await;
     let (status, _) = post_as_fluxd(&daemon.url("/v6/events"), compact("v1/event-sync.json"), None).await;
     assert_eq!(status, 202);
     let reqs = github.expect_exactly(3, Duration::from_millis(500)).await;

@@ -290,6 +290,10 @@ impl Notifier for AzureDevOps {
         http::write(NAME, req, sign_in_page).await
     }
 
+    fn reads_back_as(&self, s: State) -> State {
+        read_state(state(s)).unwrap_or(s)
+    }
+
     async fn check_credentials(&self) -> Result<(), NotifyError> {
         self.get(format!("{}?api-version={API_VERSION}", self.repo_url))
             .await

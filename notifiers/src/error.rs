@@ -64,4 +64,50 @@ impl NotifyError {
     pub fn is_retryable(&self) -> bool {
         self.retry != Retry::Permanent
     }
+
+    /// Whether a failed write may still have been applied, now or later: the
+    /// provider had the request and we never learnt how it ended (our timeout, the
+    /// connection lost after sending, a 5xx). A refused connection, a rate limit or a
+    /// 4xx answer means the write was not applied.
+    pub fn may_have_landed(&self) -> bool {
+        match self.reason {
+            Reason::Timeout => self.status != Some(408),
+            // A 5xx, or a transport failure once connected (reset, cut-off answer).
+            Reason::ServerError => true,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_write_the_provider_may_have_taken_is_in_doubt() {
+        let e = |reason, status| NotifyError {
+            provider: "github",
+            retry: Retry::Transient,
+            reason,
+            status,
+            message: String::new(),
+            retry_after: None,
+        };
+        for (reason, status, doubt) in [
+            (Reason::Timeout, None, true),
+            (Reason::ServerError, None, true),
+            (Reason::ServerError, Some(502), true),
+            (Reason::Timeout, Some(408), false),
+            (Reason::Connect, None, false),
+            (Reason::RateLimited, Some(429), false),
+            (Reason::Conflict, Some(409), false),
+            (Reason::Invalid, Some(422), false),
+        ] {
+            assert_eq!(
+                e(reason, status).may_have_landed(),
+                doubt,
+                "{reason:?} {status:?}"
+            );
+        }
+    }
 }

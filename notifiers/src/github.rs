@@ -140,6 +140,10 @@ impl Notifier for GitHub {
         http::write(NAME, req.json(&body), http::no_special_answers).await
     }
 
+    fn reads_back_as(&self, s: State) -> State {
+        read_state(state(s)).unwrap_or(s)
+    }
+
     async fn check_credentials(&self) -> Result<(), NotifyError> {
         http::read(NAME, self.auth(self.client.get(&self.repo_url))?)
             .await

@@ -159,6 +159,10 @@ impl Notifier for GitLab {
         http::write(NAME, req, already_in_state).await
     }
 
+    fn reads_back_as(&self, s: State) -> State {
+        read_state(state(s)).unwrap_or(s)
+    }
+
     async fn check_credentials(&self) -> Result<(), NotifyError> {
         http::read(
             NAME,

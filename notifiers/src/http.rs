@@ -123,10 +123,12 @@ impl HttpResponse {
 /// as responses for the provider to read (some providers give 400s a meaning).
 pub async fn send(provider: &'static str, req: RequestBuilder) -> Result<HttpResponse, NotifyError> {
     let transport = |e: reqwest::Error| {
-        let reason = if e.is_timeout() {
-            Reason::Timeout
-        } else if e.is_connect() {
+        // Connecting first: a request that never got a connection was never sent,
+        // even when it was the connect timeout that ended it.
+        let reason = if e.is_connect() {
             Reason::Connect
+        } else if e.is_timeout() {
+            Reason::Timeout
         } else {
             Reason::ServerError
         };

@@ -137,6 +137,13 @@ pub trait Notifier: Send + Sync {
     /// Every status on the commit that maps to one of our states, newest first, all
     /// pages followed. Statuses in states we do not know are left out.
     async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError>;
+
+    /// The state [`list_statuses`](Notifier::list_statuses) shows once `state` is
+    /// written: a provider with fewer states folds some together (GitHub shows a
+    /// canceled deploy as `error`, read back as failed).
+    fn reads_back_as(&self, state: State) -> State {
+        state
+    }
 }
 
 /// What a provider said of our remaining request budget, when it said anything.

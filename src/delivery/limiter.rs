@@ -33,6 +33,12 @@ impl Bucket {
         self.at = now;
     }
 
+    /// May go below zero (a write decided after a read-back): the debt is waited out.
+    fn spend(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens -= 1.0;
+    }
+
     /// When one token will be available (now if it already is).
     fn ready_at(&mut self, now: Instant) -> Instant {
         self.refill(now);
@@ -53,32 +59,43 @@ pub struct Limits {
 
 #[derive(Debug, Clone)]
 pub struct Limiter {
-    buckets: Vec<Bucket>,
+    writes: Option<Bucket>,
+    requests: Option<Bucket>,
 }
 
 impl Limiter {
     pub fn new(limits: Limits, now: Instant) -> Self {
-        let mut buckets = Vec::new();
-        if let Some(n) = limits.writes_per_minute {
-            buckets.push(Bucket::new(n, Duration::from_secs(60), now));
+        Limiter {
+            writes: limits
+                .writes_per_minute
+                .map(|n| Bucket::new(n, Duration::from_secs(60), now)),
+            requests: limits
+                .requests_per_hour
+                .map(|n| Bucket::new(n, Duration::from_secs(3600), now)),
         }
-        if let Some(n) = limits.requests_per_hour {
-            buckets.push(Bucket::new(n, Duration::from_secs(3600), now));
-        }
-        Limiter { buckets }
+    }
+
+    fn buckets(&mut self) -> impl Iterator<Item = &mut Bucket> {
+        self.writes.iter_mut().chain(self.requests.iter_mut())
     }
 
     /// `None` if a write may go now, else when one may.
     pub fn blocked_until(&mut self, now: Instant) -> Option<Instant> {
-        let at = self.buckets.iter_mut().map(|b| b.ready_at(now)).max()?;
+        let at = self.buckets().map(|b| b.ready_at(now)).max()?;
         (at > now).then_some(at)
     }
 
     /// Spends one write's worth from every bucket.
     pub fn take(&mut self, now: Instant) {
-        for b in &mut self.buckets {
-            b.refill(now);
-            b.tokens -= 1.0;
+        for b in self.buckets() {
+            b.spend(now);
+        }
+    }
+
+    /// Spends one read's worth: a request, but no write.
+    pub fn take_read(&mut self, now: Instant) {
+        if let Some(b) = &mut self.requests {
+            b.spend(now);
         }
     }
 }
@@ -120,6 +137,23 @@ mod tests {
         l.take(t0);
         let next = l.blocked_until(t0).unwrap();
         assert_eq!(next, t0 + Duration::from_secs(1800), "2/h: one every 30 minutes");
+    }
+
+    #[test]
+    fn reads_cost_requests_not_writes() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(
+            Limits {
+                writes_per_minute: Some(1),
+                requests_per_hour: Some(3),
+            },
+            t0,
+        );
+        l.take_read(t0);
+        l.take_read(t0);
+        assert_eq!(l.blocked_until(t0), None, "the write is still there");
+        l.take(t0);
+        assert!(l.blocked_until(t0).is_some());
     }
 
     #[test]

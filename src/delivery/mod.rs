@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod limiter;
 pub mod outbox;
+pub mod readback;
 pub mod store;
 
 use crate::metrics::{Metrics, ProviderLabels};
@@ -12,6 +13,7 @@ use crate::update::{Key, Map, RepoId, StatusUpdate};
 use limiter::{Limiter, Limits};
 use notifiers::{Budget, Notifier, NotifyError, Reason, Retry};
 use outbox::{Completion, Full, Lease, Offer, Outbox};
+use readback::Listings;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -33,6 +35,10 @@ pub struct DeliveryConfig {
     pub max_backoff: Duration,
     /// How long to pause on a rate-limit answer that says nothing of when to come back.
     pub rate_limit_wait: Duration,
+    /// How long a write whose outcome we did not learn may still be applied by the
+    /// provider: its key is not written again, and not taken as settled, until a
+    /// read-back taken after that long.
+    pub settle_after: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -44,6 +50,7 @@ impl Default for DeliveryConfig {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
             rate_limit_wait: Duration::from_secs(60),
+            settle_after: Duration::from_secs(45),
         }
     }
 }
@@ -74,8 +81,16 @@ struct Throttle {
 /// How a send ended well.
 enum Sent {
     Written(Budget),
-    /// A previous run's write had landed; nothing was sent.
+    /// The read-back found the state on top, after every earlier attempt of unknown
+    /// outcome could have landed: nothing was sent.
     AlreadyThere,
+}
+
+/// How a send failed.
+struct Failed {
+    error: NotifyError,
+    /// The failed request was the write itself, so it may have been applied.
+    wrote: bool,
 }
 
 pub struct Delivery {
@@ -86,6 +101,9 @@ pub struct Delivery {
     persister: Persister,
     metrics: Arc<Metrics>,
     cfg: DeliveryConfig,
+    listings: Listings,
+    /// Where the grid of settle deadlines starts.
+    epoch: Instant,
 }
 
 /// A poisoned lock only means another thread panicked mid-update; the outbox's
@@ -117,11 +135,14 @@ impl Delivery {
                 )
             })
             .collect();
-        outbox.restore(recovered.written, pending, &in_flight);
+        // The previous run's last writes may still land: those keys are read back
+        // once that can no longer happen.
+        outbox.restore(recovered.written, pending, &in_flight, now + cfg.settle_after);
         if !outbox.is_empty() {
             info!(
                 pending = outbox.len(),
                 in_doubt = in_flight.len(),
+                read_back_in_s = cfg.settle_after.as_secs_f64(),
                 "resuming status updates from the outbox"
             );
         }
@@ -146,6 +167,8 @@ impl Delivery {
             persister,
             metrics,
             cfg,
+            listings: Listings::default(),
+            epoch: now,
         }
     }
 
@@ -225,7 +248,7 @@ impl Delivery {
     /// Sends until `stop` fires, then keeps sending for at most `drain` before giving
     /// up. Returns how many updates were left undelivered.
     pub async fn run(self: Arc<Self>, stop: CancellationToken, drain: Duration) -> usize {
-        let mut tasks: JoinSet<(Lease, Result<Sent, NotifyError>)> = JoinSet::new();
+        let mut tasks: JoinSet<(Lease, Result<Sent, Failed>)> = JoinSet::new();
         let mut deadline: Option<Instant> = None;
         let mut oldest_at = Instant::now() - OLDEST_REFRESH;
         loop {
@@ -281,7 +304,18 @@ impl Delivery {
         }
     }
 
-    fn fill(&self, tasks: &mut JoinSet<(Lease, Result<Sent, NotifyError>)>, now: Instant) {
+    /// Spends from `repo`'s request budget: a write, or a read.
+    fn spend(&self, repo: &RepoId, write: bool) {
+        if let Some(t) = lock(&self.throttles).get_mut(repo) {
+            if write {
+                t.limiter.take(Instant::now());
+            } else {
+                t.limiter.take_read(Instant::now());
+            }
+        }
+    }
+
+    fn fill(self: &Arc<Self>, tasks: &mut JoinSet<(Lease, Result<Sent, Failed>)>, now: Instant) {
         while tasks.len() < self.cfg.concurrency {
             let (lease, deduplicated, live) = {
                 let mut outbox = lock(&self.outbox);
@@ -314,7 +348,10 @@ impl Delivery {
                 }
                 continue;
             };
-            if let Some(t) = lock(&self.throttles).get_mut(&key.repo) {
+            // A read-back spends its own budget, and a write's only if it writes.
+            if lease.read_back.is_none()
+                && let Some(t) = lock(&self.throttles).get_mut(&key.repo)
+            {
                 t.limiter.take(now);
             }
             // Durable before the request leaves: if we die mid-write, the next start
@@ -329,9 +366,10 @@ impl Delivery {
                 state = %lease.update.status.state,
                 attempt = lease.attempt,
             );
+            let delivery = self.clone();
             tasks.spawn(
                 async move {
-                    let result = send(&*notifier, &lease, marked).await;
+                    let result = send(&delivery, &*notifier, &lease, marked).await;
                     (lease, result)
                 }
                 .instrument(span),
@@ -339,7 +377,7 @@ impl Delivery {
         }
     }
 
-    fn finish(&self, lease: Lease, result: Result<Sent, NotifyError>) {
+    fn finish(&self, lease: Lease, result: Result<Sent, Failed>) {
         let now = Instant::now();
         let u = &lease.update;
         let provider = self.provider_name(&u.repo);
@@ -367,7 +405,7 @@ impl Delivery {
                     }
                     Sent::AlreadyThere => (
                         "reconciled",
-                        "commit status was already written before the restart",
+                        "read back: the commit status is already on top; not written again",
                     ),
                 };
                 self.metrics.status(provider, u.status.state, result_label);
@@ -378,14 +416,14 @@ impl Delivery {
                     state = %u.status.state, attempt = lease.attempt, "{message}");
                 Completion::Written
             }
-            Err(e) if e.retry == Retry::Permanent => {
+            Err(Failed { error: e, .. }) if e.retry == Retry::Permanent => {
                 self.metrics.status(provider, u.status.state, "dropped");
                 error!(provider, repo = %u.repo, sha = %u.status.sha, check = %u.status.check,
                     state = %u.status.state, http_status = e.status, reason = e.reason.as_str(),
                     error = %e.message, "provider rejected commit status; not retrying");
                 Completion::Dropped
             }
-            Err(e) => {
+            Err(Failed { error: e, wrote }) => {
                 let backoff = backoff::delay(lease.attempt, self.cfg.initial_backoff, self.cfg.max_backoff);
                 let delay = match (e.retry, e.retry_after) {
                     (_, Some(asked)) => asked.min(Duration::from_secs(3600)),
@@ -402,11 +440,28 @@ impl Delivery {
                         reason: e.reason.as_str(),
                     })
                     .inc();
-                warn!(provider, repo = %u.repo, sha = %u.status.sha, check = %u.status.check,
-                    http_status = e.status, reason = e.reason.as_str(), error = %e.message,
-                    attempt = lease.attempt, retry_in_ms = delay.as_millis() as u64,
-                    "commit status write failed; will retry");
-                Completion::Retry(delay)
+                if wrote && e.may_have_landed() {
+                    // It may show up on the provider later still, on top of a newer
+                    // state written meanwhile, or beside the same state written again.
+                    let until = settle_deadline(self.epoch, now, self.cfg.settle_after);
+                    self.metrics.status(provider, u.status.state, "in_doubt");
+                    warn!(provider, repo = %u.repo, sha = %u.status.sha, check = %u.status.check,
+                        state = %u.status.state, http_status = e.status, reason = e.reason.as_str(),
+                        error = %e.message, attempt = lease.attempt,
+                        read_back_in_ms = until.max(now + delay).saturating_duration_since(now).as_millis() as u64,
+                        "commit status write may have been applied; reading it back before writing again");
+                    Completion::InDoubt { retry: delay, until }
+                } else {
+                    let message = if wrote || lease.read_back.is_none() {
+                        "commit status write failed; will retry"
+                    } else {
+                        "reading the commit's statuses back failed; will retry before writing"
+                    };
+                    warn!(provider, repo = %u.repo, sha = %u.status.sha, check = %u.status.check,
+                        http_status = e.status, reason = e.reason.as_str(), error = %e.message,
+                        attempt = lease.attempt, retry_in_ms = delay.as_millis() as u64, "{message}");
+                    Completion::Retry(delay)
+                }
             }
         };
         let key = lease.update.key();
@@ -420,8 +475,8 @@ impl Delivery {
         if done.removed {
             ops.push(Op::Done(key.clone()));
         }
-        // A retry keeps its mark: whether that attempt landed stays in doubt.
-        if !matches!(completion, Completion::Retry(_)) {
+        // A key in doubt keeps its mark, so that a restart reads back before writing.
+        if !done.in_doubt {
             ops.push(Op::Landed(key));
         }
         self.persister.submit(&ops, outbox.records());
@@ -442,35 +497,107 @@ impl Delivery {
     }
 }
 
-/// One write: wait for the in-flight mark to be durable, read back first when a
-/// previous run may have sent it already, then write.
-async fn send(notifier: &dyn Notifier, lease: &Lease, marked: store::Durable) -> Result<Sent, NotifyError> {
-    let status = &lease.update.status;
+/// One write: wait for the in-flight mark to be durable, read back first when an
+/// earlier attempt (of this run or a previous one) may have landed, then write.
+async fn send(
+    delivery: &Delivery,
+    notifier: &dyn Notifier,
+    lease: &Lease,
+    marked: store::Durable,
+) -> Result<Sent, Failed> {
+    let (repo, status) = (&lease.update.repo, &lease.update.status);
     if let Err(e) = marked.wait().await {
-        return Err(NotifyError {
-            provider: "store",
-            retry: Retry::Transient,
-            reason: Reason::UnexpectedResponse,
-            status: None,
-            message: format!("cannot record the write as under way: {e}"),
-            retry_after: None,
+        return Err(Failed {
+            error: NotifyError {
+                provider: "store",
+                retry: Retry::Transient,
+                reason: Reason::UnexpectedResponse,
+                status: None,
+                message: format!("cannot record the write as under way: {e}"),
+                retry_after: None,
+            },
+            wrote: false,
         });
     }
-    if lease.reconcile {
-        let current = notifier.list_statuses(&status.sha).await?;
-        if current
-            .iter()
-            .find(|s| s.check == status.check)
-            .is_some_and(|s| s.state == status.state)
-        {
-            return Ok(Sent::AlreadyThere);
+    if let Some(after) = lease.read_back {
+        let listed = delivery
+            .listings
+            .at_or_after(repo, &status.sha, after, || {
+                delivery.spend(repo, false);
+                delivery
+                    .metrics
+                    .read_backs
+                    .get_or_create(&crate::metrics::ProviderOnly {
+                        provider: notifier.name(),
+                    })
+                    .inc();
+                notifier.list_statuses(&status.sha)
+            })
+            .await;
+        match listed {
+            Ok(listing) => {
+                let top = listing.top(&status.check);
+                if top == Some(notifier.reads_back_as(status.state)) {
+                    return Ok(Sent::AlreadyThere);
+                }
+                info!(
+                    on_top = top.map(|s| s.as_str()).unwrap_or("none"),
+                    "read back: the newest state is not on top; writing it"
+                );
+            }
+            // A credential that may write but not read: better a status twice than none.
+            Err(e) if e.retry == Retry::Permanent => {
+                warn!(http_status = e.status, reason = e.reason.as_str(), error = %e.message,
+                    "cannot read the commit's statuses back; writing without knowing what is on top");
+            }
+            Err(error) => return Err(Failed { error, wrote: false }),
         }
+        delivery.spend(repo, true);
     }
-    notifier.set_status(status).await.map(Sent::Written)
+    notifier
+        .set_status(status)
+        .await
+        .map(Sent::Written)
+        .map_err(|error| Failed { error, wrote: true })
+}
+
+/// When a write of unknown outcome sent before `now` can no longer land: at least
+/// `settle` later, rounded up to a grid, so that the checks of one commit failing
+/// close together come due for their read-back together and share one listing.
+fn settle_deadline(epoch: Instant, now: Instant, settle: Duration) -> Instant {
+    let grid = (settle / 8)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5))
+        .as_nanos();
+    let since = (now + settle).saturating_duration_since(epoch).as_nanos();
+    let rounded = since.div_ceil(grid) * grid;
+    epoch + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
 }
 
 async fn sleep_until(at: Option<Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_close_together_settle_together() {
+        let epoch = Instant::now();
+        let settle = Duration::from_secs(8);
+        let at = |ms| settle_deadline(epoch, epoch + Duration::from_millis(ms), settle);
+        for ms in [0, 1, 999, 1000, 1001, 12_345] {
+            let now = epoch + Duration::from_millis(ms);
+            let until = at(ms);
+            assert!(until >= now + settle, "{ms}: never before the grace is over");
+            assert!(
+                until < now + settle + Duration::from_secs(1),
+                "{ms}: a grid of settle/8"
+            );
+        }
+        assert_eq!(at(1), at(999), "one grid cell, one deadline");
+        assert_ne!(at(999), at(1001));
     }
 }

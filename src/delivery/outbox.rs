@@ -4,6 +4,9 @@
 //! - an update for a key already pending replaces it (coalescing: newest wins);
 //! - an update equal to what was last written for its key is not sent (dedup);
 //! - a key is in flight at most once, so writes for one check never race;
+//! - after an attempt whose outcome is unknown, the key is in doubt: nothing is
+//!   written for it until that attempt can no longer land, and then only after a
+//!   read-back; it stays pending (and out of the dedup memory) until then;
 //! - the number of pending keys is bounded; a full outbox refuses, it never drops;
 //! - updates due for sending wait in one queue per repository, taken in turn, so a
 //!   repository held back by its provider's budget costs nothing per update, and
@@ -37,9 +40,9 @@ pub struct Lease {
     generation: u64,
     pub attempt: u32,
     pub accepted_at: Instant,
-    /// A previous run may have sent this write before it died: read the provider's
-    /// status before writing again.
-    pub reconcile: bool,
+    /// An earlier attempt, of this run or one before, may have landed: read the
+    /// provider's statuses, taken no earlier than this, before writing.
+    pub read_back: Option<Instant>,
 }
 
 /// What a completion changed beyond the entry itself, for the durable store.
@@ -51,13 +54,22 @@ pub struct Completed {
     pub evicted: Vec<Key>,
     /// Order of this write in the written memory, when it was written.
     pub written_seq: Option<u64>,
+    /// An attempt whose outcome is unknown is still unsettled: keep the key's
+    /// in-flight mark, so that a restart reads back before writing.
+    pub in_doubt: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Completion {
     Written,
-    /// Retry no earlier than after this delay.
+    /// Not applied (or nothing learnt): retry no earlier than after this delay.
     Retry(Duration),
+    /// The write may have been applied, now or as late as `until`: retry after the
+    /// delay, and not before `until`, with a read-back first.
+    InDoubt {
+        retry: Duration,
+        until: Instant,
+    },
     /// Dropped: retrying cannot help.
     Dropped,
 }
@@ -71,7 +83,9 @@ struct Entry {
     accepted_at: Instant,
     /// Set while the entry waits in `delayed`; a heap item whose time differs is stale.
     due: Option<Instant>,
-    reconcile: bool,
+    /// Until when an attempt of unknown outcome may still land: the next write
+    /// waits for it and for a read-back taken after it.
+    doubt: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -149,12 +163,14 @@ impl Outbox {
     }
 
     /// Loads what a previous run left: written states (oldest first), then pending
-    /// updates, those in `in_flight` to be reconciled before any new write.
+    /// updates. Those in `in_flight` may have been sent by the previous run, which
+    /// may still land until `settled_at`: they wait for it and are read back first.
     pub fn restore(
         &mut self,
         written: Vec<(StatusUpdate, u64)>,
         pending: Vec<(StatusUpdate, Instant)>,
         in_flight: &std::collections::HashSet<Key>,
+        settled_at: Instant,
     ) {
         for (u, seq) in written {
             self.written.insert_with_seq(u.key(), &u, seq);
@@ -162,19 +178,25 @@ impl Outbox {
         for (u, accepted_at) in pending {
             let key = u.key();
             self.next_generation += 1;
+            let doubt = in_flight.contains(&key).then_some(settled_at);
             self.entries.insert(
                 key.clone(),
                 Entry {
-                    reconcile: in_flight.contains(&key),
                     update: u,
                     generation: self.next_generation,
                     attempts: 0,
                     in_flight: false,
                     accepted_at,
-                    due: None,
+                    due: doubt,
+                    doubt,
                 },
             );
-            self.push_ready(key);
+            match doubt {
+                Some(at) => self
+                    .delayed
+                    .push(Reverse((at, self.next_generation, KeyOrd(key)))),
+                None => self.push_ready(key),
+            }
         }
     }
 
@@ -224,7 +246,7 @@ impl Outbox {
                     in_flight: false,
                     accepted_at: now,
                     due: None,
-                    reconcile: false,
+                    doubt: None,
                 });
                 self.push_ready(key);
                 Offer::Queued
@@ -261,10 +283,11 @@ impl Outbox {
                 let Some(entry) = self.entries.get_mut(&key) else {
                     continue;
                 };
-                if entry.in_flight {
+                if entry.in_flight || entry.due.is_some() {
                     continue;
                 }
-                if self.written.matches(&key, &entry.update) {
+                // In doubt, what the provider shows is unknown: the read-back decides.
+                if entry.doubt.is_none() && self.written.matches(&key, &entry.update) {
                     self.entries.remove(&key);
                     deduplicated.push(key);
                     continue;
@@ -275,7 +298,7 @@ impl Outbox {
                     generation: entry.generation,
                     attempt: entry.attempts + 1,
                     accepted_at: entry.accepted_at,
-                    reconcile: entry.reconcile,
+                    read_back: entry.doubt,
                 });
                 break;
             }
@@ -341,6 +364,8 @@ impl Outbox {
         let superseded = entry.generation != lease.generation;
         match outcome {
             Completion::Written | Completion::Dropped => {
+                // Writes wait out every doubt: no earlier attempt can land any more.
+                entry.doubt = None;
                 if matches!(outcome, Completion::Written) {
                     let (seq, evicted) = self.written.insert(key.clone(), &lease.update);
                     done.written_seq = Some(seq);
@@ -350,7 +375,6 @@ impl Outbox {
                     // The newer state goes out next (for a drop: it may well be accepted).
                     let entry = self.entries.get_mut(&key).expect("entry checked above");
                     entry.attempts = 0;
-                    entry.reconcile = false;
                     self.push_ready(key);
                 } else {
                     self.entries.remove(&key);
@@ -359,9 +383,25 @@ impl Outbox {
             }
             Completion::Retry(delay) => {
                 entry.attempts += 1;
-                entry.due = Some(now + delay);
+                let due = entry.doubt.map_or(now + delay, |d| d.max(now + delay));
+                entry.due = Some(due);
+                done.in_doubt = entry.doubt.is_some();
+                self.delayed.push(Reverse((due, entry.generation, KeyOrd(key))));
+            }
+            Completion::InDoubt { retry, until } => {
+                entry.attempts += 1;
+                let until = entry.doubt.map_or(until, |d| d.max(until));
+                entry.doubt = Some(until);
+                let due = until.max(now + retry);
+                entry.due = Some(due);
+                done.in_doubt = true;
                 self.delayed
-                    .push(Reverse((now + delay, entry.generation, KeyOrd(key))));
+                    .push(Reverse((due, entry.generation, KeyOrd(key.clone()))));
+                // The provider may show this attempt's state or an older one: no
+                // memory of a written state may skip the next update.
+                if self.written.forget(&key) {
+                    done.evicted.push(key);
+                }
             }
         }
         done
@@ -404,6 +444,23 @@ impl Written {
         })
     }
 
+    /// Forgets what was written for `key`; whether there was anything.
+    fn forget(&mut self, key: &Key) -> bool {
+        if self.map.remove(key).is_none() {
+            return false;
+        }
+        // `order` keeps the key until eviction comes to it and skips it there; it is
+        // only rebuilt once such leftovers make up most of it, which keeps a forget
+        // cheap and `order` bounded.
+        if self.order.len() > 2 * self.map.len() + 1024 {
+            let mut seen = std::collections::HashSet::new();
+            let map = &self.map;
+            self.order
+                .retain(|k| map.contains_key(k) && seen.insert(k.clone()));
+        }
+        true
+    }
+
     /// Remembers a write; returns its sequence number and the keys forgotten.
     fn insert(&mut self, key: Key, u: &StatusUpdate) -> (u64, Vec<Key>) {
         let seq = self.next_seq;
@@ -423,8 +480,9 @@ impl Written {
             while self.map.len() > self.capacity {
                 match self.order.pop_front() {
                     Some(old) => {
-                        self.map.remove(&old);
-                        evicted.push(old);
+                        if self.map.remove(&old).is_some() {
+                            evicted.push(old);
+                        }
                     }
                     None => break,
                 }
@@ -692,7 +750,8 @@ mod tests {
             Completed {
                 removed: true,
                 evicted: vec![],
-                written_seq: Some(0)
+                written_seq: Some(0),
+                in_doubt: false
             }
         );
         ob.offer_all(vec![update('b', "c", State::Succeeded)], now)
@@ -707,8 +766,9 @@ mod tests {
     }
 
     #[test]
-    fn restored_in_flight_updates_are_reconciled_first() {
+    fn restored_in_flight_updates_wait_to_settle_and_are_read_back() {
         let now = Instant::now();
+        let settled = now + Duration::from_secs(45);
         let mut ob = Outbox::new(10, 10);
         let (a, b) = (
             update('a', "c", State::Succeeded),
@@ -716,19 +776,100 @@ mod tests {
         );
         let in_flight = std::collections::HashSet::from([a.key()]);
         ob.restore(
-            vec![(update('c', "c", State::Succeeded), 4)],
+            vec![(update('c', "c", State::Succeeded), 4), (a.clone(), 5)],
             vec![(a.clone(), now), (b.clone(), now)],
             &in_flight,
+            settled,
         );
         let first = ob.next_ready(now, no_pause).0.unwrap();
-        let second = ob.next_ready(now, no_pause).0.unwrap();
-        assert_eq!((first.update, first.reconcile), (a, true));
-        assert_eq!((second.update, second.reconcile), (b, false));
+        assert_eq!((first.update, first.read_back), (b, None));
+        assert!(
+            ob.next_ready(now, no_pause).0.is_none(),
+            "the previous run's write may still land"
+        );
+        assert_eq!(ob.next_due(), Some(settled));
+        let (lease, deduplicated) = ob.next_ready(settled, no_pause);
+        assert!(
+            deduplicated.is_empty(),
+            "the memory of 'a' does not skip the read-back"
+        );
+        let lease = lease.unwrap();
+        assert_eq!((lease.update, lease.read_back), (a, Some(settled)));
         assert_eq!(
             ob.offer_all(vec![update('c', "c", State::Succeeded)], now)
                 .unwrap(),
             vec![Offer::Unchanged]
         );
+    }
+
+    #[test]
+    fn a_write_in_doubt_is_not_repeated_before_it_settles() {
+        let now = Instant::now();
+        let until = now + Duration::from_secs(45);
+        let mut ob = Outbox::new(10, 10);
+        // Written once already: the memory must not outlive the doubt.
+        ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+            .unwrap();
+        let l = ob.next_ready(now, no_pause).0.unwrap();
+        ob.complete(&l, Completion::Written, now);
+        ob.offer_all(vec![update('a', "c", State::Pending)], now).unwrap();
+        let pending = ob.next_ready(now, no_pause).0.unwrap();
+        assert_eq!(pending.read_back, None, "the happy path reads nothing");
+        // The newer state arrives while the pending write hangs.
+        ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+            .unwrap();
+        let done = ob.complete(
+            &pending,
+            Completion::InDoubt {
+                retry: Duration::from_secs(1),
+                until,
+            },
+            now,
+        );
+        assert!(done.in_doubt && !done.removed);
+        assert_eq!(
+            done.evicted,
+            vec![pending.update.key()],
+            "forget what was written"
+        );
+        assert!(
+            ob.next_ready(now + Duration::from_secs(1), no_pause).0.is_none(),
+            "no write while the hung one may still land"
+        );
+        assert_eq!(
+            ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+                .unwrap(),
+            vec![Offer::Coalesced],
+            "not taken as written while in doubt"
+        );
+        let next = ob.next_ready(until, no_pause).0.unwrap();
+        assert_eq!(next.update.status.state, State::Succeeded);
+        assert_eq!(next.read_back, Some(until));
+        // The read-back failed: still in doubt, the mark is kept.
+        let done = ob.complete(&next, Completion::Retry(Duration::from_secs(2)), until);
+        assert!(done.in_doubt);
+        let again = ob.next_ready(until + Duration::from_secs(2), no_pause).0.unwrap();
+        assert_eq!(again.read_back, Some(until), "still read back first");
+        let done = ob.complete(&again, Completion::Written, until);
+        assert!(done.removed && !done.in_doubt);
+        assert_eq!(
+            ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
+                .unwrap(),
+            vec![Offer::Unchanged],
+            "settled: remembered again"
+        );
+    }
+
+    #[test]
+    fn a_write_never_sent_is_retried_without_a_read_back() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 10);
+        ob.offer_all(vec![update('a', "c", State::Pending)], now).unwrap();
+        let l = ob.next_ready(now, no_pause).0.unwrap();
+        let done = ob.complete(&l, Completion::Retry(Duration::from_secs(1)), now);
+        assert!(!done.in_doubt, "nothing can land: the mark goes");
+        let again = ob.next_ready(now + Duration::from_secs(1), no_pause).0.unwrap();
+        assert_eq!(again.read_back, None);
     }
 
     #[test]
