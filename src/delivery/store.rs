@@ -63,6 +63,9 @@ pub const MAX_RECORD: usize = 1 << 20;
 /// does not change the file's size and its fdatasync commits no metadata (on ext4 a
 /// size change costs a journal commit per fsync). A zero length ends the log.
 const PREALLOCATE: u64 = 1 << 20;
+/// Zeros kept ahead of the records: fewer, and more are laid down. Once the volume has
+/// no room for more, what is left of them is the room a compaction can use.
+const CUSHION: u64 = PREALLOCATE / 2;
 /// The log is not compacted below this size, while the volume has room.
 const COMPACT_MIN: u64 = 4 << 20;
 /// Nor below this once the volume is short of room.
@@ -598,7 +601,7 @@ fn copy_live(dir: &Path, end: u64, space: &Space) -> Result<Mark, StoreError> {
     // Pass 2: copy those records.
     let tmp = dir.join(COMPACTING);
     let err = StoreError::at(&tmp);
-    let mut file = File::create(&tmp).map_err(|e| err(&e))?;
+    let mut file = File::create(&tmp).map_err(|e| err(&space.note(e)))?;
     let mut w = BufWriter::with_capacity(
         64 << 10,
         Growing {
@@ -617,7 +620,7 @@ fn copy_live(dir: &Path, end: u64, space: &Space) -> Result<Mark, StoreError> {
     }
     w.flush().map_err(|e| err(&e))?;
     drop(w);
-    file.sync_data().map_err(|e| err(&e))?;
+    file.sync_data().map_err(|e| err(&space.note(e)))?;
     let len = file.metadata().map(|m| m.len()).map_err(|e| err(&e))?;
     Ok(Mark { len, records: kept })
 }
@@ -646,12 +649,14 @@ pub struct Store {
     /// The log's size when the next compaction was last planned.
     compact_base: u64,
     compact_min: u64,
-    /// The volume had no room for zeros ahead of the records.
+    /// The volume had no room for zeros ahead of the records (until a compaction).
     short_of_space: bool,
+    /// Said so in the log, and not yet that the room is back.
+    warned_short: bool,
     /// The last write failed.
     refused: bool,
     /// The log's length and record count when a compaction was last started for want
-    /// of room: not tried again until something changed.
+    /// of room: not tried again until the log changed.
     compact_tried: Option<(u64, u64)>,
     space: Space,
     /// Found at opening; reported once the persister starts.
@@ -772,6 +777,7 @@ impl Store {
             compact_base: 0,
             compact_min,
             short_of_space: false,
+            warned_short: false,
             refused: false,
             compact_tried: None,
             space: Space::default(),
@@ -826,33 +832,50 @@ impl Store {
     }
 
     /// Makes room for `n` more bytes of records: zeros written, not a hole, so that
-    /// writing the records later allocates nothing. Without room for the zeros, only
-    /// room for the records themselves is taken, and the log compacts sooner.
+    /// writing the records later allocates nothing. Without room for more zeros, the
+    /// records go into what is left of them, then take only their own room; the log
+    /// compacts sooner, and the zeros left are given back to make room for it.
     fn extend_for(&mut self, n: u64) -> std::io::Result<()> {
         let need = self.len + n;
-        if need <= self.allocated {
+        if need + CUSHION <= self.allocated {
             return Ok(());
         }
-        let ahead = need.div_ceil(PREALLOCATE) * PREALLOCATE + PREALLOCATE;
-        match self.lay_zeros(ahead) {
-            Ok(()) => {
-                if self.short_of_space {
-                    info!(path = %self.path.display(), "the state volume has room again ahead of the outbox log");
-                    self.short_of_space = false;
+        // Short of room, zeros are tried again only after a compaction made some.
+        if !self.short_of_space {
+            let ahead = need.div_ceil(PREALLOCATE) * PREALLOCATE + PREALLOCATE;
+            match self.lay_zeros(ahead) {
+                Ok(()) => {
+                    if self.warned_short {
+                        info!(path = %self.path.display(), "the state volume has room again ahead of the outbox log");
+                        self.warned_short = false;
+                    }
+                    return Ok(());
                 }
-            }
-            Err(e) => {
-                if !self.short_of_space {
-                    warn!(path = %self.path.display(), error = %e,
-                        "no room on the state volume for zeros ahead of the outbox log: writing records without them, compacting sooner");
+                Err(e) => {
+                    if !self.warned_short {
+                        warn!(path = %self.path.display(), error = %e,
+                            "no room on the state volume for zeros ahead of the outbox log: writing records without them, compacting sooner");
+                        self.warned_short = true;
+                    }
                     self.short_of_space = true;
                 }
-                // The write of the records grows the file to `need`.
-                self.space.grow(need - self.allocated)?;
-                self.allocated = need;
             }
         }
+        if need > self.allocated {
+            // The write of the records grows the file to `need`.
+            self.space.grow(need - self.allocated)?;
+            self.allocated = need;
+        }
         Ok(())
+    }
+
+    /// Gives the zeros ahead of the records back to the volume: short of room, they
+    /// are what a compaction can use.
+    fn release_zeros(&mut self) {
+        if self.allocated > self.len && self.file.set_len(self.len).is_ok() {
+            self.space.shrink(self.allocated - self.len);
+            self.allocated = self.len;
+        }
     }
 
     /// Writes zeros from the end of the file up to `to`; on failure the file is cut
@@ -902,6 +925,7 @@ impl Store {
         }
         let grown = if self.short_of_space {
             self.len >= (2 * self.compact_base).max(COMPACT_MIN_SHORT)
+                && self.compact_tried != Some((self.len, self.records))
         } else {
             self.len >= self.compact_at
         };
@@ -915,6 +939,9 @@ impl Store {
         let tmp = self.dir.join(COMPACTING);
         let err = StoreError::at(&tmp);
         let space = self.space.clone();
+        // The old file's zeros are of no use once it is replaced: their room is what
+        // copying the tail may need.
+        self.release_zeros();
         let switched = (|| -> std::io::Result<File> {
             self.cut_stray()?;
             // Not in append mode: records are written at their offset from now on.
@@ -944,6 +971,7 @@ impl Store {
                 self.records = compacted.records + appended;
                 self.allocated = self.len;
                 self.rearm_compaction();
+                self.short_of_space = false;
                 self.dir_synced = false;
                 if let Err(e) = self.sync_dir_if_needed() {
                     // The next write tries again, and fails until it can.
@@ -958,7 +986,7 @@ impl Store {
                 {
                     space.shrink(m.len());
                 }
-                Err(err(&e))
+                Err(err(&space.note(e)))
             }
         }
     }
@@ -1277,8 +1305,11 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
         let (batch, framed, compacted, stopping, retry) = {
             let mut queue = shared.queue();
             loop {
-                let retry = carried.due(Instant::now());
-                if queue.batch.is_some()
+                // Short of room, a compaction under way gets the room the zeros left
+                // first: writes wait for it rather than take that room and fail.
+                let hold = compacting && (store.short_of_space || store.refused);
+                let retry = carried.due(Instant::now()) && !hold;
+                if (queue.batch.is_some() && !hold)
                     || queue.compacted.is_some()
                     || (queue.stopping() && !compacting)
                     || retry
@@ -1320,7 +1351,13 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
                     info!(before_bytes = before, after_bytes = after, "outbox log compacted")
                 }
                 Err(e) => {
-                    store.rearm_compaction();
+                    if store.space.found_full() {
+                        // Tried again once the log changed, not once it doubled: on a
+                        // full volume it would not double.
+                        store.short_of_space = true;
+                    } else {
+                        store.rearm_compaction();
+                    }
                     warn!(error = %e, "outbox log compaction failed; the log stays as it is");
                 }
             }
@@ -1372,9 +1409,11 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
         }
         if !compacting && store.wants_compaction() {
             let (dir, end, space) = (store.dir.clone(), store.mark(), store.space.clone());
-            if store.refused {
+            if store.short_of_space || store.refused {
+                store.release_zeros();
                 store.compact_tried = Some((end.len, end.records));
             }
+            let _ = space.found_full();
             let helper = shared.clone();
             let spawned = std::thread::Builder::new()
                 .name("outbox-compact".into())
@@ -1413,11 +1452,14 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
 }
 
 #[cfg(test)]
+mod faults;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn update(c: char, check: &str, state: State) -> StatusUpdate {
+    pub(super) fn update(c: char, check: &str, state: State) -> StatusUpdate {
         StatusUpdate {
             repo: "github.com/o/r".into(),
             status: CommitStatus {
@@ -1430,21 +1472,21 @@ mod tests {
         }
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
+    pub(super) fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("flux-status-store-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
 
     /// A comparable form of what a store holds.
-    type Snapshot = (
+    pub(super) type Snapshot = (
         Vec<(StatusUpdate, SystemTime)>,
         Vec<String>,
         Vec<(StatusUpdate, u64)>,
         Option<Vec<u8>>,
     );
 
-    fn snapshot(rec: Recovered) -> Snapshot {
+    pub(super) fn snapshot(rec: Recovered) -> Snapshot {
         let mut in_flight: Vec<String> = rec
             .in_flight
             .iter()
@@ -1458,7 +1500,7 @@ mod tests {
     }
 
     /// What the ops leave, by the model: replaying them in memory.
-    fn model(ops: &[Op]) -> Snapshot {
+    pub(super) fn model(ops: &[Op]) -> Snapshot {
         let mut live = Live::default();
         for op in ops {
             live.apply(op.clone());
@@ -1466,15 +1508,15 @@ mod tests {
         snapshot(live.into_recovered())
     }
 
-    fn reopen(dir: &Path) -> Snapshot {
+    pub(super) fn reopen(dir: &Path) -> Snapshot {
         snapshot(Store::open(dir).unwrap().1)
     }
 
-    fn t(ms: u64) -> SystemTime {
+    pub(super) fn t(ms: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
     }
 
-    fn sample_ops() -> Vec<Op> {
+    pub(super) fn sample_ops() -> Vec<Op> {
         let (a, b, c) = (
             update('a', "x", State::Pending),
             update('b', "x", State::Succeeded),
@@ -1615,7 +1657,7 @@ mod tests {
     }
 
     /// Ops over a few keys, so that later ops override, remove and re-add earlier ones.
-    fn op_strategy() -> impl Strategy<Value = Op> {
+    pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
         let key = (0..4u8, 0..2u8);
         let state = prop::sample::select(State::ALL.to_vec());
         let upd = (key.clone(), state)
