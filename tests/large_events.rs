@@ -35,10 +35,15 @@ impl Respond for GitHub {
                 let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
                 let description = body["description"].as_str().unwrap_or("").to_string();
                 self.statuses.lock().unwrap().insert(sha.to_string(), description);
-                ResponseTemplate::new(201).set_body_json(json!({"id": 1, "state": body["state"], "context": body["context"]}))
+                ResponseTemplate::new(201)
+                    .set_body_json(json!({"id": 1, "state": body["state"], "context": body["context"]}))
             }
-            ("GET", ["repos", _, _, "commits", _, "statuses"]) => ResponseTemplate::new(200).set_body_json(json!([])),
-            ("GET", ["repos", _, _]) => ResponseTemplate::new(200).set_body_json(json!({"id": 1, "full_name": "acme/app"})),
+            ("GET", ["repos", _, _, "commits", _, "statuses"]) => {
+                ResponseTemplate::new(200).set_body_json(json!([]))
+            }
+            ("GET", ["repos", _, _]) => {
+                ResponseTemplate::new(200).set_body_json(json!({"id": 1, "full_name": "acme/app"}))
+            }
             _ => ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found"})),
         }
     }
@@ -76,16 +81,23 @@ async fn daemon(state: std::path::PathBuf, github: &MockServer) -> Daemon {
     let api = github.uri();
     Daemon::start_in(
         state,
-        &["--git-url", "https://github.com/acme/app", "--instance", "dev", "--api-url", &api],
+        &[
+            "--git-url",
+            "https://github.com/acme/app",
+            "--instance",
+            "dev",
+            "--api-url",
+            &api,
+        ],
         &[("GITHUB_TOKEN", TOKEN)],
     )
     .await
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+async fn wait_for(what: impl Fn() -> String, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out waiting for {}", what());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -94,7 +106,10 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
 async fn large_events_and_every_event_after_them_survive_kill_minus_nine() {
     let github = GitHub::default();
     let server = MockServer::start().await;
-    Mock::given(any()).respond_with(github.clone()).mount(&server).await;
+    Mock::given(any())
+        .respond_with(github.clone())
+        .mount(&server)
+        .await;
     // Down while the events come in: every status is still pending at the kill.
     github.down.store(true, Ordering::Relaxed);
     let state = support::temp_dir("large-events");
@@ -122,7 +137,10 @@ async fn large_events_and_every_event_after_them_survive_kill_minus_nine() {
     let second = daemon(state.clone(), &server).await;
     let statuses = github.statuses.clone();
     wait_for(
-        "a status for every acknowledged event",
+        || {
+            let n = github.statuses.lock().unwrap().len();
+            format!("a status for every acknowledged event: {n} of 22 delivered")
+        },
         Duration::from_secs(60),
         || statuses.lock().unwrap().len() == 22,
     )

@@ -416,9 +416,7 @@ fn replay(path: &Path) -> Result<Replayed, StoreError> {
     let window = File::open(path)
         .and_then(|f| FileWindow::new(f, None))
         .map_err(|e| err(&e))?;
-    replay_source(window)
-        .map_err(|e| err(&e))?
-        .map_err(|e| err(&e))
+    replay_source(window).map_err(|e| err(&e))?.map_err(|e| err(&e))
 }
 
 /// Replays a log given as bytes, its magic included, and returns how many records it
@@ -1272,8 +1270,11 @@ impl Carried {
             self.count = count;
         }
         if self.records.len() > CARRY_MAX {
-            error!(records = self.count, bytes = self.records.len(),
-                "the state volume has refused writes for long: dropping the changes kept for it; they stay in memory, but a restart before they are written again replays an older state");
+            error!(
+                records = self.count,
+                bytes = self.records.len(),
+                "the state volume has refused writes for long: dropping the changes kept for it; they stay in memory, but a restart before they are written again replays an older state"
+            );
             *self = Carried {
                 records: Vec::new(),
                 count: 0,
@@ -1381,7 +1382,10 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
             match &result {
                 Ok(()) => {
                     if carry {
-                        info!(records = carried.count, "the changes the state volume refused are written now");
+                        info!(
+                            records = carried.count,
+                            "the changes the state volume refused are written now"
+                        );
                         carried = Carried {
                             records: Vec::new(),
                             count: 0,

@@ -57,7 +57,15 @@ fn seen(s: &Seen) -> Vec<String> {
 fn deliveries(from: u64, rounds: u64) -> (Vec<Op>, usize) {
     let mut ops = Vec::new();
     for i in from..from + rounds {
-        let mut u = update('a', "x", if i % 3 == 0 { State::Pending } else { State::Succeeded });
+        let mut u = update(
+            'a',
+            "x",
+            if i % 3 == 0 {
+                State::Pending
+            } else {
+                State::Succeeded
+            },
+        );
         u.status.sha = Sha::parse(&format!("{:040x}", i % 20)).unwrap();
         ops.extend([
             Op::Pending(u.clone(), t(i)),
@@ -95,18 +103,27 @@ fn the_writer_refuses_a_record_the_reader_would_take_for_damage() {
     assert_eq!(framed.len(), HEADER + MAX_RECORD, "the limit is exact");
     let mut ops = sample_ops();
     ops.push(Op::Poll(Some(bytes)));
-    ops.push(Op::Pending(numbered(1, &"d".repeat(crate::update::MAX_DESCRIPTION_BYTES)), t(2)));
+    ops.push(Op::Pending(
+        numbered(1, &"d".repeat(crate::update::MAX_DESCRIPTION_BYTES)),
+        t(2),
+    ));
     assert!(ops.iter().all(|op| !matches!(op, Op::Pending(u, _) if !fits(u))));
     store.apply(&ops).unwrap();
     drop(store);
-    assert_eq!(reopen(&dir), model(&ops), "nothing after the refused change is lost");
+    assert_eq!(
+        reopen(&dir),
+        model(&ops),
+        "nothing after the refused change is lost"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_damaged_record_loses_only_itself_and_the_damaged_file_is_kept() {
     let dir = temp_dir("damaged");
-    let ops: Vec<Op> = (0..100).map(|i| Op::Pending(numbered(i, "synced"), t(i))).collect();
+    let ops: Vec<Op> = (0..100)
+        .map(|i| Op::Pending(numbered(i, "synced"), t(i)))
+        .collect();
     let mut starts = Vec::new();
     {
         let (mut store, _) = Store::open(&dir).unwrap();
@@ -132,7 +149,11 @@ fn a_damaged_record_loses_only_itself_and_the_damaged_file_is_kept() {
     assert_eq!(store.damage, Some(lost));
     let copies = damaged_copies(&dir);
     assert_eq!(copies.len(), 1, "{copies:?}");
-    assert_eq!(std::fs::read(&copies[0]).unwrap(), bytes, "the damaged file, as it was");
+    assert_eq!(
+        std::fs::read(&copies[0]).unwrap(),
+        bytes,
+        "the damaged file, as it was"
+    );
     // The loss is reported once the persister runs (the daemon counts it).
     let (persister, events) = watched(store);
     runtime().block_on(persister.stop()).unwrap();
@@ -151,7 +172,12 @@ fn a_log_cut_shorter_than_its_magic_is_kept_and_reported() {
     let dir = temp_dir("cut-short");
     Store::open(&dir).unwrap().0.apply(&sample_ops()).unwrap();
     let log = dir.join(LOG);
-    OpenOptions::new().write(true).open(&log).unwrap().set_len(8).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(8)
+        .unwrap();
     let (store, rec) = Store::open(&dir).unwrap();
     assert_eq!(snapshot(rec), model(&[]));
     assert_eq!(store.damage, Some(Damage { records: 0, bytes: 8 }));
@@ -193,8 +219,15 @@ fn a_volume_without_room_for_zeros_ahead_still_takes_every_change() {
     });
     let mut appended = Vec::new();
     frame_all(&all, &mut appended).unwrap();
-    assert!(appended.len() as u64 > 2 * room, "the changes alone overflow the volume");
-    assert!(seen(&events).contains(&"compacted ok".to_string()), "{:?}", seen(&events));
+    assert!(
+        appended.len() as u64 > 2 * room,
+        "the changes alone overflow the volume"
+    );
+    assert!(
+        seen(&events).contains(&"compacted ok".to_string()),
+        "{:?}",
+        seen(&events)
+    );
     assert!(std::fs::metadata(dir.join(LOG)).unwrap().len() <= room);
     assert_eq!(reopen(&dir), model(&all));
     let _ = std::fs::remove_dir_all(&dir);
@@ -220,19 +253,28 @@ fn a_full_volume_compacts_its_dead_records_to_make_room() {
         // Past the zeros laid down ahead: only the room of dead records is left.
         for batch in 270..600 {
             let (ops, live) = deliveries(batch * 10, 10);
-            persister
-                .submit(&ops, live)
-                .wait()
-                .await
-                .unwrap_or_else(|e| panic!("batch {batch} refused on a full volume: {e}; {:?} left {}", seen(&events), space.left()));
+            persister.submit(&ops, live).wait().await.unwrap_or_else(|e| {
+                panic!(
+                    "batch {batch} refused on a full volume: {e}; {:?} left {}",
+                    seen(&events),
+                    space.left()
+                )
+            });
             all.extend(ops);
         }
         persister.stop().await.unwrap();
     });
-    assert!(seen(&events).contains(&"compacted ok".to_string()), "{:?}", seen(&events));
+    assert!(
+        seen(&events).contains(&"compacted ok".to_string()),
+        "{:?}",
+        seen(&events)
+    );
     let mut appended = Vec::new();
     frame_all(&all, &mut appended).unwrap();
-    assert!(appended.len() as u64 > 2 * PREALLOCATE, "went past the zeros laid down");
+    assert!(
+        appended.len() as u64 > 2 * PREALLOCATE,
+        "went past the zeros laid down"
+    );
     assert_eq!(reopen(&dir), model(&all));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -315,11 +357,15 @@ fn a_real_six_mebibyte_volume_keeps_working_and_comes_back_after_filling_up() {
         // Far more than the volume holds, over the same checks: taken throughout.
         for batch in 0..3000 {
             let (ops, live) = deliveries(batch * 10, 10);
-            persister
-                .submit(&ops, live)
-                .wait()
-                .await
-                .unwrap_or_else(|e| panic!("batch {batch} refused: {e}; {:?}", seen(&events).iter().filter(|e| *e != "commit ok").collect::<Vec<_>>()));
+            persister.submit(&ops, live).wait().await.unwrap_or_else(|e| {
+                panic!(
+                    "batch {batch} refused: {e}; {:?}",
+                    seen(&events)
+                        .iter()
+                        .filter(|e| *e != "commit ok")
+                        .collect::<Vec<_>>()
+                )
+            });
             all.extend(ops);
         }
         // Then something else fills the volume.
@@ -329,7 +375,10 @@ fn a_real_six_mebibyte_volume_keeps_working_and_comes_back_after_filling_up() {
         let big: Vec<Op> = (100..140)
             .map(|i| Op::Pending(numbered(i, &"x".repeat(60 << 10)), t(i)))
             .collect();
-        assert!(persister.submit(&big, 60).wait().await.is_err(), "the volume is full");
+        assert!(
+            persister.submit(&big, 60).wait().await.is_err(),
+            "the volume is full"
+        );
         all.extend(big);
         let failed = seen(&events).len();
         std::fs::remove_file(&ballast).unwrap();
@@ -407,4 +456,3 @@ proptest! {
         prop_assert_eq!(replay_bytes(&log[..at]), whole);
     }
 }
-

@@ -27,7 +27,9 @@ impl Source for &[u8] {
     }
 
     fn get(&mut self, at: u64, len: usize) -> std::io::Result<Option<&[u8]>> {
-        let Ok(at) = usize::try_from(at) else { return Ok(None) };
+        let Ok(at) = usize::try_from(at) else {
+            return Ok(None);
+        };
         Ok(at.checked_add(len).and_then(|end| <[u8]>::get(self, at..end)))
     }
 }
@@ -251,7 +253,9 @@ impl<S: Source> Records<S> {
     fn records_within(&mut self, from: u64, to: u64) -> std::io::Result<u64> {
         let (mut at, mut n) = (from, 0u64);
         while at + (HEADER as u64) < to {
-            let Some(header) = self.src.get(at, HEADER)? else { break };
+            let Some(header) = self.src.get(at, HEADER)? else {
+                break;
+            };
             let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
             if len == 0 || len > MAX_RECORD as u64 {
                 break;

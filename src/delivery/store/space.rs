@@ -46,13 +46,16 @@ impl Space {
     /// Takes `bytes` of room for a file to grow by, or fails as a full volume does.
     pub(super) fn grow(&self, bytes: u64) -> std::io::Result<()> {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        let taken = self.0.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-            if left == UNLIMITED {
-                Some(left)
-            } else {
-                (left >= bytes).then(|| left - bytes)
-            }
-        });
+        let taken = self
+            .0
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                if left == UNLIMITED {
+                    Some(left)
+                } else {
+                    (left >= bytes).then(|| left - bytes)
+                }
+            });
         taken.map(|_| ()).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
@@ -64,17 +67,21 @@ impl Space {
     /// Gives back the room of `bytes` a file no longer takes.
     pub(super) fn shrink(&self, bytes: u64) {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        let _ = self.0.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-            (left != UNLIMITED).then(|| left.saturating_add(bytes).min(UNLIMITED - 1))
-        });
+        let _ = self
+            .0
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                (left != UNLIMITED).then(|| left.saturating_add(bytes).min(UNLIMITED - 1))
+            });
     }
 
     /// Sets the room left, as a test fills or frees the volume.
     #[cfg(test)]
     pub(super) fn set_left(&self, bytes: u64) {
-        self.0
-            .0
-            .store(i64::try_from(bytes).unwrap_or(UNLIMITED - 1).min(UNLIMITED - 1), Ordering::Release);
+        self.0.0.store(
+            i64::try_from(bytes).unwrap_or(UNLIMITED - 1).min(UNLIMITED - 1),
+            Ordering::Release,
+        );
     }
 
     #[cfg(test)]
