@@ -217,7 +217,7 @@ impl<S: Source> Records<S> {
     fn find_whole(&mut self, from: u64) -> std::io::Result<Option<(u64, usize)>> {
         let size = self.src.size();
         let mut at = from;
-        while at + HEADER as u64 + 1 <= size {
+        while at + (HEADER as u64) < size {
             match whole_at(&mut self.src, at)? {
                 Ok(len) => return Ok(Some((at, len))),
                 // Runs of zeros (the room ahead of the records, a zeroed block) are
