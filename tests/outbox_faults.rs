@@ -1,7 +1,7 @@
-//! One large event does not poison the outbox: a v1 sync with a 1.5 MiB error text and
-//! a v2 event with a 1.5 MiB message are accepted, kept within the store's record
-//! limit, and survive a `kill -9` together with every event after them; the log keeps
-//! compacting afterwards.
+//! The outbox log under faults, end to end: one large event does not poison it (a v1
+//! sync with a 1.5 MiB error text and a v2 event with a 1.5 MiB message are accepted,
+//! kept within the store's record limit, and survive a `kill -9` together with every
+//! event after them, and the log keeps compacting); a damaged record loses only itself.
 
 mod support;
 
@@ -186,4 +186,80 @@ async fn large_events_and_every_event_after_them_survive_kill_minus_nine() {
     );
     let size = std::fs::metadata(state.join("outbox.log")).unwrap().len();
     assert!(size < 12 << 20, "the log is {size} bytes");
+}
+
+/// Where each record of a log starts (after the 16-byte magic: length, CRC32, payload).
+fn record_starts(log: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut at = 16;
+    while at + 8 <= log.len() {
+        let len = u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        starts.push(at);
+        at += 8 + len;
+    }
+    starts
+}
+
+#[tokio::test]
+async fn a_damaged_record_loses_only_itself() {
+    let github = GitHub::default();
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(github.clone())
+        .mount(&server)
+        .await;
+    github.down.store(true, Ordering::Relaxed);
+    let state = support::temp_dir("damaged-log");
+    let mut first = daemon(state.clone(), &server).await;
+    let n = 50;
+    for i in 0..n {
+        let (code, _) = post_as_fluxd(&first.url("/v6/events"), v1_sync(&sha(i), None), None).await;
+        assert_eq!(code, 202);
+    }
+    first.signal("KILL");
+    first.wait_exit().await;
+
+    let path = state.join("outbox.log");
+    let mut log = std::fs::read(&path).unwrap();
+    let starts = record_starts(&log);
+    assert!(starts.len() >= n, "{} records", starts.len());
+    // One byte of the fourth record's contents.
+    log[starts[3] + 8 + 10] ^= 0x01;
+    std::fs::write(&path, &log).unwrap();
+
+    github.down.store(false, Ordering::Relaxed);
+    let second = daemon(state.clone(), &server).await;
+    let statuses = github.statuses.clone();
+    wait_for(
+        || {
+            let got = github.statuses.lock().unwrap().len();
+            format!("the events the damage did not touch: {got} of {n} delivered")
+        },
+        Duration::from_secs(60),
+        || statuses.lock().unwrap().len() >= n - 1,
+    )
+    .await;
+    let line = second
+        .find_log(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("the outbox log is damaged"))
+        })
+        .expect("the loss is logged");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["records_lost"], 1, "{line}");
+    assert_eq!(
+        second.metric("flux_status_outbox_damaged_records_total").await,
+        1.0
+    );
+    let copies: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("outbox.log.damaged-"))
+        .collect();
+    assert_eq!(copies.len(), 1, "the damaged file is kept beside the log");
+    assert_eq!(std::fs::read(copies[0].path()).unwrap(), log);
 }
