@@ -263,3 +263,42 @@ async fn a_damaged_record_loses_only_itself() {
     assert_eq!(copies.len(), 1, "the damaged file is kept beside the log");
     assert_eq!(std::fs::read(copies[0].path()).unwrap(), log);
 }
+
+#[tokio::test]
+async fn a_status_that_cannot_be_stored_even_cut_is_refused_not_acknowledged() {
+    let github = GitHub::default();
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(github.clone())
+        .mount(&server)
+        .await;
+    let d = daemon(support::temp_dir("too-large"), &server).await;
+    // The object's name becomes the check's: 2 KiB of it cannot be cut without
+    // merging distinct checks.
+    let mut event: Value = serde_json::from_slice(&v2_failed(&sha(7), "boom")).unwrap();
+    event["involvedObject"]["name"] = Value::String("a".repeat(2048));
+    let resp = support::http()
+        .post(d.url("/"))
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&event).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], "update_too_large", "{body}");
+    assert_eq!(
+        d.metric(r#"flux_status_events_received_total{source="fluxv2",type="kustomization",result="update_too_large"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        d.metric("flux_status_outbox_pending").await,
+        0.0,
+        "nothing queued"
+    );
+    assert!(
+        d.find_log(|l| l["message"] == "status update refused: too large to store")
+            .is_some()
+    );
+}
