@@ -64,7 +64,7 @@ pub enum Oversized {
     Repo(usize),
 }
 
-/// What [`StatusUpdate::bounded`] changed.
+/// What [`StatusUpdate::bound`] changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Cut {
     /// The description's length before it was cut.

@@ -69,7 +69,7 @@ pub enum AcceptError {
     TooLarge(String),
 }
 
-/// Brings every update within what the store keeps (see [`StatusUpdate::bounded`]):
+/// Brings every update within what the store keeps (see [`StatusUpdate::bound`]):
 /// the one place that updates from every source (v1, v2, workloads) pass through.
 fn bound(mut updates: Vec<StatusUpdate>) -> Result<Vec<StatusUpdate>, AcceptError> {
     for u in &mut updates {

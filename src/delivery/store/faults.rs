@@ -343,7 +343,10 @@ fn a_real_six_mebibyte_volume_keeps_working_and_comes_back_after_filling_up() {
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
