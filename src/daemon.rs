@@ -139,6 +139,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         .get_or_create(&ResultLabel::of(result))
                         .inc();
                 }
+                StoreEvent::Damaged(lost) => {
+                    ops.metrics.outbox_damaged_records.inc_by(lost.records);
+                    ops.metrics.outbox_damaged_bytes.inc_by(lost.bytes);
+                }
             })?;
             (persister, recovered)
         }

@@ -257,10 +257,21 @@ pub async fn persist(
             st.metrics.event(source, kind, "accepted");
             Ok(())
         }
+        Err(AcceptError::TooLarge(why)) => {
+            // Re-sending cannot help: not 503, which invites it.
+            st.metrics.event(source, kind, "update_too_large");
+            warn!(source, r#type = kind, reason = "update_too_large", error = %why, "event refused");
+            Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "update_too_large",
+                format!("status update too large to store: {why}"),
+            ))
+        }
         Err(e) => {
             let reason = match e {
                 AcceptError::Full(_) => "queue_full",
                 AcceptError::Store(_) => "store_unavailable",
+                AcceptError::TooLarge(_) => "update_too_large",
             };
             st.metrics.event(source, kind, reason);
             warn!(source, r#type = kind, reason, error = %e, "event refused; the sender will retry");

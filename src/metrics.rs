@@ -79,6 +79,8 @@ pub struct Metrics {
     pub outbox_pending: Gauge,
     pub outbox_commits: Family<ResultLabel, Counter>,
     pub outbox_compactions: Family<ResultLabel, Counter>,
+    pub outbox_damaged_records: Counter,
+    pub outbox_damaged_bytes: Counter,
     pub rate_limit_remaining: Family<ProviderOnly, Gauge>,
     pub events: Family<EventLabels, Counter>,
     pub skipped: Family<SkipLabels, Counter>,
@@ -150,6 +152,18 @@ impl Metrics {
             "Rewrites of the state store's log down to its live records, by result",
             outbox_compactions.clone(),
         );
+        let outbox_damaged_records = Counter::default();
+        registry.register(
+            "outbox_damaged_records",
+            "Records of the outbox log lost to damage found at start (skipped; the damaged file is copied beside the log)",
+            outbox_damaged_records.clone(),
+        );
+        let outbox_damaged_bytes = Counter::default();
+        registry.register(
+            "outbox_damaged_bytes",
+            "Bytes of the outbox log skipped as damage at start",
+            outbox_damaged_bytes.clone(),
+        );
         let rate_limit_remaining = Family::<ProviderOnly, Gauge>::default();
         registry.register(
             "rate_limit_remaining",
@@ -212,6 +226,8 @@ impl Metrics {
             outbox_pending,
             outbox_commits,
             outbox_compactions,
+            outbox_damaged_records,
+            outbox_damaged_bytes,
             rate_limit_remaining,
             events,
             skipped,

@@ -41,3 +41,133 @@ impl StatusUpdate {
             && self.status.target_url == other.status.target_url
     }
 }
+
+/// What an update keeps of its description: more than any provider shows (GitHub
+/// check-run summaries stop at 65,535 characters), so a cut here is never what a
+/// reader sees, while one huge error text cannot make a record the outbox log refuses.
+pub const MAX_DESCRIPTION_BYTES: usize = 64 << 10;
+/// Ends a description cut to [`MAX_DESCRIPTION_BYTES`].
+pub const TRUNCATED: &str = " …[truncated]";
+/// A longer target URL is dropped, not cut: a cut link leads nowhere, and GitLab
+/// refuses any over 255 characters anyway.
+pub const MAX_TARGET_URL_BYTES: usize = 8 << 10;
+/// A check names the status: cutting it would merge distinct checks, so a longer one
+/// is refused. Providers cap names at about 255 characters.
+pub const MAX_CHECK_BYTES: usize = 1 << 10;
+
+/// Why an update cannot be kept at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Oversized {
+    #[error("check name of {0} bytes (at most {MAX_CHECK_BYTES})")]
+    Check(usize),
+    #[error("repository name of {0} bytes")]
+    Repo(usize),
+}
+
+/// What [`StatusUpdate::bound`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    /// The description's length before it was cut.
+    pub description_from: Option<usize>,
+    /// The length of the target URL dropped.
+    pub target_url_dropped: Option<usize>,
+}
+
+impl Cut {
+    pub fn any(&self) -> bool {
+        self.description_from.is_some() || self.target_url_dropped.is_some()
+    }
+}
+
+impl StatusUpdate {
+    /// Brings the update within the bounds every stored update keeps: its description
+    /// cut on a character boundary (with [`TRUNCATED`] at the end), an overlong target
+    /// URL dropped. A check or repository name too long to store refuses the update
+    /// (left as it was).
+    pub fn bound(&mut self) -> Result<Cut, Oversized> {
+        let check = self.status.check.as_str().len();
+        if check > MAX_CHECK_BYTES {
+            return Err(Oversized::Check(check));
+        }
+        // Repositories come from the configuration; this only keeps a record in range.
+        if self.repo.len() > MAX_DESCRIPTION_BYTES {
+            return Err(Oversized::Repo(self.repo.len()));
+        }
+        let mut cut = Cut::default();
+        let description = &mut self.status.description;
+        if description.len() > MAX_DESCRIPTION_BYTES {
+            cut.description_from = Some(description.len());
+            let mut end = MAX_DESCRIPTION_BYTES - TRUNCATED.len();
+            while !description.is_char_boundary(end) {
+                end -= 1;
+            }
+            description.truncate(end);
+            description.push_str(TRUNCATED);
+            description.shrink_to_fit();
+        }
+        if let Some(url) = &self.status.target_url
+            && url.len() > MAX_TARGET_URL_BYTES
+        {
+            cut.target_url_dropped = Some(url.len());
+            self.status.target_url = None;
+        }
+        Ok(cut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notifiers::State;
+
+    fn update(description: String, target_url: Option<String>, check: &str) -> StatusUpdate {
+        StatusUpdate {
+            repo: "github.com/o/r".into(),
+            status: CommitStatus {
+                sha: Sha::parse(&"a".repeat(40)).unwrap(),
+                check: Check::new(check),
+                state: State::Failed,
+                description,
+                target_url,
+            },
+        }
+    }
+
+    #[test]
+    fn a_huge_description_is_cut_on_a_character_boundary_with_a_marker() {
+        // Three-byte characters, so the limit falls inside one.
+        let long = "€".repeat(1_500_000 / 3);
+        let mut u = update(long.clone(), None, "c");
+        let cut = u.bound().unwrap();
+        let d = &u.status.description;
+        assert!(d.len() <= MAX_DESCRIPTION_BYTES, "{}", d.len());
+        assert!(d.len() > MAX_DESCRIPTION_BYTES - TRUNCATED.len() - 4);
+        assert!(d.ends_with(TRUNCATED));
+        assert!(long.starts_with(d.strip_suffix(TRUNCATED).unwrap()));
+        assert_eq!(cut.description_from, Some(long.len()));
+    }
+
+    #[test]
+    fn what_fits_is_kept_as_it_is() {
+        let exact = "x".repeat(MAX_DESCRIPTION_BYTES);
+        let url = Some(format!("https://ci.example/{}", "p".repeat(200)));
+        let u = update(exact, url, "flux-status/dev/sync");
+        let mut bounded = u.clone();
+        let cut = bounded.bound().unwrap();
+        assert_eq!(bounded, u);
+        assert!(!cut.any());
+    }
+
+    #[test]
+    fn an_overlong_target_url_is_dropped_and_an_overlong_check_refused() {
+        let url = format!("https://ci.example/{}", "p".repeat(MAX_TARGET_URL_BYTES));
+        let mut u = update("d".into(), Some(url.clone()), "c");
+        let cut = u.bound().unwrap();
+        assert_eq!(u.status.target_url, None);
+        assert_eq!(cut.target_url_dropped, Some(url.len()));
+        let check = "c".repeat(MAX_CHECK_BYTES + 1);
+        let mut u = update("d".into(), None, &check);
+        assert_eq!(u.bound(), Err(Oversized::Check(MAX_CHECK_BYTES + 1)));
+        assert_eq!(u.status.check.as_str(), check, "left as it was");
+    }
+}

@@ -70,6 +70,35 @@ pub enum AcceptError {
     Full(#[from] Full),
     #[error("state store: {0}")]
     Store(Arc<store::StoreError>),
+    /// An update the store could not keep, even cut to its bounds: refused, since
+    /// accepting it would mean acknowledging what cannot survive a restart.
+    #[error("status update too large to store: {0}")]
+    TooLarge(String),
+}
+
+/// Brings every update within what the store keeps (see [`StatusUpdate::bound`]):
+/// the one place that updates from every source (v1, v2, workloads) pass through.
+fn bound(mut updates: Vec<StatusUpdate>) -> Result<Vec<StatusUpdate>, AcceptError> {
+    for u in &mut updates {
+        let refused = match u.bound() {
+            Ok(cut) => {
+                if cut.any() {
+                    warn!(repo = %u.repo, sha = %u.status.sha, check = %u.status.check,
+                        description_bytes = cut.description_from, target_url_bytes = cut.target_url_dropped,
+                        "status update cut to what the outbox keeps");
+                }
+                (!store::fits(u)).then(|| format!("over {} bytes", store::MAX_RECORD))
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = refused {
+            warn!(repo = %u.repo, sha = %u.status.sha, check_bytes = u.status.check.as_str().len(),
+                description_bytes = u.status.description.len(), error = %why,
+                "status update refused: too large to store");
+            return Err(AcceptError::TooLarge(why));
+        }
+    }
+    Ok(updates)
 }
 
 struct Throttle {
@@ -178,6 +207,7 @@ impl Delivery {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
+        let updates = bound(updates)?;
         let mut unchanged = Vec::new();
         let wake;
         let (offers, durable) = {

@@ -7,31 +7,46 @@
 //! - one persister thread appends every change queued since its last write and
 //!   fsyncs once (group commit): under load one fsync covers many events;
 //! - the file is extended with zeros ahead of the records, so that an fsync only
-//!   writes data (a zero length marks the end);
-//! - each record carries its length and a CRC32. At start, a record cut short or
-//!   garbled by a crash mid-write (its fsync never returned, so nothing it held was
-//!   acknowledged) ends the log and is cut off;
+//!   writes data (a zero length marks the end). When the volume has no room for
+//!   them, records are written without them and the log is compacted sooner;
+//! - each record carries its length and a CRC32, and is at most [`MAX_RECORD`]
+//!   bytes, which the writer enforces and the reader relies on. At start, a record
+//!   cut short or garbled by a crash mid-write (its fsync never returned, so nothing
+//!   it held was acknowledged) ends the log and is cut off. A bad record followed by
+//!   whole ones is damage: it is skipped, the damaged file is copied beside the log,
+//!   and the log is rewritten with every whole record (see `read`);
 //! - once the log has grown to twice what it held after the last compaction, a
 //!   helper thread copies the records of its first bytes that still count into a new
 //!   file while appends go on; the persister then copies what was appended meanwhile
-//!   and renames the new file over the old one.
+//!   and renames the new file over the old one;
+//! - a commit the disk refused is kept and tried again (sooner after a compaction
+//!   made room), so the store comes back once the volume has room, without a restart.
+
+mod read;
+mod space;
 
 use crate::update::{Key, StatusUpdate};
 use notifiers::{Check, CommitStatus, Sha, State};
+use read::{FileWindow, Gap, Records, Source, Tail};
 use serde::{Deserialize, Serialize};
+use space::{Growing, Space};
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 const LOG: &str = "outbox.log";
-/// A compaction under way; a start finding it knows the rename never happened.
+/// A compaction (or the rewrite of a damaged log) under way; a start finding it knows
+/// the rename never happened.
 const COMPACTING: &str = "outbox.log.compacting";
+/// A new log until its magic is on disk: renamed into place then, so that a log
+/// shorter than its magic is damage, never a creation cut short.
+const CREATING: &str = "outbox.log.creating";
 /// Held locked while a process uses the directory.
 const LOCK: &str = "outbox.lock";
 /// Left by development builds that kept the outbox in redb; not read.
@@ -40,18 +55,33 @@ const OLD_REDB: &str = "outbox.redb";
 const MAGIC: &[u8; 16] = b"flux-status:log1";
 /// Payload length and CRC32, little-endian.
 const HEADER: usize = 8;
-/// Far beyond any real record: a larger length is damage, not data.
-const MAX_RECORD: usize = 1 << 20;
+/// The largest record payload, for the writer and the reader alike: the writer
+/// refuses a larger change (see [`fits`]), the reader takes a larger length for damage.
+/// Far beyond any bounded update (see `crate::update::MAX_DESCRIPTION_BYTES`).
+pub const MAX_RECORD: usize = 1 << 20;
 /// The file is extended with zeros this much ahead of the last record, so an append
 /// does not change the file's size and its fdatasync commits no metadata (on ext4 a
 /// size change costs a journal commit per fsync). A zero length ends the log.
 const PREALLOCATE: u64 = 1 << 20;
-/// The log is not compacted below this size.
+/// Zeros kept ahead of the records: fewer, and more are laid down. Once the volume has
+/// no room for more, what is left of them is the room a compaction can use.
+const CUSHION: u64 = PREALLOCATE / 2;
+/// The log is not compacted below this size, while the volume has room.
 const COMPACT_MIN: u64 = 4 << 20;
+/// Nor below this once the volume is short of room.
+const COMPACT_MIN_SHORT: u64 = 64 << 10;
 /// What a record buffer starts with, and what it goes back to once a flood grew it
 /// beyond `KEPT_BUFFER`: its size is not kept for the quiet after the flood.
 const BUFFER: usize = 64 << 10;
 const KEPT_BUFFER: usize = 1 << 20;
+/// After a commit the disk refused, the persister tries it again this soon, then
+/// twice as late each time, up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Changes the disk refused, kept to be written once it takes them. Beyond this the
+/// disk has been failing for long: they are dropped (the memory keeps them; a restart
+/// before they are written again replays an older state).
+const CARRY_MAX: usize = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("state store {path}: {message}")]
@@ -202,8 +232,16 @@ fn op_of(r: Record<'_>) -> Option<Op> {
     })
 }
 
+#[derive(Debug, thiserror::Error)]
+enum FrameError {
+    #[error("could not encode a change: {0}")]
+    Encode(#[from] postcard::Error),
+    #[error("a change of {0} bytes is over the store's record limit ({MAX_RECORD} bytes)")]
+    TooLarge(usize),
+}
+
 /// Appends `ops`, framed in order, to `buf`: all of them, or nothing on error.
-fn frame_all(ops: &[Op], buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
+fn frame_all(ops: &[Op], buf: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = buf.len();
     for op in ops {
         if let Err(e) = frame(&record(op), buf) {
@@ -215,20 +253,41 @@ fn frame_all(ops: &[Op], buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
 }
 
 /// Appends one framed record (length, CRC32, payload) to `buf`.
-fn frame(record: &Record<'_>, buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
+fn frame(record: &Record<'_>, buf: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = buf.len();
     buf.extend_from_slice(&[0; HEADER]);
     // Through `io::Write`: a `Vec` takes each field's bytes with one copy, where
     // `to_extend` pushes them one byte at a time.
     if let Err(e) = postcard::to_io(record, &mut *buf) {
         buf.truncate(start);
-        return Err(e);
+        return Err(e.into());
     }
     let payload = &buf[start + HEADER..];
+    if payload.len() > MAX_RECORD {
+        let len = payload.len();
+        buf.truncate(start);
+        return Err(FrameError::TooLarge(len));
+    }
     let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
     Ok(())
+}
+
+/// Whether `u` makes a record within [`MAX_RECORD`], pending or written: an upper
+/// bound from the lengths of its strings, without encoding it. Checked before an update
+/// enters the outbox, so that nothing is taken that the store would then refuse.
+pub fn fits(u: &StatusUpdate) -> bool {
+    let strings = [
+        u.repo.len(),
+        u.status.sha.as_str().len(),
+        u.status.check.as_str().len(),
+        u.status.state.as_str().len(),
+        u.status.description.len(),
+        u.status.target_url.as_ref().map_or(0, String::len),
+    ];
+    // Each string's length is a varint of at most 10 bytes; tags and the u64 take 32.
+    strings.iter().map(|n| n + 10).sum::<usize>() + 32 <= MAX_RECORD
 }
 
 pub fn millis(t: SystemTime) -> u64 {
@@ -306,122 +365,145 @@ impl Live {
     }
 }
 
-/// Reads `buf.len()` bytes unless the file ends first; returns how many were read.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-/// Reads a log's whole records in order, up to a limit if given.
-struct Records {
-    r: BufReader<File>,
-    /// Where the next record starts: after the last whole record read.
-    end: u64,
-    limit: Option<u64>,
-    /// Why reading stopped before the end of the file, if it did.
-    cut: Option<&'static str>,
-    header: [u8; HEADER],
-}
-
-impl Records {
-    fn open(path: &Path, limit: Option<u64>) -> std::io::Result<Result<Records, &'static str>> {
-        let mut r = BufReader::with_capacity(256 << 10, File::open(path)?);
-        let mut magic = [0u8; MAGIC.len()];
-        if read_up_to(&mut r, &mut magic)? != MAGIC.len() || &magic != MAGIC {
-            return Ok(Err("not a flux-status outbox log (or one from a newer version)"));
-        }
-        Ok(Ok(Records {
-            r,
-            end: MAGIC.len() as u64,
-            limit,
-            cut: None,
-            header: [0; HEADER],
-        }))
-    }
-
-    /// The next whole record's payload into `payload`, and where its frame starts;
-    /// its header stays in `self.header` until the next call.
-    fn next(&mut self, payload: &mut Vec<u8>) -> std::io::Result<Option<u64>> {
-        if self.limit.is_some_and(|l| self.end >= l) {
-            return Ok(None);
-        }
-        let header = &mut self.header;
-        match read_up_to(&mut self.r, header)? {
-            0 => return Ok(None),
-            HEADER => {}
-            _ => return self.stop("a record header cut short"),
-        }
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len == 0 {
-            // The zeros ahead of the records: every record holds at least one byte.
-            return Ok(None);
-        }
-        if len > MAX_RECORD {
-            return self.stop("a record length out of range");
-        }
-        payload.resize(len, 0);
-        if read_up_to(&mut self.r, payload)? != len {
-            return self.stop("a record cut short");
-        }
-        if crc32fast::hash(payload) != crc {
-            return self.stop("a record whose checksum does not match");
-        }
-        let at = self.end;
-        self.end += (HEADER + len) as u64;
-        Ok(Some(at))
-    }
-
-    fn stop(&mut self, why: &'static str) -> std::io::Result<Option<u64>> {
-        self.cut = Some(why);
-        Ok(None)
-    }
-}
-
 /// What reading a log found.
 struct Replayed {
     live: Live,
     /// Where the last whole record ends.
     end: u64,
-    /// Why reading stopped before the end of the file, if it did.
-    cut: Option<&'static str>,
+    /// Damage skipped between whole records.
+    gaps: Vec<Gap>,
+    /// What follows the last whole record, if anything does.
+    tail: Option<Tail>,
     /// Whole records whose contents did not parse (skipped).
     unreadable: u64,
     /// Whole records read, those skipped included.
     records: u64,
 }
 
-/// Replays the whole log at `path`.
-fn replay(path: &Path) -> Result<Replayed, StoreError> {
-    let err = StoreError::at(path);
-    let mut records = Records::open(path, None)
-        .map_err(|e| err(&e))?
-        .map_err(|e| err(&e))?;
-    let (mut live, mut unreadable, mut payload) = (Live::default(), 0, Vec::new());
-    let mut read = 0;
-    while records.next(&mut payload).map_err(|e| err(&e))?.is_some() {
+/// Replays a log's whole records, past any damage; `Ok(Err(why))` when the source is
+/// not an outbox log.
+fn replay_source<S: Source>(src: S) -> std::io::Result<Result<Replayed, &'static str>> {
+    let mut records = match Records::open(src, true)? {
+        Ok(records) => records,
+        Err(why) => return Ok(Err(why)),
+    };
+    let (mut live, mut unreadable, mut read) = (Live::default(), 0, 0);
+    while records.next()?.is_some() {
         read += 1;
+        let frame = records.frame()?;
         // A whole record that does not parse (a bug, not a crash): skip it, keep going.
-        match postcard::from_bytes::<Record<'_>>(&payload).ok().and_then(op_of) {
+        match postcard::from_bytes::<Record<'_>>(&frame[HEADER..])
+            .ok()
+            .and_then(op_of)
+        {
             Some(op) => live.apply(op),
             None => unreadable += 1,
         }
     }
-    Ok(Replayed {
+    Ok(Ok(Replayed {
         live,
         end: records.end,
-        cut: records.cut,
+        gaps: std::mem::take(&mut records.gaps),
+        tail: records.tail,
         unreadable,
         records: read,
-    })
+    }))
+}
+
+/// Replays the whole log at `path`.
+fn replay(path: &Path) -> Result<Replayed, StoreError> {
+    let err = StoreError::at(path);
+    let window = File::open(path)
+        .and_then(|f| FileWindow::new(f, None))
+        .map_err(|e| err(&e))?;
+    replay_source(window).map_err(|e| err(&e))?.map_err(|e| err(&e))
+}
+
+/// Replays a log given as bytes, its magic included, and returns how many records it
+/// recovered (whole, and readable as a change). Any bytes at all: never panics. The
+/// entry point for fuzzing the start-up path.
+pub fn replay_bytes(data: &[u8]) -> usize {
+    match replay_source(data) {
+        Ok(Ok(r)) => r.records.saturating_sub(r.unreadable) as usize,
+        _ => 0,
+    }
+}
+
+/// Records lost to damage found at opening.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// As far as the damaged records' lengths still tell (at least one per gap).
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// Copies a damaged log beside it, before anything rewrites it:
+/// `outbox.log.damaged-<unix seconds>`.
+fn keep_damaged(dir: &Path, path: &Path) -> std::io::Result<PathBuf> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut copy = dir.join(format!("{LOG}.damaged-{secs}"));
+    let mut n = 1;
+    while copy.exists() {
+        copy = dir.join(format!("{LOG}.damaged-{secs}-{n}"));
+        n += 1;
+    }
+    let copied = std::fs::copy(path, &copy)
+        .and_then(|_| File::open(&copy)?.sync_all())
+        .and_then(|()| sync_dir(dir));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&copy);
+        return Err(e);
+    }
+    Ok(copy)
+}
+
+/// A new, empty log: its magic written beside it, then renamed into place.
+fn create_log(dir: &Path, path: &Path) -> std::io::Result<()> {
+    let tmp = dir.join(CREATING);
+    let mut f = File::create(&tmp)?;
+    f.write_all(MAGIC)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+/// Rewrites the log with every whole record it holds, in order, dropping the damage
+/// between them and whatever follows the last.
+fn rewrite_whole(dir: &Path, path: &Path) -> Result<Mark, StoreError> {
+    let err = StoreError::at(path);
+    let tmp = dir.join(COMPACTING);
+    let written = (|| -> std::io::Result<Result<Mark, &'static str>> {
+        let mut records = match Records::open(FileWindow::new(File::open(path)?, None)?, true)? {
+            Ok(records) => records,
+            Err(why) => return Ok(Err(why)),
+        };
+        let mut file = File::create(&tmp)?;
+        let mut w = BufWriter::with_capacity(64 << 10, &mut file);
+        w.write_all(MAGIC)?;
+        let mut kept = 0;
+        while records.next()?.is_some() {
+            w.write_all(records.frame()?)?;
+            kept += 1;
+        }
+        w.flush()?;
+        drop(w);
+        file.sync_all()?;
+        let len = file.metadata()?.len();
+        std::fs::rename(&tmp, path)?;
+        sync_dir(dir)?;
+        Ok(Ok(Mark { len, records: kept }))
+    })();
+    match written {
+        Ok(Ok(mark)) => Ok(mark),
+        Ok(Err(why)) => Err(err(&why)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(err(&e))
+        }
+    }
 }
 
 /// What a record sets or clears: a digest of its kind of state and its key, and
@@ -464,21 +546,40 @@ struct Mark {
 /// Copies the records of the log's first `end` bytes that still count into
 /// [`COMPACTING`], in their order; returns where the new file ends. Runs beside the
 /// persister, which only appends. Memory: a 16-byte digest and an offset per live
-/// record, not the records.
-fn compact_prefix(dir: &Path, end: u64) -> Result<Mark, StoreError> {
+/// record, not the records. On failure the new file is removed, giving its room back.
+fn compact_prefix(dir: &Path, end: u64, space: &Space) -> Result<Mark, StoreError> {
+    let tmp = dir.join(COMPACTING);
+    let result = copy_live(dir, end, space);
+    if result.is_err()
+        && let Ok(m) = std::fs::metadata(&tmp)
+        && std::fs::remove_file(&tmp).is_ok()
+    {
+        space.shrink(m.len());
+    }
+    result
+}
+
+fn copy_live(dir: &Path, end: u64, space: &Space) -> Result<Mark, StoreError> {
     let path = dir.join(LOG);
     let err = StoreError::at(&path);
+    // Strict: the log was made whole at opening; anything else is a bug to report.
     let open = || {
-        Records::open(&path, Some(end))
-            .map_err(|e| err(&e))?
-            .map_err(|e| err(&e))
+        Records::open(
+            File::open(&path)
+                .and_then(|f| FileWindow::new(f, Some(end)))
+                .map_err(|e| err(&e))?,
+            false,
+        )
+        .map_err(|e| err(&e))?
+        .map_err(|e| err(&e))
     };
     // Pass 1: the latest record per slot, if it sets the slot.
-    let (mut live, mut payload) = (HashMap::<[u8; 16], u64>::new(), Vec::new());
+    let mut live = HashMap::<[u8; 16], u64>::new();
     let mut records = open()?;
-    while let Some(at) = records.next(&mut payload).map_err(|e| err(&e))? {
+    while let Some(at) = records.next().map_err(|e| err(&e))? {
+        let frame = records.frame().map_err(|e| err(&e))?;
         // Skipped at replay, so not worth keeping.
-        let Ok(record) = postcard::from_bytes::<Record<'_>>(&payload) else {
+        let Ok(record) = postcard::from_bytes::<Record<'_>>(&frame[HEADER..]) else {
             continue;
         };
         match slot(&record) {
@@ -498,21 +599,26 @@ fn compact_prefix(dir: &Path, end: u64) -> Result<Mark, StoreError> {
     // Pass 2: copy those records.
     let tmp = dir.join(COMPACTING);
     let err = StoreError::at(&tmp);
-    let mut file = File::create(&tmp).map_err(|e| err(&e))?;
-    let mut w = BufWriter::with_capacity(64 << 10, &mut file);
+    let mut file = File::create(&tmp).map_err(|e| err(&space.note(e)))?;
+    let mut w = BufWriter::with_capacity(
+        64 << 10,
+        Growing {
+            inner: &mut file,
+            space: space.clone(),
+        },
+    );
     w.write_all(MAGIC).map_err(|e| err(&e))?;
     let (mut records, mut keep) = (open()?, keep.into_iter().peekable());
-    while let Some(at) = records.next(&mut payload).map_err(|e| err(&e))? {
+    while let Some(at) = records.next().map_err(|e| err(&e))? {
         if keep.next_if_eq(&at).is_some() {
             // The frame as it was read (and checked): header, then payload.
-            w.write_all(&records.header)
-                .and_then(|()| w.write_all(&payload))
+            w.write_all(records.frame().map_err(|e| err(&e))?)
                 .map_err(|e| err(&e))?;
         }
     }
     w.flush().map_err(|e| err(&e))?;
     drop(w);
-    file.sync_data().map_err(|e| err(&e))?;
+    file.sync_data().map_err(|e| err(&space.note(e)))?;
     let len = file.metadata().map(|m| m.len()).map_err(|e| err(&e))?;
     Ok(Mark { len, records: kept })
 }
@@ -533,9 +639,26 @@ pub struct Store {
     allocated: u64,
     /// False after a compaction's rename until its directory is fsynced.
     dir_synced: bool,
+    /// A failed write may have left bytes after `len` that could not be cut off: they
+    /// are, before anything else is written.
+    stray: bool,
     /// Compact once the log reaches this size.
     compact_at: u64,
+    /// The log's size when the next compaction was last planned.
+    compact_base: u64,
     compact_min: u64,
+    /// The volume had no room for zeros ahead of the records (until a compaction).
+    short_of_space: bool,
+    /// Said so in the log, and not yet that the room is back.
+    warned_short: bool,
+    /// The last write failed.
+    refused: bool,
+    /// The log's length and record count when a compaction was last started for want
+    /// of room: not tried again until the log changed.
+    compact_tried: Option<(u64, u64)>,
+    space: Space,
+    /// Found at opening; reported once the persister starts.
+    damage: Option<Damage>,
     /// Locked for as long as the store is open: two daemons on one state directory
     /// would interleave their records.
     _lock: File,
@@ -563,37 +686,75 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(err(&e)),
         }
+        let _ = std::fs::remove_file(dir.join(CREATING));
         if dir.join(OLD_REDB).exists() {
             warn!(path = %dir.join(OLD_REDB).display(),
                 "found an outbox from a development build (redb); it is not read, delete it");
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| err(&e))?;
-        let mut size = file.metadata().map_err(|e| err(&e))?.len();
+        let mut damage = None;
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(err(&e)),
+        };
         if size < MAGIC.len() as u64 {
-            // New, or its creator died before finishing the header: nothing in it was
-            // ever acknowledged.
-            file.set_len(0).map_err(|e| err(&e))?;
-            file.write_all(MAGIC).map_err(|e| err(&e))?;
-            file.sync_all().map_err(|e| err(&e))?;
-            sync_dir(dir).map_err(|e| err(&e))?;
-            size = MAGIC.len() as u64;
+            if size > 0 {
+                // Logs are created whole (see `create_log`): a shorter one was cut.
+                let kept = keep_damaged(dir, &path);
+                error!(path = %path.display(), bytes = size,
+                    copy = %kept.as_ref().map_or_else(|e| format!("none: {e}"), |p| p.display().to_string()),
+                    "the outbox log is shorter than its header: it was cut or damaged; starting a new one");
+                damage = Some(Damage {
+                    records: 0,
+                    bytes: size,
+                });
+            }
+            create_log(dir, &path).map_err(|e| err(&e))?;
         }
-        let replayed = replay(&path)?;
+        let mut replayed = replay(&path)?;
         if replayed.unreadable > 0 {
-            warn!(path = %path.display(), records = replayed.unreadable,
+            error!(path = %path.display(), records = replayed.unreadable,
                 "skipped outbox records that do not parse");
         }
-        if let Some(why) = replayed.cut {
+        if !replayed.gaps.is_empty() {
+            let lost = Damage {
+                records: replayed.gaps.iter().map(|g| g.records).sum(),
+                bytes: replayed.gaps.iter().map(|g| g.to - g.from).sum(),
+            };
+            damage = Some(lost);
+            let first = replayed.gaps[0].from;
+            match keep_damaged(dir, &path) {
+                Ok(copy) => {
+                    error!(path = %path.display(), records_lost = lost.records, bytes_skipped = lost.bytes,
+                        damaged_at = first, records_kept = replayed.records, copy = %copy.display(),
+                        "the outbox log is damaged: skipped the damaged records, kept every whole one; the damaged file is copied beside the log");
+                    let rewritten = rewrite_whole(dir, &path)?;
+                    replayed.end = rewritten.len;
+                    replayed.records = rewritten.records;
+                    replayed.tail = None;
+                }
+                Err(e) => {
+                    // Left as it is: its whole records are replayed at every start, and
+                    // compaction refuses it until a start can keep a copy.
+                    error!(path = %path.display(), records_lost = lost.records, bytes_skipped = lost.bytes,
+                        damaged_at = first, error = %e,
+                        "the outbox log is damaged and no copy of it could be kept; it is left as it is");
+                }
+            }
+        }
+        if let Some(tail) = replayed.tail.filter(|t| !t.zeros) {
             // A write the crash interrupted. Its fsync never returned, so nothing it
             // held was acknowledged.
-            warn!(path = %path.display(), at = replayed.end, "the outbox log ends in {why}; cutting it off there");
+            warn!(path = %path.display(), at = tail.at, bytes = tail.bytes,
+                "the outbox log ends in {}; cutting it off there (a write interrupted by a crash, never acknowledged)",
+                tail.bad.what());
         }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| err(&e))?;
+        let size = file.metadata().map_err(|e| err(&e))?.len();
         if size > replayed.end {
             // Zeros, or a write the crash interrupted: either way cut, so that no byte of
             // an unacknowledged write can line up with a later record.
@@ -609,8 +770,16 @@ impl Store {
             live: replayed.live.records(),
             allocated: replayed.end,
             dir_synced: true,
+            stray: false,
             compact_at: 0,
+            compact_base: 0,
             compact_min,
+            short_of_space: false,
+            warned_short: false,
+            refused: false,
+            compact_tried: None,
+            space: Space::default(),
+            damage,
             _lock: lock,
         };
         store.rearm_compaction();
@@ -629,31 +798,95 @@ impl Store {
     /// durable.
     fn append(&mut self, records: &[u8], count: u64) -> Result<(), StoreError> {
         let written = self
-            .sync_dir_if_needed()
+            .cut_stray()
+            .and_then(|()| self.sync_dir_if_needed())
             .and_then(|()| self.extend_for(records.len() as u64))
             .and_then(|()| self.file.write_all_at(records, self.len))
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
+            self.refused = true;
             // Nothing of this write counts: cut it off so the next append follows the
-            // last whole record (a failed fsync leaves the page cache in doubt).
-            let _ = self.file.set_len(self.len);
-            self.allocated = self.len;
+            // last whole record (a failed fsync leaves the page cache in doubt), and so
+            // that the zeros ahead give their room back.
+            self.stray = true;
+            let _ = self.cut_stray();
             return Err(StoreError::at(&self.path)(&e));
         }
+        self.refused = false;
         self.len += records.len() as u64;
         self.records += count;
         Ok(())
     }
 
+    /// Cuts the file back to its whole records after a failed write.
+    fn cut_stray(&mut self) -> std::io::Result<()> {
+        if self.stray {
+            self.file.set_len(self.len)?;
+            self.space.shrink(self.allocated.saturating_sub(self.len));
+            self.allocated = self.len;
+            self.stray = false;
+        }
+        Ok(())
+    }
+
     /// Makes room for `n` more bytes of records: zeros written, not a hole, so that
-    /// writing the records later allocates nothing.
+    /// writing the records later allocates nothing. Without room for more zeros, the
+    /// records go into what is left of them, then take only their own room; the log
+    /// compacts sooner, and the zeros left are given back to make room for it.
     fn extend_for(&mut self, n: u64) -> std::io::Result<()> {
-        if self.len + n <= self.allocated {
+        let need = self.len + n;
+        if need + CUSHION <= self.allocated {
             return Ok(());
         }
-        let to = (self.len + n).div_ceil(PREALLOCATE) * PREALLOCATE + PREALLOCATE;
-        let zeros = vec![0u8; (to - self.allocated) as usize];
-        self.file.write_all_at(&zeros, self.allocated)?;
+        // Short of room, zeros are tried again only after a compaction made some.
+        if !self.short_of_space {
+            let ahead = need.div_ceil(PREALLOCATE) * PREALLOCATE + PREALLOCATE;
+            match self.lay_zeros(ahead) {
+                Ok(()) => {
+                    if self.warned_short {
+                        info!(path = %self.path.display(), "the state volume has room again ahead of the outbox log");
+                        self.warned_short = false;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    if !self.warned_short {
+                        warn!(path = %self.path.display(), error = %e,
+                            "no room on the state volume for zeros ahead of the outbox log: writing records without them, compacting sooner");
+                        self.warned_short = true;
+                    }
+                    self.short_of_space = true;
+                }
+            }
+        }
+        if need > self.allocated {
+            // The write of the records grows the file to `need`.
+            self.space.grow(need - self.allocated)?;
+            self.allocated = need;
+        }
+        Ok(())
+    }
+
+    /// Gives the zeros ahead of the records back to the volume: short of room, they
+    /// are what a compaction can use.
+    fn release_zeros(&mut self) {
+        if self.allocated > self.len && self.file.set_len(self.len).is_ok() {
+            self.space.shrink(self.allocated - self.len);
+            self.allocated = self.len;
+        }
+    }
+
+    /// Writes zeros from the end of the file up to `to`; on failure the file is cut
+    /// back, giving their room back.
+    fn lay_zeros(&mut self, to: u64) -> std::io::Result<()> {
+        let from = self.allocated;
+        self.space.grow(to - from)?;
+        let zeros = vec![0u8; (to - from) as usize];
+        if let Err(e) = self.file.write_all_at(&zeros, from) {
+            let _ = self.file.set_len(from);
+            self.space.shrink(to - from);
+            return Err(e);
+        }
         self.allocated = to;
         Ok(())
     }
@@ -677,9 +910,24 @@ impl Store {
 
     /// Whether the log has grown enough since the last compaction, and at least half
     /// of its records no longer count. A flood of new updates is all live records:
-    /// compacting then would copy the whole log to drop nothing.
+    /// compacting then would copy the whole log to drop nothing. Short of room, the
+    /// log need not have reached `compact_min`; once the volume refused a write, any
+    /// record that no longer counts is worth its room (tried once per state of the log).
     fn wants_compaction(&self) -> bool {
-        self.len >= self.compact_at && 2 * self.records.saturating_sub(self.live) >= self.records
+        let dead = self.records.saturating_sub(self.live);
+        if dead == 0 {
+            return false;
+        }
+        if self.refused {
+            return self.compact_tried != Some((self.len, self.records));
+        }
+        let grown = if self.short_of_space {
+            self.len >= (2 * self.compact_base).max(COMPACT_MIN_SHORT)
+                && self.compact_tried != Some((self.len, self.records))
+        } else {
+            self.len >= self.compact_at
+        };
+        grown && 2 * dead >= self.records
     }
 
     /// Switches to the compacted file: copies what was appended after `end` into it,
@@ -688,14 +936,23 @@ impl Store {
         let (end, appended) = (end.len, self.records - end.records);
         let tmp = self.dir.join(COMPACTING);
         let err = StoreError::at(&tmp);
+        let space = self.space.clone();
+        // The old file's zeros are of no use once it is replaced: their room is what
+        // copying the tail may need.
+        self.release_zeros();
         let switched = (|| -> std::io::Result<File> {
+            self.cut_stray()?;
             // Not in append mode: records are written at their offset from now on.
             let mut out = OpenOptions::new().read(true).write(true).open(&tmp)?;
             out.seek(SeekFrom::End(0))?;
             let mut src = File::open(&self.path)?;
             src.seek(SeekFrom::Start(end))?;
             let tail = self.len - end;
-            if std::io::copy(&mut src.take(tail), &mut out)? != tail {
+            let mut grown = Growing {
+                inner: &mut out,
+                space: space.clone(),
+            };
+            if std::io::copy(&mut src.take(tail), &mut grown)? != tail {
                 return Err(std::io::Error::other("the log is shorter than what was appended"));
             }
             out.sync_data()?;
@@ -706,11 +963,13 @@ impl Store {
         match switched {
             Ok(file) => {
                 // Renamed: from here on the new file is the log, whatever happens next.
+                self.space.shrink(self.allocated);
                 self.file = file;
                 self.len = compacted.len + (before - end);
                 self.records = compacted.records + appended;
                 self.allocated = self.len;
                 self.rearm_compaction();
+                self.short_of_space = false;
                 self.dir_synced = false;
                 if let Err(e) = self.sync_dir_if_needed() {
                     // The next write tries again, and fails until it can.
@@ -720,8 +979,12 @@ impl Store {
                 Ok((before, self.len))
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(err(&e))
+                if let Ok(m) = std::fs::metadata(&tmp)
+                    && std::fs::remove_file(&tmp).is_ok()
+                {
+                    space.shrink(m.len());
+                }
+                Err(err(&space.note(e)))
             }
         }
     }
@@ -729,6 +992,7 @@ impl Store {
     /// The next compaction is due once the log has doubled from its size now (after
     /// opening, a compaction, or a failed one).
     fn rearm_compaction(&mut self) {
+        self.compact_base = self.len;
         self.compact_at = self.compact_min.max(2 * self.len);
     }
 }
@@ -830,9 +1094,12 @@ impl Shared {
 
 /// What the persister reports, for readiness and metrics.
 pub enum StoreEvent<'a> {
+    /// A write to the log, or a retry of one the disk refused.
     Committed(&'a Result<(), StoreError>),
     /// Log bytes before and after.
     Compacted(&'a Result<(u64, u64), StoreError>),
+    /// Records lost to damage found at opening (reported once, as the persister starts).
+    Damaged(Damage),
 }
 
 /// Hands changes to the persister thread. Without a store (`--no-persistence`) every
@@ -952,9 +1219,10 @@ impl Shared {
             return Durable::failed(stopped());
         }
         if let Err(e) = frame_all(ops, &mut queue.records) {
+            error!(error = %e, "a change could not be stored");
             return Durable::failed(Arc::new(StoreError {
                 path: PathBuf::new(),
-                message: format!("could not encode a change: {e}"),
+                message: e.to_string(),
             }));
         }
         queue.framed += ops.len() as u64;
@@ -981,22 +1249,85 @@ impl Drop for Ending<'_> {
     }
 }
 
+/// Changes the disk refused, kept in order to be written before anything newer.
+struct Carried {
+    records: Vec<u8>,
+    count: u64,
+    /// When to try again, and the wait after that.
+    retry: Option<(Instant, Duration)>,
+}
+
+impl Carried {
+    fn due(&self, now: Instant) -> bool {
+        self.retry.is_some_and(|(at, _)| now >= at)
+    }
+
+    /// Keeps what a failed write held (`records`, unless they are carried already)
+    /// and plans the next try.
+    fn refused(&mut self, records: &[u8], count: u64, now: Instant) {
+        if self.records.is_empty() {
+            self.records.extend_from_slice(records);
+            self.count = count;
+        }
+        if self.records.len() > CARRY_MAX {
+            error!(
+                records = self.count,
+                bytes = self.records.len(),
+                "the state volume has refused writes for long: dropping the changes kept for it; they stay in memory, but a restart before they are written again replays an older state"
+            );
+            *self = Carried {
+                records: Vec::new(),
+                count: 0,
+                retry: None,
+            };
+            return;
+        }
+        let wait = self.retry.map_or(RETRY_FIRST, |(_, w)| (2 * w).min(RETRY_MAX));
+        self.retry = Some((now + wait, wait));
+    }
+}
+
 /// The persister thread: one write and one fsync for everything queued since the
 /// last, and a compaction in a helper thread when the log has grown.
 fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<'_>)) {
     let _ending = Ending(shared);
+    if let Some(damage) = store.damage.take() {
+        on_event(StoreEvent::Damaged(damage));
+    }
     let mut compacting = false;
     let mut records = Vec::with_capacity(BUFFER);
+    let mut carried = Carried {
+        records: Vec::new(),
+        count: 0,
+        retry: None,
+    };
     loop {
         records.clear();
-        let (batch, framed, compacted, stopping) = {
+        let (batch, framed, compacted, stopping, retry) = {
             let mut queue = shared.queue();
             loop {
-                if queue.batch.is_some() || queue.compacted.is_some() || (queue.stopping() && !compacting) {
+                // Short of room, a compaction under way gets the room the zeros left
+                // first: writes wait for it rather than take that room and fail.
+                let hold = compacting && (store.short_of_space || store.refused);
+                let retry = carried.due(Instant::now()) && !hold;
+                if (queue.batch.is_some() && !hold)
+                    || queue.compacted.is_some()
+                    || (queue.stopping() && !compacting)
+                    || retry
+                {
                     break;
                 }
                 queue.idle = true;
-                queue = shared.work.wait(queue).unwrap_or_else(|p| p.into_inner());
+                queue = match carried.retry {
+                    Some((at, _)) => {
+                        let wait = at.saturating_duration_since(Instant::now());
+                        match shared.work.wait_timeout(queue, wait) {
+                            Ok((q, _)) => q,
+                            Err(p) => p.into_inner().0,
+                        }
+                    }
+                    None => shared.work.wait(queue).unwrap_or_else(|p| p.into_inner()),
+                };
                 queue.idle = false;
             }
             std::mem::swap(&mut records, &mut queue.records);
@@ -1007,31 +1338,68 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
                 framed,
                 queue.compacted.take(),
                 queue.stopping(),
+                carried.due(Instant::now()),
             )
         };
+        let mut room_made = false;
         if let Some((end, result)) = compacted {
             compacting = false;
             // The records just taken are not written yet: they go to the new file.
             let result = result.and_then(|compacted| store.finish_compaction(end, compacted));
             match &result {
                 Ok((before, after)) => {
+                    room_made = true;
                     info!(before_bytes = before, after_bytes = after, "outbox log compacted")
                 }
                 Err(e) => {
-                    store.rearm_compaction();
+                    if store.space.found_full() {
+                        // Tried again once the log changed, not once it doubled: on a
+                        // full volume it would not double.
+                        store.short_of_space = true;
+                    } else {
+                        store.rearm_compaction();
+                    }
                     warn!(error = %e, "outbox log compaction failed; the log stays as it is");
                 }
             }
             on_event(StoreEvent::Compacted(&result));
         }
-        if let Some(batch) = batch {
-            let result = if records.is_empty() {
-                Ok(())
+        // Changes the disk refused go first, before anything newer; they are tried
+        // again with any new batch, when their time comes, once a compaction made
+        // room, and before stopping.
+        let carry = !carried.records.is_empty();
+        let attempt = !records.is_empty() || (carry && (batch.is_some() || retry || room_made || stopping));
+        let result = if attempt {
+            let (bytes, count) = if carry {
+                carried.records.extend_from_slice(&records);
+                carried.count += framed;
+                (&carried.records[..], carried.count)
             } else {
-                let result = store.append(&records, framed);
-                on_event(StoreEvent::Committed(&result));
-                result
+                (&records[..], framed)
             };
+            let result = store.append(bytes, count);
+            on_event(StoreEvent::Committed(&result));
+            match &result {
+                Ok(()) => {
+                    if carry {
+                        info!(
+                            records = carried.count,
+                            "the changes the state volume refused are written now"
+                        );
+                        carried = Carried {
+                            records: Vec::new(),
+                            count: 0,
+                            retry: None,
+                        };
+                    }
+                }
+                Err(_) => carried.refused(&records, framed, Instant::now()),
+            }
+            result
+        } else {
+            Ok(())
+        };
+        if let Some(batch) = batch {
             batch.finish(result.map_err(Arc::new));
         }
         if records.capacity() > KEPT_BUFFER {
@@ -1044,12 +1412,17 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
             break;
         }
         if !compacting && store.wants_compaction() {
-            let (dir, end) = (store.dir.clone(), store.mark());
+            let (dir, end, space) = (store.dir.clone(), store.mark(), store.space.clone());
+            if store.short_of_space || store.refused {
+                store.release_zeros();
+                store.compact_tried = Some((end.len, end.records));
+            }
+            let _ = space.found_full();
             let helper = shared.clone();
             let spawned = std::thread::Builder::new()
                 .name("outbox-compact".into())
                 .spawn(move || {
-                    let result = compact_prefix(&dir, end.len);
+                    let result = compact_prefix(&dir, end.len, &space);
                     let mut queue = helper.queue();
                     queue.compacted = Some((end, result));
                     helper.wake(&queue);
@@ -1064,22 +1437,33 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
         }
     }
     drop(store);
+    let unwritten = carried.count;
     let stop = {
         let mut queue = shared.queue();
         queue.ended = true;
         queue.stop.take()
     };
     if let Some(ack) = stop {
-        ack.finish(Ok(()));
+        ack.finish(if carried.records.is_empty() {
+            Ok(())
+        } else {
+            Err(Arc::new(StoreError {
+                path: PathBuf::new(),
+                message: format!("{unwritten} changes the state volume refused are not on disk"),
+            }))
+        });
     }
 }
+
+#[cfg(test)]
+mod faults;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn update(c: char, check: &str, state: State) -> StatusUpdate {
+    pub(super) fn update(c: char, check: &str, state: State) -> StatusUpdate {
         StatusUpdate {
             repo: "github.com/o/r".into(),
             status: CommitStatus {
@@ -1092,21 +1476,21 @@ mod tests {
         }
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
+    pub(super) fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("flux-status-store-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
 
     /// A comparable form of what a store holds.
-    type Snapshot = (
+    pub(super) type Snapshot = (
         Vec<(StatusUpdate, SystemTime)>,
         Vec<String>,
         Vec<(StatusUpdate, u64)>,
         Option<Vec<u8>>,
     );
 
-    fn snapshot(rec: Recovered) -> Snapshot {
+    pub(super) fn snapshot(rec: Recovered) -> Snapshot {
         let mut in_flight: Vec<String> = rec
             .in_flight
             .iter()
@@ -1120,7 +1504,7 @@ mod tests {
     }
 
     /// What the ops leave, by the model: replaying them in memory.
-    fn model(ops: &[Op]) -> Snapshot {
+    pub(super) fn model(ops: &[Op]) -> Snapshot {
         let mut live = Live::default();
         for op in ops {
             live.apply(op.clone());
@@ -1128,15 +1512,15 @@ mod tests {
         snapshot(live.into_recovered())
     }
 
-    fn reopen(dir: &Path) -> Snapshot {
+    pub(super) fn reopen(dir: &Path) -> Snapshot {
         snapshot(Store::open(dir).unwrap().1)
     }
 
-    fn t(ms: u64) -> SystemTime {
+    pub(super) fn t(ms: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
     }
 
-    fn sample_ops() -> Vec<Op> {
+    pub(super) fn sample_ops() -> Vec<Op> {
         let (a, b, c) = (
             update('a', "x", State::Pending),
             update('b', "x", State::Succeeded),
@@ -1277,7 +1661,7 @@ mod tests {
     }
 
     /// Ops over a few keys, so that later ops override, remove and re-add earlier ones.
-    fn op_strategy() -> impl Strategy<Value = Op> {
+    pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
         let key = (0..4u8, 0..2u8);
         let state = prop::sample::select(State::ALL.to_vec());
         let upd = (key.clone(), state)
@@ -1308,7 +1692,7 @@ mod tests {
                 let (mut store, _) = Store::open(&dir).unwrap();
                 store.apply(&before).unwrap();
                 let end = store.mark();
-                let compacted = compact_prefix(&dir, end.len).unwrap();
+                let compacted = compact_prefix(&dir, end.len, &Space::default()).unwrap();
                 store.apply(&during).unwrap();
                 store.finish_compaction(end, compacted).unwrap();
                 store.apply(&after).unwrap();

@@ -365,6 +365,8 @@ impl Poller {
         loop {
             match self.delivery.accept(updates.clone()).await {
                 Ok(_) => return,
+                // Trying again cannot make it fit (logged where it was refused).
+                Err(crate::delivery::AcceptError::TooLarge(_)) => return,
                 Err(e) => {
                     warn!(error = %e, "workload status not queued; trying again in 1s");
                     tokio::select! {
