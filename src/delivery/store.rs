@@ -1759,14 +1759,16 @@ mod tests {
         }
         assert_eq!(reopen(&dir), model(&all));
         // Reopening cut the zeros ahead of the records. How far the log grew during
-        // the last compaction depends on timing; most of what was appended is gone.
+        // the last compaction depends on how fast the compaction thread got the CPU
+        // (on a loaded machine a quarter of it was left once), so this asks only
+        // that most of what was appended is gone.
         let size = std::fs::metadata(dir.join(LOG)).unwrap().len();
         let mut appended = Vec::new();
         for op in &all {
             frame(&record(op), &mut appended).unwrap();
         }
         assert!(
-            size < appended.len() as u64 / 4,
+            size < appended.len() as u64 / 2,
             "{size} bytes left of {} appended",
             appended.len()
         );
