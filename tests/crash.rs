@@ -59,28 +59,18 @@ fn v2_event(c: usize, k: usize, state: &str) -> Vec<u8> {
 }
 
 async fn daemon(state_dir: std::path::PathBuf, gh: &GitHub) -> Daemon {
-    let api = gh.uri();
-    Daemon::start_in(
-        state_dir,
-        &[
-            "--git-url",
-            "https://github.com/acme/app",
-            "--instance",
-            "dev",
-            "--api-url",
-            &api,
-            "--http-timeout",
-            "1s",
-            "--retry-initial",
-            "100ms",
-            "--retry-max",
-            "1s",
-            "--writes-per-minute",
-            "0",
-        ],
-        &[("GITHUB_TOKEN", TOKEN), ("FLUX_STATUS_SETTLE_AFTER", "2s")],
-    )
-    .await
+    let fast = [
+        "--http-timeout",
+        "1s",
+        "--retry-initial",
+        "100ms",
+        "--retry-max",
+        "1s",
+        "--writes-per-minute",
+        "0",
+    ];
+    let env = [("FLUX_STATUS_SETTLE_AFTER", "2s")];
+    Daemon::start_for_github(state_dir, &gh.uri(), TOKEN, &fast, &env).await
 }
 
 /// One event posted: its check, its state, and whether it was acknowledged (`None`:

@@ -133,17 +133,7 @@ fn sync_event(sha: &str, failed: bool) -> Vec<u8> {
 }
 
 async fn daemon(state_dir: std::path::PathBuf, github: &MockServer, extra: &[&str]) -> Daemon {
-    let api = github.uri();
-    let mut args = vec![
-        "--git-url",
-        "https://github.com/acme/app",
-        "--instance",
-        "dev",
-        "--api-url",
-        &api,
-    ];
-    args.extend_from_slice(extra);
-    Daemon::start_in(state_dir, &args, &[("GITHUB_TOKEN", TOKEN)]).await
+    Daemon::start_for_github(state_dir, &github.uri(), TOKEN, extra, &[]).await
 }
 
 #[tokio::test]

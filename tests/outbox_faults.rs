@@ -78,20 +78,7 @@ fn v2_failed(sha: &str, message: &str) -> Vec<u8> {
 }
 
 async fn daemon(state: std::path::PathBuf, github: &MockServer) -> Daemon {
-    let api = github.uri();
-    Daemon::start_in(
-        state,
-        &[
-            "--git-url",
-            "https://github.com/acme/app",
-            "--instance",
-            "dev",
-            "--api-url",
-            &api,
-        ],
-        &[("GITHUB_TOKEN", TOKEN)],
-    )
-    .await
+    Daemon::start_for_github(state, &github.uri(), TOKEN, &[], &[]).await
 }
 
 async fn wait_for(what: impl Fn() -> String, timeout: Duration, mut done: impl FnMut() -> bool) {

@@ -60,30 +60,17 @@ async fn daemon(state_dir: std::path::PathBuf, gh: &GitHub, settle: &str) -> Dae
 }
 
 async fn daemon_with(state_dir: std::path::PathBuf, gh: &GitHub, env: &[(&str, &str)]) -> Daemon {
-    let api = gh.uri();
-    let mut env = env.to_vec();
-    env.push(("GITHUB_TOKEN", TOKEN));
-    Daemon::start_in(
-        state_dir,
-        &[
-            "--git-url",
-            "https://github.com/acme/app",
-            "--instance",
-            "dev",
-            "--api-url",
-            &api,
-            "--http-timeout",
-            "1s",
-            "--retry-initial",
-            "200ms",
-            "--retry-max",
-            "1s",
-            "--writes-per-minute",
-            "0",
-        ],
-        &env,
-    )
-    .await
+    let fast = [
+        "--http-timeout",
+        "1s",
+        "--retry-initial",
+        "200ms",
+        "--retry-max",
+        "1s",
+        "--writes-per-minute",
+        "0",
+    ];
+    Daemon::start_for_github(state_dir, &gh.uri(), TOKEN, &fast, env).await
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {

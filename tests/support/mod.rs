@@ -50,6 +50,29 @@ impl Daemon {
         Self::start_in(temp_dir("state"), args, env).await
     }
 
+    /// The daemon for `https://github.com/acme/app` (instance `dev`) with its API at
+    /// `api` and `token` as `GITHUB_TOKEN`: what the durability tests share.
+    pub async fn start_for_github(
+        state_dir: std::path::PathBuf,
+        api: &str,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let mut args = vec![
+            "--git-url",
+            "https://github.com/acme/app",
+            "--instance",
+            "dev",
+            "--api-url",
+            api,
+        ];
+        args.extend_from_slice(extra);
+        let mut env = env.to_vec();
+        env.push(("GITHUB_TOKEN", token));
+        Self::start_in(state_dir, &args, &env).await
+    }
+
     /// Starts with the given state directory (unless `args` disables persistence).
     pub async fn start_in(state_dir: std::path::PathBuf, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flux-status"));
