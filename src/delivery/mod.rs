@@ -8,6 +8,9 @@ pub mod outbox;
 pub mod readback;
 pub mod store;
 
+#[cfg(test)]
+mod handle_tests;
+
 use crate::metrics::{Metrics, ProviderLabels};
 use crate::update::{Key, Map, RepoId, StatusUpdate};
 use limiter::{Limiter, Limits};
