@@ -4,9 +4,9 @@
 //! with `api-version=7.1` and Basic auth (empty user, PAT). A check
 //! `flux-status/dev/sync` becomes context genre `flux-status`, name `dev/sync`.
 
+use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http;
-use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::{
     Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Reason, Receipt, Retry, Sha,
     State, text,

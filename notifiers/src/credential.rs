@@ -51,7 +51,10 @@ where
     let token = source.token().await?;
     match send(token.clone()).await {
         Err(e) if e.reason == Reason::Unauthorized && source.refused(&token) => {
-            tracing::info!(provider = e.provider, "the provider refused the token; trying once more with a fresh one");
+            tracing::info!(
+                provider = e.provider,
+                "the provider refused the token; trying once more with a fresh one"
+            );
             send(source.token().await?).await
         }
         result => result,

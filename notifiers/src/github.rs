@@ -3,9 +3,9 @@
 //! `POST /repos/{owner}/{repo}/statuses/{sha}`; descriptions are cut to 140
 //! characters (GitHub answers 422 past that).
 
+use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
-use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::{
     Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Receipt, Sha, State, text,
 };

@@ -5,9 +5,9 @@
 //! transition and answers 400 "Cannot transition status" when the job is already
 //! in that state: that means "already written", not an error.
 
+use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
-use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::{
     Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Receipt, Sha, State, text,
 };

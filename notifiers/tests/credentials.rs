@@ -99,7 +99,9 @@ async fn accepting_only_new(case: &Case) -> MockServer {
         .mount(&server)
         .await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({"message": "Bad credentials"})))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(serde_json::json!({"message": "Bad credentials"})),
+        )
         .with_priority(10)
         .mount(&server)
         .await;
@@ -129,7 +131,12 @@ async fn a_refused_token_is_replaced_by_a_fresh_one_and_the_write_goes_through()
         n.write(&status(), None)
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        assert_eq!(requests(&server).await.len(), 2, "{}: refused once, then sent again", case.name);
+        assert_eq!(
+            requests(&server).await.len(),
+            2,
+            "{}: refused once, then sent again",
+            case.name
+        );
         assert_eq!(source.refusals.load(Ordering::Relaxed), 1, "{}", case.name);
         // The fresh token is the one asked for from now on.
         n.write(&status(), None).await.unwrap();
@@ -148,7 +155,12 @@ async fn a_refusal_with_no_fresher_token_is_final_after_one_more_try_at_most() {
             .write(&status(), None)
             .await
             .unwrap_err();
-        assert_eq!((e.retry, e.reason), (Retry::Permanent, Reason::Unauthorized), "{}", case.name);
+        assert_eq!(
+            (e.retry, e.reason),
+            (Retry::Permanent, Reason::Unauthorized),
+            "{}",
+            case.name
+        );
         assert_eq!(requests(&server).await.len(), 2, "{}", case.name);
 
         // A fixed token: refused() has nothing fresher, so no second request.
@@ -157,8 +169,17 @@ async fn a_refusal_with_no_fresher_token_is_final_after_one_more_try_at_most() {
             .write(&status(), None)
             .await
             .unwrap_err();
-        assert_eq!((e.retry, e.reason), (Retry::Permanent, Reason::Unauthorized), "{}", case.name);
+        assert_eq!(
+            (e.retry, e.reason),
+            (Retry::Permanent, Reason::Unauthorized),
+            "{}",
+            case.name
+        );
         assert_eq!(requests(&server).await.len(), 1, "{}", case.name);
-        assert!(!e.to_string().contains("old"), "{}: token in error: {e}", case.name);
+        assert!(
+            !e.to_string().contains("old"),
+            "{}: token in error: {e}",
+            case.name
+        );
     }
 }

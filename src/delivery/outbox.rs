@@ -665,7 +665,11 @@ mod tests {
                 .unwrap(),
             vec![Offer::Unchanged]
         );
-        assert_eq!(ob.len() + ob.written.map.len(), 1, "a state already written adds none");
+        assert_eq!(
+            ob.len() + ob.written.map.len(),
+            1,
+            "a state already written adds none"
+        );
         assert_eq!(
             ob.offer_all(vec![update('a', "c", State::Failed)], now).unwrap(),
             vec![Offer::Queued]

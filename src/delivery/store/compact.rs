@@ -2,11 +2,11 @@
 //! count into a new file while the persister appends; the persister then copies what
 //! was appended meanwhile and renames the new file over the log.
 
+use super::StoreError;
 use super::codec::{HEADER, MAGIC, Record, Slot, slot};
 use super::log::{COMPACTING, LOG, Mark, Store};
 use super::read::{FileWindow, Records};
 use super::space::{Growing, Space};
-use super::StoreError;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -96,7 +96,6 @@ fn copy_live(dir: &Path, end: u64, space: &Space) -> Result<Mark, StoreError> {
     Ok(Mark { len, records: kept })
 }
 
-
 impl Store {
     /// Switches to the compacted file: copies what was appended after `end` into it,
     /// makes it durable and renames it over the log.
@@ -151,9 +150,10 @@ impl Store {
                 {
                     space.shrink(m.len());
                 }
-                Err(StoreError::io(&tmp, "switching to the compacted log")(space.note(e)))
+                Err(StoreError::io(&tmp, "switching to the compacted log")(
+                    space.note(e),
+                ))
             }
         }
     }
-
 }

@@ -392,10 +392,7 @@ fn a_real_six_mebibyte_volume_keeps_working_and_comes_back_after_filling_up() {
         let big: Vec<Op> = (100..140)
             .map(|i| Op::Pending(numbered(i, &"x".repeat(60 << 10)), t(i)))
             .collect();
-        assert!(
-            persister.submit(&big).wait().await.is_err(),
-            "the volume is full"
-        );
+        assert!(persister.submit(&big).wait().await.is_err(), "the volume is full");
         all.extend(big);
         let failed = seen(&events).len();
         std::fs::remove_file(&ballast).unwrap();

@@ -2,9 +2,9 @@
 //! room it takes on the volume. Compaction is in `compact`, the thread in `persister`.
 
 use super::StoreError;
-use super::codec::{Framed, MAGIC, Slot};
 #[cfg(test)]
 use super::codec::Op;
+use super::codec::{Framed, MAGIC, Slot};
 use super::read::{FileWindow, Records};
 use super::replay::{Recovered, replay};
 use super::space::Space;
@@ -192,7 +192,12 @@ impl Store {
         match std::fs::remove_file(dir.join(COMPACTING)) {
             Ok(()) => info!("removed an unfinished compaction of the outbox log; the log itself is whole"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io(&dir.join(COMPACTING), "removing an unfinished compaction")(e)),
+            Err(e) => {
+                return Err(StoreError::io(
+                    &dir.join(COMPACTING),
+                    "removing an unfinished compaction",
+                )(e));
+            }
         }
         let _ = std::fs::remove_file(dir.join(CREATING));
         if dir.join(OLD_REDB).exists() {
@@ -271,7 +276,10 @@ impl Store {
             // an unacknowledged write can line up with a later record.
             file.set_len(replayed.end)
                 .and_then(|()| file.sync_all())
-                .map_err(StoreError::io(&path, "cutting the log after its last whole record"))?;
+                .map_err(StoreError::io(
+                    &path,
+                    "cutting the log after its last whole record",
+                ))?;
         }
         let mut store = Store {
             dir: dir.to_path_buf(),

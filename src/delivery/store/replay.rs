@@ -165,4 +165,3 @@ pub fn replay_bytes(data: &[u8]) -> usize {
         _ => 0,
     }
 }
-

@@ -134,8 +134,14 @@ fn state_survives_reopening() {
     assert_eq!(
         rec.handles,
         vec![
-            (update('a', "x", State::Pending).key(), Handle::new("run-3").unwrap()),
-            (update('b', "x", State::Pending).key(), Handle::new("run-4").unwrap()),
+            (
+                update('a', "x", State::Pending).key(),
+                Handle::new("run-3").unwrap()
+            ),
+            (
+                update('b', "x", State::Pending).key(),
+                Handle::new("run-4").unwrap()
+            ),
         ]
     );
     assert_eq!(snapshot(rec), model(&sample_ops()));
@@ -238,8 +244,8 @@ fn an_unfinished_compaction_is_discarded_and_the_log_wins() {
 pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
     let key = (0..4u8, 0..2u8);
     let state = prop::sample::select(State::ALL.to_vec());
-    let upd = (key.clone(), state)
-        .prop_map(|((c, x), s)| update((b'a' + c) as char, ["x", "y"][x as usize], s));
+    let upd =
+        (key.clone(), state).prop_map(|((c, x), s)| update((b'a' + c) as char, ["x", "y"][x as usize], s));
     prop_oneof![
         (upd.clone(), 0..1000u64).prop_map(|(u, ms)| Op::Pending(u, t(ms))),
         upd.clone().prop_map(|u| Op::Done(u.key())),
@@ -392,7 +398,11 @@ fn a_log_of_records_that_all_count_is_not_compacted_until_half_are_dead() {
         "nothing to drop, nothing compacted"
     );
     let (mut store, _) = Store::open_with(&dir, 8 << 10).unwrap();
-    assert_eq!((store.records, store.live.len()), (400, 400), "counted at opening");
+    assert_eq!(
+        (store.records, store.live.len()),
+        (400, 400),
+        "counted at opening"
+    );
     // As if the log had just grown enough since its last compaction.
     store.compact_at = store.len;
     assert!(!store.wants_compaction(), "all records count");
@@ -434,11 +444,7 @@ fn concurrent_submitters_share_commits_and_each_waits_for_its_own() {
                     let mut u = update('a', "x", State::Pending);
                     u.status.sha = Sha::parse(&format!("{:040x}", task * 1000 + i)).unwrap();
                     let op = Op::Pending(u, t(i));
-                    persister
-                        .submit(std::slice::from_ref(&op))
-                        .wait()
-                        .await
-                        .unwrap();
+                    persister.submit(std::slice::from_ref(&op)).wait().await.unwrap();
                     ops.push(op);
                 }
                 ops
@@ -477,8 +483,7 @@ fn a_batch_the_persister_abandons_fails_instead_of_hanging() {
     let batch = Batch::new();
     let waiting = Durable(Some(batch.clone()));
     drop(Ack(batch));
-    let waited =
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), waiting.wait()).await });
+    let waited = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), waiting.wait()).await });
     let e = waited.expect("answered, not left waiting").unwrap_err();
     assert!(matches!(*e, StoreError::Stopped), "{e}");
     assert_eq!(e.to_string(), "state store: persister stopped");
