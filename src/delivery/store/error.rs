@@ -40,12 +40,4 @@ impl StoreError {
             source,
         }
     }
-
-    /// The I/O error underneath, if any.
-    pub fn io_error(&self) -> Option<&std::io::Error> {
-        match self {
-            StoreError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
 }

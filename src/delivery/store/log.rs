@@ -138,7 +138,7 @@ pub struct Store {
     pub(super) len: u64,
     /// Whole records in the log, whether they still count or not.
     pub(super) records: u64,
-    /// The slots that the log's records set (see [`slot`]): as many records still
+    /// The slots that the log's records set (see `codec::slot`): as many records still
     /// count, and a compaction would keep.
     pub(super) live: HashSet<Slot>,
     /// The file's size: records, then zeros.
