@@ -414,13 +414,13 @@ impl Delivery {
         let now = Instant::now();
         let u = &lease.update;
         let provider = self.provider_name(&u.repo);
-        // A handle the write returned, new for this check.
-        let mut kept = None;
+        // The provider object the write returned, if it returned one.
+        let mut returned = None;
         let completion = match result {
             Ok(sent) => {
                 let (result_label, message) = match sent {
                     Sent::Written(Receipt { budget, handle }) => {
-                        kept = handle.filter(|h| lease.handle.as_ref() != Some(h));
+                        returned = handle;
                         if let Some(remaining) = budget.remaining {
                             self.metrics
                                 .rate_limit_remaining
@@ -508,8 +508,9 @@ impl Delivery {
             ops.push(Op::Written(lease.update.clone(), seq));
         }
         ops.extend(done.evicted.into_iter().map(Op::Forget));
-        if let Some(handle) = kept {
-            let forgotten = outbox.keep_handle(key.clone(), handle.clone());
+        if let Some(handle) = returned
+            && let Some(forgotten) = outbox.keep_handle(key.clone(), handle.clone())
+        {
             ops.push(Op::Handle(key.clone(), Some(handle)));
             ops.extend(forgotten.into_iter().map(|k| Op::Handle(k, None)));
         }

@@ -413,10 +413,14 @@ impl Outbox {
         done
     }
 
-    /// Keeps the handle the last write for `key` returned; returns the keys whose
-    /// handles were forgotten to keep the memory bounded.
-    pub fn keep_handle(&mut self, key: Key, handle: Handle) -> Vec<Key> {
-        self.handles.insert(key, handle)
+    /// Keeps the handle the last write for `key` returned. `None` when it is the one
+    /// kept already (nothing to store); otherwise the keys whose handles were forgotten
+    /// to keep the memory bounded.
+    pub fn keep_handle(&mut self, key: Key, handle: Handle) -> Option<Vec<Key>> {
+        if self.handles.map.get(&key) == Some(&handle) {
+            return None;
+        }
+        Some(self.handles.insert(key, handle))
     }
 
     /// Loads the handles a previous run kept, oldest first.
@@ -919,6 +923,35 @@ mod tests {
         assert!(!done.in_doubt, "nothing can land: the mark goes");
         let again = ob.next_ready(now + Duration::from_secs(1), no_pause).0.unwrap();
         assert_eq!(again.read_back, None);
+    }
+
+    #[test]
+    fn a_lease_carries_its_checks_handle_and_handles_are_bounded() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 2);
+        let h = |s: &str| Handle::new(s).unwrap();
+        let (a, b, c) = (
+            update('a', "x", State::Pending),
+            update('b', "x", State::Pending),
+            update('c', "x", State::Pending),
+        );
+        assert_eq!(ob.keep_handle(a.key(), h("a1")), Some(vec![]));
+        assert_eq!(
+            ob.keep_handle(a.key(), h("a1")),
+            None,
+            "already kept: nothing to store"
+        );
+        assert_eq!(ob.keep_handle(a.key(), h("a2")), Some(vec![]), "replaced");
+        assert_eq!(ob.keep_handle(b.key(), h("b1")), Some(vec![]));
+        assert_eq!(
+            ob.keep_handle(c.key(), h("c1")),
+            Some(vec![a.key()]),
+            "capacity 2 forgets the oldest"
+        );
+        ob.offer_all(vec![a, b], now).unwrap();
+        let first = ob.next_ready(now, no_pause).0.unwrap();
+        let second = ob.next_ready(now, no_pause).0.unwrap();
+        assert_eq!((first.handle, second.handle), (None, Some(h("b1"))));
     }
 
     #[test]
