@@ -147,7 +147,7 @@ async fn each_provider_sends_exactly_its_documented_request() {
         for state in State::ALL {
             let fake = Fake::start(created(s), vec![]).await;
             let n = notifier(s, &fake.uri(), Duration::from_secs(5));
-            n.set_status(&status(state))
+            n.write(&status(state), None)
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e}", s.provider));
             let reqs = fake.expect_exactly(1, Duration::from_millis(50)).await;
@@ -225,7 +225,7 @@ async fn every_error_answer_is_classified() {
             }
             let fake = Fake::start(answer.clone(), vec![]).await;
             let got = notifier(s, &fake.uri(), Duration::from_secs(5))
-                .set_status(&status(State::Succeeded))
+                .write(&status(State::Succeeded), None)
                 .await
                 .map(drop)
                 .map_err(|e| (e.retry, e.reason));
@@ -244,7 +244,7 @@ async fn every_error_answer_is_classified() {
         )
         .await;
         let e = notifier(s, &fake.uri(), Duration::from_secs(5))
-            .set_status(&status(State::Failed))
+            .write(&status(State::Failed), None)
             .await
             .unwrap_err();
         assert!(
@@ -258,7 +258,7 @@ async fn every_error_answer_is_classified() {
         )
         .await;
         let e = notifier(s, &fake.uri(), Duration::from_secs(5))
-            .set_status(&status(State::Failed))
+            .write(&status(State::Failed), None)
             .await
             .unwrap_err();
         assert_eq!(e.retry_after, Some(Duration::from_secs(7)), "{}", s.provider);
@@ -270,7 +270,7 @@ async fn timeouts_and_refused_connections_are_transient() {
     for s in &PROVIDERS {
         let slow = Fake::start(created(s).set_delay(Duration::from_secs(3)), vec![]).await;
         let e = notifier(s, &slow.uri(), Duration::from_millis(300))
-            .set_status(&status(State::Pending))
+            .write(&status(State::Pending), None)
             .await
             .unwrap_err();
         assert_eq!(
@@ -284,7 +284,7 @@ async fn timeouts_and_refused_connections_are_transient() {
         let addr = closed.local_addr().unwrap();
         drop(closed);
         let e = notifier(s, &format!("http://{addr}"), Duration::from_secs(2))
-            .set_status(&status(State::Pending))
+            .write(&status(State::Pending), None)
             .await
             .unwrap_err();
         assert_eq!(

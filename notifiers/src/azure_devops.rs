@@ -4,15 +4,17 @@
 //! with `api-version=7.1` and Basic auth (empty user, PAT). A check
 //! `flux-status/dev/sync` becomes context genre `flux-status`, name `dev/sync`.
 
+use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http;
 use crate::{
-    Budget, Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Reason, Retry, Sha, State,
-    text,
+    Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Reason, Receipt, Retry, Sha,
+    State, text,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 pub const NAME: &str = "azure-devops";
 /// Azure DevOps documents no limit; statuses are one line in its UI, so keep them short.
@@ -183,7 +185,7 @@ pub struct AzureDevOps {
     client: reqwest::Client,
     /// `{collection}/{project}/_apis/git/repositories/{repo}`
     repo_url: String,
-    pat: SecretString,
+    credential: Arc<dyn CredentialSource>,
     repo: String,
 }
 
@@ -211,6 +213,16 @@ impl AzureDevOps {
         api_url: Option<&str>,
         pat: SecretString,
     ) -> Result<Self, GitUrlError> {
+        Self::with_credential(client, url, api_url, Arc::new(StaticToken::new(pat)))
+    }
+
+    /// A notifier that asks `credential` for the PAT on every request.
+    pub fn with_credential(
+        client: reqwest::Client,
+        url: &GitUrl,
+        api_url: Option<&str>,
+        credential: Arc<dyn CredentialSource>,
+    ) -> Result<Self, GitUrlError> {
         let r = repo_path(url)?;
         let collection = api_url.map(str::to_string).unwrap_or(r.collection_url);
         Ok(AzureDevOps {
@@ -221,23 +233,25 @@ impl AzureDevOps {
                 encode(&r.project),
                 encode(&r.repo)
             ),
-            pat,
+            credential,
             repo: format!("{}/{}/{}", url.host, r.project, r.repo),
         })
     }
 
     /// An authenticated GET whose answer is a success, or the reason it is not.
     async fn get(&self, url: String) -> Result<http::HttpResponse, NotifyError> {
-        let req = self
-            .client
-            .get(url)
-            .basic_auth("", Some(self.pat.expose_secret()));
-        let resp = http::send(NAME, req).await?;
-        match sign_in_page(&resp) {
-            Some(Err(e)) => Err(e),
-            _ if !resp.is_success() => Err(http::classify(NAME, &resp)),
-            _ => Ok(resp),
-        }
+        with_token(&*self.credential, |pat| {
+            let req = self.client.get(&url).basic_auth("", Some(pat.expose_secret()));
+            async move {
+                let resp = http::send(NAME, req).await?;
+                match sign_in_page(&resp) {
+                    Some(Err(e)) => Err(e),
+                    _ if !resp.is_success() => Err(http::classify(NAME, &resp)),
+                    _ => Ok(resp),
+                }
+            }
+        })
+        .await
     }
 }
 
@@ -271,7 +285,7 @@ impl Notifier for AzureDevOps {
         &self.repo
     }
 
-    async fn set_status(&self, status: &CommitStatus) -> Result<Budget, NotifyError> {
+    async fn write(&self, status: &CommitStatus, _: Option<&Handle>) -> Result<Receipt, NotifyError> {
         let (genre, name) = status.check.genre_and_name();
         let body = CreateStatus {
             state: state(status.state),
@@ -279,15 +293,20 @@ impl Notifier for AzureDevOps {
             target_url: status.target_url.as_deref(),
             context: Context { genre, name },
         };
-        let req = self
-            .client
-            .post(format!(
-                "{}/commits/{}/statuses?api-version={API_VERSION}",
-                self.repo_url, status.sha
-            ))
-            .basic_auth("", Some(self.pat.expose_secret()))
-            .json(&body);
-        http::write(NAME, req, sign_in_page).await
+        let url = format!(
+            "{}/commits/{}/statuses?api-version={API_VERSION}",
+            self.repo_url, status.sha
+        );
+        with_token(&*self.credential, |pat| {
+            let req = self
+                .client
+                .post(&url)
+                .basic_auth("", Some(pat.expose_secret()))
+                .json(&body);
+            http::write(NAME, req, sign_in_page)
+        })
+        .await
+        .map(Receipt::from)
     }
 
     fn reads_back_as(&self, s: State) -> State {

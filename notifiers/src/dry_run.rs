@@ -1,6 +1,6 @@
 //! A notifier that writes nothing and logs each status it would write.
 
-use crate::{Budget, CommitStatus, Notifier, NotifyError, Provider, ReadStatus, Sha, text};
+use crate::{CommitStatus, Handle, Notifier, NotifyError, Provider, ReadStatus, Receipt, Sha, text};
 
 pub struct DryRun {
     repo: String,
@@ -28,7 +28,7 @@ impl Notifier for DryRun {
         &self.repo
     }
 
-    async fn set_status(&self, status: &CommitStatus) -> Result<Budget, NotifyError> {
+    async fn write(&self, status: &CommitStatus, _: Option<&Handle>) -> Result<Receipt, NotifyError> {
         tracing::info!(
             repo = %self.repo,
             sha = %status.sha,
@@ -38,7 +38,7 @@ impl Notifier for DryRun {
             target_url = status.target_url.as_deref().unwrap_or(""),
             "dry run: would write commit status"
         );
-        Ok(Budget::default())
+        Ok(Receipt::default())
     }
 
     async fn check_credentials(&self) -> Result<(), NotifyError> {

@@ -3,12 +3,16 @@
 //! `POST /repos/{owner}/{repo}/statuses/{sha}`; descriptions are cut to 140
 //! characters (GitHub answers 422 past that).
 
+use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
-use crate::{Budget, Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Sha, State, text};
+use crate::{
+    Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Receipt, Sha, State, text,
+};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 pub const NAME: &str = "github";
 pub const DESCRIPTION_LIMIT: usize = 140;
@@ -60,7 +64,7 @@ pub struct GitHub {
     api: String,
     /// `{api}/repos/{owner}/{repo}`
     repo_url: String,
-    token: SecretString,
+    credential: Arc<dyn CredentialSource>,
     repo: String,
 }
 
@@ -88,6 +92,16 @@ impl GitHub {
         api_url: Option<&str>,
         token: SecretString,
     ) -> Result<Self, GitUrlError> {
+        Self::with_credential(client, url, api_url, Arc::new(StaticToken::new(token)))
+    }
+
+    /// A notifier that asks `credential` for the token on every request.
+    pub fn with_credential(
+        client: reqwest::Client,
+        url: &GitUrl,
+        api_url: Option<&str>,
+        credential: Arc<dyn CredentialSource>,
+    ) -> Result<Self, GitUrlError> {
         let (owner, repo) = repo_path(url)?;
         let api = api_url
             .map(str::to_string)
@@ -102,13 +116,16 @@ impl GitHub {
             client,
             api,
             repo_url,
-            token,
+            credential,
             repo: format!("{}/{owner}/{repo}", url.host),
         })
     }
 
-    fn auth(&self, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, NotifyError> {
-        let bearer = sensitive_header(&format!("Bearer {}", self.token.expose_secret()))?;
+    fn auth(
+        req: reqwest::RequestBuilder,
+        token: &SecretString,
+    ) -> Result<reqwest::RequestBuilder, NotifyError> {
+        let bearer = sensitive_header(&format!("Bearer {}", token.expose_secret()))?;
         Ok(req
             .header(reqwest::header::AUTHORIZATION, bearer)
             .header(reqwest::header::ACCEPT, "application/vnd.github+json")
@@ -126,18 +143,20 @@ impl Notifier for GitHub {
         &self.repo
     }
 
-    async fn set_status(&self, status: &CommitStatus) -> Result<Budget, NotifyError> {
+    async fn write(&self, status: &CommitStatus, _: Option<&Handle>) -> Result<Receipt, NotifyError> {
         let body = CreateStatus {
             state: state(status.state),
             context: status.check.as_str(),
             description: text::one_line_truncated(&status.description, DESCRIPTION_LIMIT),
             target_url: status.target_url.as_deref(),
         };
-        let req = self.auth(
-            self.client
-                .post(format!("{}/statuses/{}", self.repo_url, status.sha)),
-        )?;
-        http::write(NAME, req.json(&body), http::no_special_answers).await
+        let url = format!("{}/statuses/{}", self.repo_url, status.sha);
+        with_token(&*self.credential, |token| {
+            let req = Self::auth(self.client.post(&url), &token).map(|r| r.json(&body));
+            async move { http::write(NAME, req?, http::no_special_answers).await }
+        })
+        .await
+        .map(Receipt::from)
     }
 
     fn reads_back_as(&self, s: State) -> State {
@@ -145,16 +164,23 @@ impl Notifier for GitHub {
     }
 
     async fn check_credentials(&self) -> Result<(), NotifyError> {
-        http::read(NAME, self.auth(self.client.get(&self.repo_url))?)
-            .await
-            .map(drop)
+        with_token(&*self.credential, |token| {
+            let req = Self::auth(self.client.get(&self.repo_url), &token);
+            async move { http::read(NAME, req?).await }
+        })
+        .await
+        .map(drop)
     }
 
     async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError> {
         let mut url = format!("{}/commits/{sha}/statuses?per_page=100", self.repo_url);
         let mut out = Vec::new();
         for _ in 0..MAX_PAGES {
-            let resp = http::read(NAME, self.auth(self.client.get(&url))?).await?;
+            let resp = with_token(&*self.credential, |token| {
+                let req = Self::auth(self.client.get(&url), &token);
+                async move { http::read(NAME, req?).await }
+            })
+            .await?;
             let page: Vec<Listed> = resp.json(NAME)?;
             out.extend(page.into_iter().filter_map(|s| {
                 Some(ReadStatus {

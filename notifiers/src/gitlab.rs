@@ -5,12 +5,16 @@
 //! transition and answers 400 "Cannot transition status" when the job is already
 //! in that state: that means "already written", not an error.
 
+use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
-use crate::{Budget, Check, CommitStatus, MAX_PAGES, Notifier, NotifyError, ReadStatus, Sha, State, text};
+use crate::{
+    Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Receipt, Sha, State, text,
+};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 pub const NAME: &str = "gitlab";
 /// GitLab rejects description, name and target_url longer than this.
@@ -75,7 +79,7 @@ pub struct GitLab {
     client: reqwest::Client,
     /// `{api}/projects/{id}`
     project_url: String,
-    token: SecretString,
+    credential: Arc<dyn CredentialSource>,
     repo: String,
 }
 
@@ -104,6 +108,16 @@ impl GitLab {
         api_url: Option<&str>,
         token: SecretString,
     ) -> Result<Self, GitUrlError> {
+        Self::with_credential(client, url, api_url, Arc::new(StaticToken::new(token)))
+    }
+
+    /// A notifier that asks `credential` for the token on every request.
+    pub fn with_credential(
+        client: reqwest::Client,
+        url: &GitUrl,
+        api_url: Option<&str>,
+        credential: Arc<dyn CredentialSource>,
+    ) -> Result<Self, GitUrlError> {
         let project = repo_path(url)?;
         let base = api_url
             .map(str::to_string)
@@ -117,10 +131,14 @@ impl GitLab {
         Ok(GitLab {
             client,
             project_url: format!("{api}/projects/{}", utf8_percent_encode(&project, PROJECT_ID)),
-            token,
+            credential,
             repo: format!("{}/{project}", url.host),
         })
     }
+}
+
+fn auth(req: reqwest::RequestBuilder, token: &SecretString) -> Result<reqwest::RequestBuilder, NotifyError> {
+    Ok(req.header("PRIVATE-TOKEN", sensitive_header(token.expose_secret())?))
 }
 
 /// GitLab's answer to setting the state a job is already in means it is written.
@@ -139,7 +157,7 @@ impl Notifier for GitLab {
         &self.repo
     }
 
-    async fn set_status(&self, status: &CommitStatus) -> Result<Budget, NotifyError> {
+    async fn write(&self, status: &CommitStatus, _: Option<&Handle>) -> Result<Receipt, NotifyError> {
         let body = CreateStatus {
             state: state(status.state),
             name: status.check.as_str(),
@@ -150,13 +168,13 @@ impl Notifier for GitLab {
                 .as_deref()
                 .filter(|u| u.chars().count() <= TARGET_URL_LIMIT),
         };
-        let token = sensitive_header(self.token.expose_secret())?;
-        let req = self
-            .client
-            .post(format!("{}/statuses/{}", self.project_url, status.sha))
-            .header("PRIVATE-TOKEN", token)
-            .json(&body);
-        http::write(NAME, req, already_in_state).await
+        let url = format!("{}/statuses/{}", self.project_url, status.sha);
+        with_token(&*self.credential, |token| {
+            let req = auth(self.client.post(&url), &token).map(|r| r.json(&body));
+            async move { http::write(NAME, req?, already_in_state).await }
+        })
+        .await
+        .map(Receipt::from)
     }
 
     fn reads_back_as(&self, s: State) -> State {
@@ -164,12 +182,10 @@ impl Notifier for GitLab {
     }
 
     async fn check_credentials(&self) -> Result<(), NotifyError> {
-        http::read(
-            NAME,
-            self.client
-                .get(&self.project_url)
-                .header("PRIVATE-TOKEN", sensitive_header(self.token.expose_secret())?),
-        )
+        with_token(&*self.credential, |token| {
+            let req = auth(self.client.get(&self.project_url), &token);
+            async move { http::read(NAME, req?).await }
+        })
         .await
         .map(drop)
     }
@@ -182,8 +198,11 @@ impl Notifier for GitLab {
                 "{}/repository/commits/{sha}/statuses?order_by=id&sort=desc&per_page=100&page={page}",
                 self.project_url
             );
-            let token = sensitive_header(self.token.expose_secret())?;
-            let resp = http::read(NAME, self.client.get(url).header("PRIVATE-TOKEN", token)).await?;
+            let resp = with_token(&*self.credential, |token| {
+                let req = auth(self.client.get(&url), &token);
+                async move { http::read(NAME, req?).await }
+            })
+            .await?;
             let listed: Vec<Listed> = resp.json(NAME)?;
             out.extend(listed.into_iter().filter_map(|s| {
                 Some(ReadStatus {

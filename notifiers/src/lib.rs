@@ -6,17 +6,21 @@
 //! [`http`] and [`text`]. Nothing here knows about Flux.
 
 pub mod azure_devops;
+pub mod credential;
 pub mod dry_run;
 pub mod error;
 pub mod git_url;
 pub mod github;
 pub mod gitlab;
 pub mod http;
+mod notifier;
 pub mod status;
 pub mod text;
 
+pub use credential::{CredentialSource, StaticToken};
 pub use error::{NotifyError, Reason, Retry};
 pub use git_url::{GitUrl, GitUrlError};
+pub use notifier::{Budget, Handle, Notifier, Receipt};
 pub use status::{Check, CommitStatus, ReadStatus, Sha, ShaError, State, newest_first};
 
 use secrecy::SecretString;
@@ -116,42 +120,6 @@ impl std::str::FromStr for Provider {
             )),
         }
     }
-}
-
-/// Writes statuses to one repository.
-#[async_trait::async_trait]
-pub trait Notifier: Send + Sync {
-    /// Bounded label for logs and metrics (`github`, `dry-run`, …).
-    fn name(&self) -> &'static str;
-
-    /// The repository, printable: host and path, never credentials.
-    fn repo(&self) -> &str;
-
-    /// Writes one status. Truncation to the provider's limits happens here.
-    async fn set_status(&self, status: &CommitStatus) -> Result<Budget, NotifyError>;
-
-    /// A cheap authenticated read of the repository, to find a bad credential or a
-    /// wrong repository at startup rather than at the first deploy.
-    async fn check_credentials(&self) -> Result<(), NotifyError>;
-
-    /// Every status on the commit that maps to one of our states, newest first, all
-    /// pages followed. Statuses in states we do not know are left out.
-    async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError>;
-
-    /// The state [`list_statuses`](Notifier::list_statuses) shows once `state` is
-    /// written: a provider with fewer states folds some together (GitHub shows a
-    /// canceled deploy as `error`, read back as failed).
-    fn reads_back_as(&self, state: State) -> State {
-        state
-    }
-}
-
-/// What a provider said of our remaining request budget, when it said anything.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Budget {
-    pub remaining: Option<u64>,
-    /// With the budget spent: how long until it is refilled.
-    pub reset_after: Option<std::time::Duration>,
 }
 
 /// Bound on pages read for one commit: a runaway pagination must not loop forever.

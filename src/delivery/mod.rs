@@ -8,10 +8,13 @@ pub mod outbox;
 pub mod readback;
 pub mod store;
 
+#[cfg(test)]
+mod handle_tests;
+
 use crate::metrics::{Metrics, ProviderLabels};
 use crate::update::{Key, Map, RepoId, StatusUpdate};
 use limiter::{Limiter, Limits};
-use notifiers::{Budget, Notifier, NotifyError, Reason, Retry};
+use notifiers::{Notifier, NotifyError, Reason, Receipt, Retry};
 use outbox::{Completion, Full, Lease, Offer, Outbox};
 use readback::Listings;
 use std::collections::{HashMap, HashSet};
@@ -109,7 +112,7 @@ struct Throttle {
 
 /// How a send ended well.
 enum Sent {
-    Written(Budget),
+    Written(Receipt),
     /// The read-back found the state on top, after every earlier attempt of unknown
     /// outcome could have landed: nothing was sent.
     AlreadyThere,
@@ -167,6 +170,7 @@ impl Delivery {
         // The previous run's last writes may still land: those keys are read back
         // once that can no longer happen.
         outbox.restore(recovered.written, pending, &in_flight, now + cfg.settle_after);
+        outbox.restore_handles(recovered.handles);
         if !outbox.is_empty() {
             info!(
                 pending = outbox.len(),
@@ -225,7 +229,7 @@ impl Delivery {
                 }
             }
             // Submitted under the lock: the store sees changes in the order memory did.
-            let durable = self.persister.submit(&ops, outbox.records());
+            let durable = self.persister.submit(&ops);
             self.metrics.outbox_pending.set(outbox.len() as i64);
             (offers, durable)
         };
@@ -247,8 +251,7 @@ impl Delivery {
     /// Saves the workload poll under way (`None`: finished) in the same store, in
     /// order with the statuses it posted.
     pub async fn save_poll(&self, poll: Option<Vec<u8>>) {
-        let live = lock(&self.outbox).records();
-        if let Err(e) = self.persister.submit(&[Op::Poll(poll)], live).wait().await {
+        if let Err(e) = self.persister.submit(&[Op::Poll(poll)]).wait().await {
             warn!(error = %e, "could not save the workload poll; a restart now would not resume it");
         }
     }
@@ -347,14 +350,14 @@ impl Delivery {
 
     fn fill(self: &Arc<Self>, tasks: &mut JoinSet<(Lease, Result<Sent, Failed>)>, now: Instant) {
         while tasks.len() < self.cfg.concurrency {
-            let (lease, deduplicated, live) = {
+            let (lease, deduplicated) = {
                 let mut outbox = lock(&self.outbox);
                 let (lease, deduplicated) = outbox.next_ready(now, |repo| self.blocked_until(repo, now));
                 if !deduplicated.is_empty() {
                     let done: Vec<Op> = deduplicated.iter().cloned().map(Op::Done).collect();
-                    self.persister.submit(&done, outbox.records());
+                    self.persister.submit(&done);
                 }
-                (lease, deduplicated, outbox.records())
+                (lease, deduplicated)
             };
             for key in &deduplicated {
                 // The state was written while this update waited: one write saved.
@@ -374,7 +377,7 @@ impl Delivery {
                 error!(repo = %key.repo, "no notifier configured for repository; dropping update");
                 let mut outbox = lock(&self.outbox);
                 if outbox.complete(&lease, Completion::Dropped, now).removed {
-                    self.persister.submit(&[Op::Done(key)], outbox.records());
+                    self.persister.submit(&[Op::Done(key)]);
                 }
                 continue;
             };
@@ -386,7 +389,7 @@ impl Delivery {
             }
             // Durable before the request leaves: if we die mid-write, the next start
             // reads the provider's status instead of writing it a second time.
-            let marked = self.persister.submit(&[Op::InFlight(key)], live);
+            let marked = self.persister.submit(&[Op::InFlight(key)]);
             let span = tracing::info_span!(
                 "write_status",
                 provider = notifier.name(),
@@ -411,10 +414,13 @@ impl Delivery {
         let now = Instant::now();
         let u = &lease.update;
         let provider = self.provider_name(&u.repo);
+        // The provider object the write returned, if it returned one.
+        let mut returned = None;
         let completion = match result {
             Ok(sent) => {
                 let (result_label, message) = match sent {
-                    Sent::Written(budget) => {
+                    Sent::Written(Receipt { budget, handle }) => {
+                        returned = handle;
                         if let Some(remaining) = budget.remaining {
                             self.metrics
                                 .rate_limit_remaining
@@ -502,6 +508,12 @@ impl Delivery {
             ops.push(Op::Written(lease.update.clone(), seq));
         }
         ops.extend(done.evicted.into_iter().map(Op::Forget));
+        if let Some(handle) = returned
+            && let Some(forgotten) = outbox.keep_handle(key.clone(), handle.clone())
+        {
+            ops.push(Op::Handle(key.clone(), Some(handle)));
+            ops.extend(forgotten.into_iter().map(|k| Op::Handle(k, None)));
+        }
         if done.removed {
             ops.push(Op::Done(key.clone()));
         }
@@ -509,7 +521,7 @@ impl Delivery {
         if !done.in_doubt {
             ops.push(Op::Landed(key));
         }
-        self.persister.submit(&ops, outbox.records());
+        self.persister.submit(&ops);
     }
 
     fn report_undelivered(&self) -> usize {
@@ -585,7 +597,7 @@ async fn send(
         delivery.spend(repo, true);
     }
     notifier
-        .set_status(status)
+        .write(status, lease.handle.as_ref())
         .await
         .map(Sent::Written)
         .map_err(|error| Failed { error, wrote: true })

@@ -10,9 +10,13 @@
 //! - the number of pending keys is bounded; a full outbox refuses, it never drops;
 //! - updates due for sending wait in one queue per repository, taken in turn, so a
 //!   repository held back by its provider's budget costs nothing per update, and
-//!   one repository's flood does not hold up the others.
+//!   one repository's flood does not hold up the others;
+//! - the provider object a check's writes update (its handle, see
+//!   [`notifiers::Receipt`]) is handed out with each lease for that check; the
+//!   handles are bounded like the written memory.
 
 use crate::update::{Key, Map, RepoId, StatusUpdate};
+use notifiers::Handle;
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry as Slot;
 use std::collections::{BinaryHeap, VecDeque};
@@ -43,6 +47,8 @@ pub struct Lease {
     /// An earlier attempt, of this run or one before, may have landed: read the
     /// provider's statuses, taken no earlier than this, before writing.
     pub read_back: Option<Instant>,
+    /// What the last write for this check returned, to be given to the next one.
+    pub handle: Option<Handle>,
 }
 
 /// What a completion changed beyond the entry itself, for the durable store.
@@ -102,6 +108,7 @@ pub struct Outbox {
     /// Updates waiting out a retry backoff.
     delayed: BinaryHeap<Reverse<(Instant, u64, KeyOrd)>>,
     written: Written,
+    handles: Handles,
     capacity: usize,
     next_generation: u64,
 }
@@ -130,6 +137,11 @@ impl Outbox {
             held: Map::default(),
             delayed: BinaryHeap::new(),
             written: Written::new(written_capacity),
+            handles: Handles {
+                map: Map::default(),
+                order: VecDeque::new(),
+                capacity: written_capacity,
+            },
             capacity,
             next_generation: 0,
         }
@@ -137,13 +149,6 @@ impl Outbox {
 
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    /// How many store records this state needs: one per update waiting and one per
-    /// written state remembered. The in-flight marks (at most the delivery
-    /// concurrency) are left out: the store only needs an estimate.
-    pub fn records(&self) -> usize {
-        self.entries.len() + self.written.map.len()
     }
 
     /// Updates due for sending now (not waiting on a backoff or a rate limit).
@@ -299,6 +304,7 @@ impl Outbox {
                     attempt: entry.attempts + 1,
                     accepted_at: entry.accepted_at,
                     read_back: entry.doubt,
+                    handle: self.handles.map.get(&key).cloned(),
                 });
                 break;
             }
@@ -407,6 +413,23 @@ impl Outbox {
         done
     }
 
+    /// Keeps the handle the last write for `key` returned. `None` when it is the one
+    /// kept already (nothing to store); otherwise the keys whose handles were forgotten
+    /// to keep the memory bounded.
+    pub fn keep_handle(&mut self, key: Key, handle: Handle) -> Option<Vec<Key>> {
+        if self.handles.map.get(&key) == Some(&handle) {
+            return None;
+        }
+        Some(self.handles.insert(key, handle))
+    }
+
+    /// Loads the handles a previous run kept, oldest first.
+    pub fn restore_handles(&mut self, handles: Vec<(Key, Handle)>) {
+        for (key, handle) in handles {
+            self.handles.insert(key, handle);
+        }
+    }
+
     /// Age of the oldest pending update.
     pub fn oldest(&self) -> Option<Instant> {
         self.entries.values().map(|e| e.accepted_at).min()
@@ -415,6 +438,32 @@ impl Outbox {
     /// Everything still pending, for the shutdown report.
     pub fn pending(&self) -> impl Iterator<Item = &StatusUpdate> {
         self.entries.values().map(|e| &e.update)
+    }
+}
+
+/// The handle per key, bounded: the oldest go first. Kept apart from the written
+/// memory, which forgets a key whose write is in doubt: the provider object is the
+/// same whatever state it shows.
+#[derive(Debug)]
+struct Handles {
+    map: Map<Key, Handle>,
+    order: VecDeque<Key>,
+    capacity: usize,
+}
+
+impl Handles {
+    /// Sets `key`'s handle; returns the keys forgotten.
+    fn insert(&mut self, key: Key, handle: Handle) -> Vec<Key> {
+        let mut evicted = Vec::new();
+        if self.map.insert(key.clone(), handle).is_none() {
+            self.order.push_back(key);
+            while self.map.len() > self.capacity {
+                let Some(old) = self.order.pop_front() else { break };
+                self.map.remove(&old);
+                evicted.push(old);
+            }
+        }
+        evicted
     }
 }
 
@@ -610,17 +659,21 @@ mod tests {
         let mut ob = Outbox::new(10, 10);
         ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
             .unwrap();
-        assert_eq!(ob.records(), 1, "its pending record");
+        assert_eq!(ob.len() + ob.written.map.len(), 1, "its pending record");
         let lease = ob.next_ready(now, no_pause).0.unwrap();
         ob.complete(&lease, Completion::Written, now);
         assert!(ob.is_empty());
-        assert_eq!(ob.records(), 1, "its written record");
+        assert_eq!(ob.len() + ob.written.map.len(), 1, "its written record");
         assert_eq!(
             ob.offer_all(vec![update('a', "c", State::Succeeded)], now)
                 .unwrap(),
             vec![Offer::Unchanged]
         );
-        assert_eq!(ob.records(), 1, "a state already written adds none");
+        assert_eq!(
+            ob.len() + ob.written.map.len(),
+            1,
+            "a state already written adds none"
+        );
         assert_eq!(
             ob.offer_all(vec![update('a', "c", State::Failed)], now).unwrap(),
             vec![Offer::Queued]
@@ -870,6 +923,35 @@ mod tests {
         assert!(!done.in_doubt, "nothing can land: the mark goes");
         let again = ob.next_ready(now + Duration::from_secs(1), no_pause).0.unwrap();
         assert_eq!(again.read_back, None);
+    }
+
+    #[test]
+    fn a_lease_carries_its_checks_handle_and_handles_are_bounded() {
+        let now = Instant::now();
+        let mut ob = Outbox::new(10, 2);
+        let h = |s: &str| Handle::new(s).unwrap();
+        let (a, b, c) = (
+            update('a', "x", State::Pending),
+            update('b', "x", State::Pending),
+            update('c', "x", State::Pending),
+        );
+        assert_eq!(ob.keep_handle(a.key(), h("a1")), Some(vec![]));
+        assert_eq!(
+            ob.keep_handle(a.key(), h("a1")),
+            None,
+            "already kept: nothing to store"
+        );
+        assert_eq!(ob.keep_handle(a.key(), h("a2")), Some(vec![]), "replaced");
+        assert_eq!(ob.keep_handle(b.key(), h("b1")), Some(vec![]));
+        assert_eq!(
+            ob.keep_handle(c.key(), h("c1")),
+            Some(vec![a.key()]),
+            "capacity 2 forgets the oldest"
+        );
+        ob.offer_all(vec![a, b], now).unwrap();
+        let first = ob.next_ready(now, no_pause).0.unwrap();
+        let second = ob.next_ready(now, no_pause).0.unwrap();
+        assert_eq!((first.handle, second.handle), (None, Some(h("b1"))));
     }
 
     #[test]

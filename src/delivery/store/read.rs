@@ -7,7 +7,7 @@
 //! record (a length in range and a matching CRC32) starts, and counts what it skipped.
 //! If no whole record follows, the log ends there.
 
-use super::{HEADER, MAGIC, MAX_RECORD};
+use super::codec::{HEADER, MAGIC, MAX_RECORD};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
