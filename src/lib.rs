@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod fluxv1;
 pub mod fluxv2;
 pub mod ingest;
+pub mod intake;
 pub mod json;
 pub mod listener;
 pub mod mapping;
