@@ -170,6 +170,7 @@ fn receive(calls: &mut Calls, frame: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intake::testing::{intake, post};
 
     #[test]
     fn daemon_paths_of_every_version_and_prefix() {
@@ -185,5 +186,55 @@ mod tests {
         for p in ["/daemon", "/v/daemon", "/vX/daemon", "/v11/daemons", "/v11", "/"] {
             assert!(!is_daemon_path(p), "{p}");
         }
+    }
+
+    fn websocket(open: usize) -> Arc<Websocket> {
+        Arc::new(Websocket {
+            metrics: Arc::new(Metrics::new()),
+            idle: Duration::from_secs(90),
+            sessions: AtomicUsize::new(open),
+            shutdown: CancellationToken::new(),
+            link: Arc::new(FluxdLink::default()),
+        })
+    }
+
+    fn get(headers: &[(&str, &str)]) -> Request {
+        let mut req = post("", headers);
+        *req.method_mut() = axum::http::Method::GET;
+        req
+    }
+
+    #[tokio::test]
+    async fn refusals_come_before_the_upgrade_and_free_their_slot() {
+        let i = intake(Some("t"), None, 10);
+        let ws = websocket(0);
+        let out = handle(&i, &ws, post("", &[("authorization", "Scope-Probe token=t")])).await;
+        assert!(
+            matches!(out, Err(Rejection::MethodNotAllowed { allow: None, .. })),
+            "{out:?}"
+        );
+        let out = handle(&i, &ws, get(&[("authorization", "Scope-Probe token=u")])).await;
+        assert!(
+            matches!(&out, Err(Rejection::Unauthorized(r)) if r.label == "unauthorized"),
+            "{out:?}"
+        );
+        let full = websocket(MAX_SESSIONS);
+        let out = handle(&i, &full, get(&[("authorization", "Scope-Probe token=t")])).await;
+        assert!(
+            matches!(out, Err(Rejection::TooManySessions { max: MAX_SESSIONS })),
+            "{out:?}"
+        );
+        assert_eq!(full.sessions.load(Ordering::Relaxed), MAX_SESSIONS);
+        assert_eq!(ws.sessions.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_is_no_handshake_gets_axums_answer_never_410() {
+        let i = intake(None, None, 10);
+        let ws = websocket(0);
+        let answer = handle(&i, &ws, get(&[])).await.expect("not one of our refusals");
+        assert!(answer.status().is_client_error(), "{}", answer.status());
+        assert_ne!(answer.status(), axum::http::StatusCode::GONE);
+        assert_eq!(ws.sessions.load(Ordering::Relaxed), 0, "the slot is freed");
     }
 }

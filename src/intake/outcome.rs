@@ -256,3 +256,110 @@ fn error(status: StatusCode, reason: &'static str, message: String) -> Response 
     let body = serde_json::json!({ "error": message, "reason": reason });
     (status, axum::Json(body)).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn answer(r: Rejection) -> (StatusCode, Vec<(String, String)>, serde_json::Value) {
+        let resp = r.into_response();
+        let headers = resp
+            .headers()
+            .iter()
+            .filter(|(k, _)| *k != header::CONTENT_TYPE && *k != header::CONTENT_LENGTH)
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("a body").to_bytes();
+        (status, headers, serde_json::from_slice(&body).expect("JSON"))
+    }
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[tokio::test]
+    async fn each_refusal_has_its_status_headers_and_reason() {
+        let no_token = Refusal {
+            label: "no_token_configured",
+            reason: "unauthorized",
+            message: "needs --token",
+        };
+        let cases = [
+            (Rejection::NotFound, 404, h(&[]), "not_found"),
+            (
+                Rejection::MethodNotAllowed {
+                    allow: Some("POST"),
+                    message: "use POST",
+                },
+                405,
+                h(&[("allow", "POST")]),
+                "method_not_allowed",
+            ),
+            (Rejection::Unauthorized(no_token), 401, h(&[]), "unauthorized"),
+            (
+                Rejection::TooManySessions { max: 4 },
+                503,
+                h(&[("retry-after", "10")]),
+                "too_many_sessions",
+            ),
+            (
+                Rejection::BodyTimeout {
+                    timeout: Duration::from_secs(1),
+                },
+                408,
+                h(&[("connection", "close")]),
+                "body_timeout",
+            ),
+            (
+                Rejection::Busy { max_bytes: 8 },
+                503,
+                h(&[("connection", "close"), ("retry-after", "5")]),
+                "busy",
+            ),
+            (
+                Rejection::NotStored {
+                    kind: "sync",
+                    error: AcceptError::TooLarge("64 KiB".into()),
+                },
+                413,
+                h(&[]),
+                "update_too_large",
+            ),
+        ];
+        for (rejection, status, headers, reason) in cases {
+            let label = rejection.label();
+            let message = rejection.message();
+            let got = answer(rejection).await;
+            assert_eq!(got.0.as_u16(), status, "{label}");
+            assert_eq!(got.1, headers, "{label}");
+            assert_eq!(got.2["reason"], reason, "{label}");
+            assert_eq!(got.2["error"], message.as_str(), "{label}");
+        }
+    }
+
+    #[test]
+    fn the_metric_label_is_the_refusals_own_and_only_a_stored_event_has_a_kind() {
+        let no_token = Rejection::Unauthorized(Refusal {
+            label: "no_token_configured",
+            reason: "unauthorized",
+            message: "m",
+        });
+        assert_eq!((no_token.label(), no_token.reason()), ("no_token_configured", "unauthorized"));
+        assert_eq!(no_token.kind(), "unknown");
+        let full = Rejection::NotStored {
+            kind: "helmrelease",
+            error: AcceptError::TooLarge("x".into()),
+        };
+        assert_eq!(full.kind(), "helmrelease");
+        assert_eq!(
+            full.message(),
+            "status update too large to store: x",
+            "the message the 413 always had"
+        );
+        assert!(!Rejection::NotFound.counted());
+        assert!(Rejection::Busy { max_bytes: 1 }.throttled());
+        assert!(!Rejection::TooLarge { limit: 1 }.throttled());
+    }
+}
