@@ -111,11 +111,10 @@ fn answer(
 fn reject(st: &Ingest, at: At<'_>, rejection: Rejection) -> Response {
     if rejection.counted() {
         match at {
-            At::Events(source) => {
-                st.intake
-                    .metrics
-                    .event(source, rejection.kind(), rejection.label())
-            }
+            At::Events(source) => st
+                .intake
+                .metrics
+                .event(source, rejection.kind(), rejection.label()),
             At::Websocket(_) => {
                 st.intake
                     .metrics

@@ -87,19 +87,21 @@ pub async fn handle(intake: &Intake, ws: &Arc<Websocket>, req: Request) -> Resul
         .to_string();
     let path = parts.uri.path().to_string();
     let st = ws.clone();
-    Ok(match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(upgrade) => upgrade
-            .max_message_size(MAX_MESSAGE_BYTES)
-            .max_frame_size(MAX_FRAME_BYTES)
-            .on_upgrade(move |socket| async move {
-                session(socket, st, user_agent, path).await;
-                drop(slot);
-            }),
-        Err(rejection) => {
-            drain(body).await;
-            rejection.into_response()
-        }
-    })
+    Ok(
+        match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(upgrade) => upgrade
+                .max_message_size(MAX_MESSAGE_BYTES)
+                .max_frame_size(MAX_FRAME_BYTES)
+                .on_upgrade(move |socket| async move {
+                    session(socket, st, user_agent, path).await;
+                    drop(slot);
+                }),
+            Err(rejection) => {
+                drain(body).await;
+                rejection.into_response()
+            }
+        },
+    )
 }
 
 async fn session(mut socket: WebSocket, st: Arc<Websocket>, user_agent: String, path: String) {

@@ -167,8 +167,18 @@ mod tests {
         let sync = fixture("v1/event-sync.json");
         for (token, hmac, headers, label) in [
             (Some("t"), None, &[][..], "unauthorized"),
-            (Some("t"), None, &[("authorization", "Scope-Probe token=u")][..], "unauthorized"),
-            (None, Some(&b"key"[..]), &[("authorization", "Scope-Probe token=")][..], "no_token_configured"),
+            (
+                Some("t"),
+                None,
+                &[("authorization", "Scope-Probe token=u")][..],
+                "unauthorized",
+            ),
+            (
+                None,
+                Some(&b"key"[..]),
+                &[("authorization", "Scope-Probe token=")][..],
+                "no_token_configured",
+            ),
         ] {
             let i = intake(token, hmac, 100);
             let out = send(&i, sync.clone(), headers).await;

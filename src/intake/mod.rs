@@ -89,11 +89,7 @@ impl Intake {
 
     /// Makes an event's updates durable in the outbox. Refused when the outbox is full
     /// or the store is failing (the sender retries), or an update cannot be stored.
-    pub async fn persist(
-        &self,
-        kind: &'static str,
-        updates: Vec<StatusUpdate>,
-    ) -> Result<(), Rejection> {
+    pub async fn persist(&self, kind: &'static str, updates: Vec<StatusUpdate>) -> Result<(), Rejection> {
         match self.delivery.accept(updates).await {
             Ok(_) => Ok(()),
             Err(error) => Err(Rejection::NotStored { kind, error }),
@@ -137,7 +133,9 @@ pub(crate) mod testing {
     }
 
     pub(crate) fn post(body: impl Into<Body>, headers: &[(&str, &str)]) -> axum::extract::Request {
-        let mut req = axum::http::Request::post("/").body(body.into()).expect("a request");
+        let mut req = axum::http::Request::post("/")
+            .body(body.into())
+            .expect("a request");
         for (k, v) in headers {
             req.headers_mut().insert(
                 axum::http::HeaderName::from_bytes(k.as_bytes()).expect("a header name"),

@@ -23,7 +23,10 @@ pub enum Outcome {
         skips: Vec<Skip>,
     },
     /// A well-formed event that becomes no status.
-    Skipped { kind: &'static str, skips: Vec<Skip> },
+    Skipped {
+        kind: &'static str,
+        skips: Vec<Skip>,
+    },
     Rejected(Rejection),
 }
 
@@ -39,14 +42,22 @@ pub enum Rejection {
     /// No credential, or the wrong one, before the body is read.
     Unauthorized(Refusal),
     /// fluxd websocket sessions are at their bound.
-    TooManySessions { max: usize },
+    TooManySessions {
+        max: usize,
+    },
     /// The body is over the route's limit, announced or received.
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
     Unreadable(String),
     /// The body was not all there within `--body-timeout`.
-    BodyTimeout { timeout: Duration },
+    BodyTimeout {
+        timeout: Duration,
+    },
     /// `--max-body-bytes-in-flight` is reached.
-    Busy { max_bytes: usize },
+    Busy {
+        max_bytes: usize,
+    },
     /// `--hmac-key-file` is set and the X-Signature does not verify.
     BadSignature(String),
     /// The body is not an event of the route's version.
@@ -146,10 +157,7 @@ impl Rejection {
 
     /// Counted in a metric: a wrong path or method is not an event refused.
     pub fn counted(&self) -> bool {
-        !matches!(
-            self,
-            Rejection::NotFound | Rejection::MethodNotAllowed { .. }
-        )
+        !matches!(self, Rejection::NotFound | Rejection::MethodNotAllowed { .. })
     }
 
     /// Logged at a bounded pace ([`crate::listener::throttle`]): refusals a client can
@@ -198,8 +206,12 @@ impl Rejection {
             }
             Rejection::BodyTimeout { timeout } => warn!(source, timeout = ?timeout, suppressed,
                 "event rejected: body not received within --body-timeout; closing the connection"),
-            Rejection::Busy { max_bytes } => warn!(source, max_bytes = *max_bytes, suppressed,
-                "event refused: too many body bytes being read at once (--max-body-bytes-in-flight); the sender will retry"),
+            Rejection::Busy { max_bytes } => warn!(
+                source,
+                max_bytes = *max_bytes,
+                suppressed,
+                "event refused: too many body bytes being read at once (--max-body-bytes-in-flight); the sender will retry"
+            ),
             Rejection::BadSignature(e) => {
                 warn!(source, error = %e, "event rejected: X-Signature")
             }
@@ -276,7 +288,10 @@ mod tests {
     }
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[tokio::test]
@@ -346,7 +361,10 @@ mod tests {
             reason: "unauthorized",
             message: "m",
         });
-        assert_eq!((no_token.label(), no_token.reason()), ("no_token_configured", "unauthorized"));
+        assert_eq!(
+            (no_token.label(), no_token.reason()),
+            ("no_token_configured", "unauthorized")
+        );
         assert_eq!(no_token.kind(), "unknown");
         let full = Rejection::NotStored {
             kind: "helmrelease",
