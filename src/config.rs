@@ -139,7 +139,7 @@ pub struct Args {
     pub hmac_key_file: Option<PathBuf>,
 
     /// Flux v2 check name; placeholders {instance} {cluster} {kind} {namespace} {name}.
-    #[arg(long, env = "FLUX_STATUS_CHECK_TEMPLATE", default_value = crate::mapping::v2::DEFAULT_CHECK_TEMPLATE)]
+    #[arg(long, env = "FLUX_STATUS_CHECK_TEMPLATE", default_value = crate::fluxv2::map::DEFAULT_CHECK_TEMPLATE)]
     pub check_template: String,
 
     /// Allow listening beyond loopback with neither --token nor --hmac-key-file.
@@ -771,7 +771,7 @@ impl Args {
         if self.max_connections == 0 || self.ops_max_connections == 0 {
             errors.push("--max-connections and --ops-max-connections must be at least 1".into());
         }
-        let largest_body = self.max_event_bytes.max(crate::fluxv2::events::MAX_EVENT_BYTES);
+        let largest_body = self.max_event_bytes.max(crate::fluxv2::route::MAX_EVENT_BYTES);
         let body_bytes_in_flight = match self.max_body_bytes_in_flight {
             Some(n) if n < largest_body => {
                 errors.push(format!(

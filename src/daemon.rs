@@ -4,14 +4,18 @@ use crate::auth::IngestAuth;
 use crate::config::{Config, Target};
 use crate::delivery::store::{Persister, Recovered, Store, StoreEvent};
 use crate::delivery::{Delivery, Route};
+use crate::fluxv1::daemon::Websocket;
+use crate::fluxv1::map::V1Context;
 use crate::fluxv1::poller::{Poller, PollerConfig};
+use crate::fluxv1::route::V1Events;
 use crate::fluxv1::rpc::FluxdLink;
 use crate::fluxv1::workloads::Workloads;
-use crate::ingest::{self, BodyGate, Ingest};
+use crate::fluxv2::map::ObjectMatch;
+use crate::fluxv2::map::V2Context;
+use crate::ingest::{self, Ingest};
+use crate::intake::{BodyGate, Intake};
 use crate::listener::Limits;
 use crate::listener::throttle::Throttle;
-use crate::mapping::v1::V1Context;
-use crate::mapping::v2::V2Context;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::ops::{self, Health, Ops};
 use crate::repos::ObjectPattern;
@@ -201,32 +205,45 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let (ingest_limits, ops_limits) = connection_caps(&config);
     let ingest_state = Arc::new(Ingest {
-        metrics: metrics.clone(),
-        delivery: delivery.clone(),
-        v1: V1Context {
-            repo: v1_repo,
-            check: crate::mapping::v1::sync_check(&config.instance),
-            status_range: config.status_range,
-            target_url: config.target_url.clone(),
+        intake: Intake {
+            metrics: metrics.clone(),
+            delivery: delivery.clone(),
+            auth: IngestAuth::new(config.upstream_token.clone(), config.hmac_key),
+            bodies: BodyGate::new(
+                config.listeners.body_timeout,
+                config.listeners.body_bytes_in_flight,
+            ),
+        },
+        v1: V1Events {
+            ctx: V1Context {
+                repo: v1_repo,
+                check: crate::fluxv1::map::sync_check(&config.instance),
+                status_range: config.status_range,
+                target_url: config.target_url.clone(),
+            },
+            max_event_bytes: config.max_event_bytes,
+            poller,
         },
         v2: V2Context {
-            rules,
+            rules: rules
+                .into_iter()
+                .map(|(patterns, repo)| {
+                    let matches: ObjectMatch = Arc::new(move |o| patterns.iter().any(|p| p.matches(o)));
+                    (matches, repo)
+                })
+                .collect(),
             fallback,
             instance: config.instance.clone(),
             check_template: config.check_template.as_str().into(),
             target_url: config.target_url.clone(),
         },
-        auth: IngestAuth::new(config.upstream_token.clone(), config.hmac_key),
-        max_event_bytes: config.max_event_bytes,
-        bodies: BodyGate::new(
-            config.listeners.body_timeout,
-            config.listeners.body_bytes_in_flight,
-        ),
-        websocket_idle: config.listeners.ingest.idle_timeout.max(MIN_WEBSOCKET_IDLE),
-        websocket_sessions: AtomicUsize::new(0),
-        shutdown: stop_ingest.clone(),
-        fluxd,
-        poller,
+        websocket: Arc::new(Websocket {
+            metrics: metrics.clone(),
+            idle: config.listeners.ingest.idle_timeout.max(MIN_WEBSOCKET_IDLE),
+            sessions: AtomicUsize::new(0),
+            shutdown: stop_ingest.clone(),
+            link: fluxd,
+        }),
         refusal_log: Throttle::new(),
     });
 
@@ -243,9 +260,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .clone()
             .run(stop_delivery.clone(), config.shutdown_timeout),
     );
-    let fluxd_auth = ingest_state.auth.fluxd().describe();
-    let v2_auth = ingest_state.auth.v2().describe();
-    let body_bytes_in_flight = ingest_state.bodies.total;
+    let fluxd_auth = ingest_state.intake.auth.fluxd().describe();
+    let v2_auth = ingest_state.intake.auth.v2().describe();
+    let body_bytes_in_flight = ingest_state.intake.bodies.total;
     let ingest_task = tokio::spawn(ingest::serve(
         ingest_listener,
         ingest_state,

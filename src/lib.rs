@@ -1,9 +1,11 @@
 //! flux-status: Flux deploy events in, commit statuses out.
 //!
 //! ```text
-//! ingest (fluxv1) ─▶ mapping (pure) ─▶ delivery (outbox, retry) ─▶ notifiers crate
+//! ingest (edge) ─▶ fluxv1/, fluxv2/ (route, decode, map: pure) ─▶ delivery (outbox, retry) ─▶ notifiers crate
 //! ```
 //! Ingest never calls a provider; mapping does no I/O; notifiers know nothing of Flux.
+//! The layers and the rule that no module imports upwards: docs/architecture.md;
+//! tests/layers.rs enforces it.
 
 pub mod auth;
 pub mod cli;
@@ -14,6 +16,7 @@ pub mod delivery;
 pub mod fluxv1;
 pub mod fluxv2;
 pub mod ingest;
+pub mod intake;
 pub mod json;
 pub mod listener;
 pub mod mapping;

@@ -1,6 +1,8 @@
 //! Prometheus metrics. Every label value is from a bounded set: no SHAs, repos or
 //! check names, which would grow without limit.
 
+pub mod listener;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -92,7 +94,7 @@ pub struct Metrics {
     pub oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub fluxd_connected: Gauge,
     pub delivery_seconds: Histogram,
-    pub listener: crate::listener::metrics::ListenerMetrics,
+    pub listener: listener::ListenerMetrics,
 }
 
 impl Metrics {
@@ -212,7 +214,7 @@ impl Metrics {
             "Time from accepting an update to the provider confirming it",
             delivery_seconds.clone(),
         );
-        let listener = crate::listener::metrics::ListenerMetrics::register(&mut registry);
+        let listener = listener::ListenerMetrics::register(&mut registry);
         registry.register(
             "build",
             "Build information",

@@ -3,7 +3,7 @@
 #![no_main]
 
 use flux_status::fluxv1::event::{parse, parse_in_two_passes};
-use flux_status::mapping::v1::{V1Context, map, sync_check};
+use flux_status::fluxv1::map::{V1Context, map, sync_check};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use flux_status::fluxv2::event::parse;
-use flux_status::mapping::v2::{DEFAULT_CHECK_TEMPLATE, V2Context, map};
+use flux_status::fluxv2::map::{DEFAULT_CHECK_TEMPLATE, V2Context, map};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,16 +3,18 @@
 //! On it we are the JSON-RPC client: calls from the workload poller go out as binary
 //! frames, and replies are matched to them by id ([`super::rpc`]).
 
-use super::rpc::{Calls, Incoming};
-use crate::ingest::{Ingest, drain, error};
-use crate::listener::metrics::ReasonLabel;
+use super::rpc::{Calls, FluxdLink, Incoming};
+use crate::intake::{Intake, Rejection, drain};
+use crate::metrics::Metrics;
 use axum::extract::FromRequestParts;
 use axum::extract::Request;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// RPC replies can hold every workload of the cluster (about 2 KiB each); a message
@@ -24,65 +26,59 @@ const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// One fluxd connects; a few more cover a reconnect racing the old session's end.
 const MAX_SESSIONS: usize = 4;
 
+/// What fluxd's websocket needs besides [`Intake`]; shared with each session.
+pub struct Websocket {
+    pub metrics: Arc<Metrics>,
+    /// The websocket closes after this long without a frame (fluxd pings every ~13 s).
+    pub idle: Duration,
+    /// Sessions open; each may buffer one message.
+    pub sessions: AtomicUsize,
+    /// Fired on shutdown: sessions close.
+    pub shutdown: CancellationToken,
+    /// For RPC calls to fluxd.
+    pub link: Arc<FluxdLink>,
+}
+
+/// `…/v<N>/daemon` for any N: fluxd ≥ 1.14 dials v11, older ones lower versions.
+pub fn is_daemon_path(path: &str) -> bool {
+    let mut parts = path.trim_end_matches('/').rsplit('/');
+    parts.next() == Some("daemon")
+        && parts
+            .next()
+            .and_then(|v| v.strip_prefix('v'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Holds a session slot from the upgrade until the session ends (or the upgrade fails).
-struct Session(Arc<Ingest>);
+struct Session(Arc<Websocket>);
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.0.websocket_sessions.fetch_sub(1, Ordering::Relaxed);
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-fn refused(st: &Ingest, reason: &'static str, resp: Response) -> Response {
-    st.metrics
-        .listener
-        .websocket_refused
-        .get_or_create(&ReasonLabel { reason })
-        .inc();
-    resp
-}
-
-pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
+/// The upgrade (101), axum's own 400/426 for a request that is no websocket
+/// handshake (never 410: fluxd exits on 410), or why it is refused.
+pub async fn handle(intake: &Intake, ws: &Arc<Websocket>, req: Request) -> Result<Response, Rejection> {
     let (mut parts, body) = req.into_parts();
     if parts.method != axum::http::Method::GET {
         drain(body).await;
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "fluxd connects with a websocket GET",
-        );
+        return Err(Rejection::MethodNotAllowed {
+            allow: None,
+            message: "fluxd connects with a websocket GET",
+        });
     }
-    if let Err(refusal) = st.auth.check_fluxd(&parts.headers) {
+    if let Err(refusal) = intake.auth.check_fluxd(&parts.headers) {
         drain(body).await;
-        if let Some(suppressed) = st.refusal_log.allow() {
-            warn!(source = "fluxv1", path = %parts.uri.path(), reason = refusal.label, suppressed,
-                "fluxd websocket rejected: {}", refusal.message);
-        }
-        let answer = error(StatusCode::UNAUTHORIZED, refusal.reason, refusal.message);
-        return refused(&st, refusal.label, answer);
+        return Err(Rejection::Unauthorized(refusal));
     }
-    if st.websocket_sessions.fetch_add(1, Ordering::Relaxed) >= MAX_SESSIONS {
-        st.websocket_sessions.fetch_sub(1, Ordering::Relaxed);
+    if ws.sessions.fetch_add(1, Ordering::Relaxed) >= MAX_SESSIONS {
+        ws.sessions.fetch_sub(1, Ordering::Relaxed);
         drain(body).await;
-        if let Some(suppressed) = st.refusal_log.allow() {
-            warn!(
-                source = "fluxv1",
-                max = MAX_SESSIONS,
-                suppressed,
-                "fluxd websocket rejected: too many sessions open"
-            );
-        }
-        let mut answer = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sessions",
-            "too many fluxd websocket sessions open",
-        );
-        answer
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-        return refused(&st, "too_many_sessions", answer);
+        return Err(Rejection::TooManySessions { max: MAX_SESSIONS });
     }
-    let slot = Session(st.clone());
+    let slot = Session(ws.clone());
     let user_agent = parts
         .headers
         .get(header::USER_AGENT)
@@ -90,28 +86,30 @@ pub async fn handle(st: Arc<Ingest>, req: Request) -> Response {
         .unwrap_or("")
         .to_string();
     let path = parts.uri.path().to_string();
-    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws
-            .max_message_size(MAX_MESSAGE_BYTES)
-            .max_frame_size(MAX_FRAME_BYTES)
-            .on_upgrade(move |socket| async move {
-                session(socket, st, user_agent, path).await;
-                drop(slot);
-            }),
-        // 400/426 with axum's explanation: never 410.
-        Err(rejection) => {
-            drain(body).await;
-            rejection.into_response()
-        }
-    }
+    let st = ws.clone();
+    Ok(
+        match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(upgrade) => upgrade
+                .max_message_size(MAX_MESSAGE_BYTES)
+                .max_frame_size(MAX_FRAME_BYTES)
+                .on_upgrade(move |socket| async move {
+                    session(socket, st, user_agent, path).await;
+                    drop(slot);
+                }),
+            Err(rejection) => {
+                drain(body).await;
+                rejection.into_response()
+            }
+        },
+    )
 }
 
-async fn session(mut socket: WebSocket, st: Arc<Ingest>, user_agent: String, path: String) {
+async fn session(mut socket: WebSocket, st: Arc<Websocket>, user_agent: String, path: String) {
     st.metrics.fluxd_connected.inc();
-    let (connection, mut outgoing) = st.fluxd.attach();
+    let (connection, mut outgoing) = st.link.attach();
     let mut calls = Calls::default();
     info!(user_agent = %user_agent, path = %path, connection, "fluxd connected");
-    let idle = tokio::time::sleep(st.websocket_idle);
+    let idle = tokio::time::sleep(st.idle);
     let mut idle = std::pin::pin!(idle);
     loop {
         tokio::select! {
@@ -123,14 +121,14 @@ async fn session(mut socket: WebSocket, st: Arc<Ingest>, user_agent: String, pat
                 }
             }
             () = idle.as_mut() => {
-                info!(idle = ?st.websocket_idle, "fluxd websocket silent (not even a ping); closing it");
+                info!(idle = ?st.idle, "fluxd websocket silent (not even a ping); closing it");
                 let _ = socket
                     .send(Message::Close(Some(CloseFrame { code: 1001, reason: "idle".into() })))
                     .await;
                 break;
             }
             msg = socket.recv() => {
-                idle.as_mut().reset(tokio::time::Instant::now() + st.websocket_idle);
+                idle.as_mut().reset(tokio::time::Instant::now() + st.idle);
                 match msg {
                 // Pings are answered by the websocket layer while we read.
                 Some(Ok(Message::Binary(data))) => receive(&mut calls, &data),
@@ -155,7 +153,7 @@ async fn session(mut socket: WebSocket, st: Arc<Ingest>, user_agent: String, pat
             }
         }
     }
-    st.fluxd.detach(connection);
+    st.link.detach(connection);
     calls.disconnected();
     st.metrics.fluxd_connected.dec();
     info!(user_agent = %user_agent, connection, "fluxd disconnected");
@@ -168,5 +166,77 @@ fn receive(calls: &mut Calls, frame: &[u8]) {
         Incoming::Malformed(e) => {
             warn!(error = %e, bytes = frame.len(), "fluxd sent a frame that is not a JSON-RPC reply")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::testing::{intake, post};
+
+    #[test]
+    fn daemon_paths_of_every_version_and_prefix() {
+        for p in [
+            "/v11/daemon",
+            "/v6/daemon",
+            "/flux/v11/daemon",
+            "/api/flux/v10/daemon/",
+            "/v1/daemon",
+        ] {
+            assert!(is_daemon_path(p), "{p}");
+        }
+        for p in ["/daemon", "/v/daemon", "/vX/daemon", "/v11/daemons", "/v11", "/"] {
+            assert!(!is_daemon_path(p), "{p}");
+        }
+    }
+
+    fn websocket(open: usize) -> Arc<Websocket> {
+        Arc::new(Websocket {
+            metrics: Arc::new(Metrics::new()),
+            idle: Duration::from_secs(90),
+            sessions: AtomicUsize::new(open),
+            shutdown: CancellationToken::new(),
+            link: Arc::new(FluxdLink::default()),
+        })
+    }
+
+    fn get(headers: &[(&str, &str)]) -> Request {
+        let mut req = post("", headers);
+        *req.method_mut() = axum::http::Method::GET;
+        req
+    }
+
+    #[tokio::test]
+    async fn refusals_come_before_the_upgrade_and_free_their_slot() {
+        let i = intake(Some("t"), None, 10);
+        let ws = websocket(0);
+        let out = handle(&i, &ws, post("", &[("authorization", "Scope-Probe token=t")])).await;
+        assert!(
+            matches!(out, Err(Rejection::MethodNotAllowed { allow: None, .. })),
+            "{out:?}"
+        );
+        let out = handle(&i, &ws, get(&[("authorization", "Scope-Probe token=u")])).await;
+        assert!(
+            matches!(&out, Err(Rejection::Unauthorized(r)) if r.label == "unauthorized"),
+            "{out:?}"
+        );
+        let full = websocket(MAX_SESSIONS);
+        let out = handle(&i, &full, get(&[("authorization", "Scope-Probe token=t")])).await;
+        assert!(
+            matches!(out, Err(Rejection::TooManySessions { max: MAX_SESSIONS })),
+            "{out:?}"
+        );
+        assert_eq!(full.sessions.load(Ordering::Relaxed), MAX_SESSIONS);
+        assert_eq!(ws.sessions.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_is_no_handshake_gets_axums_answer_never_410() {
+        let i = intake(None, None, 10);
+        let ws = websocket(0);
+        let answer = handle(&i, &ws, get(&[])).await.expect("not one of our refusals");
+        assert!(answer.status().is_client_error(), "{}", answer.status());
+        assert_ne!(answer.status(), axum::http::StatusCode::GONE);
+        assert_eq!(ws.sessions.load(Ordering::Relaxed), 0, "the slot is freed");
     }
 }

@@ -11,7 +11,7 @@
 use super::workloads::Workloads;
 use crate::delivery::Delivery;
 use crate::delivery::store::millis;
-use crate::mapping::workload::{self as judge, Verdict};
+use crate::fluxv1::judge::{self as judge, Verdict};
 use crate::metrics::Metrics;
 use crate::update::{RepoId, StatusUpdate};
 use notifiers::{CommitStatus, Sha, State};

@@ -1,6 +1,9 @@
-//! The Flux v2 edge: events from notification-controller's `generic` /
+//! The Flux v2 slice: events from notification-controller's `generic` /
 //! `generic-hmac` Provider, or straight from the controllers' `--events-addr`.
+//! `route` takes a request to a typed outcome through `signature`, `event` (decode)
+//! and `map`.
 
 pub mod event;
-pub mod events;
+pub mod map;
+pub mod route;
 pub mod signature;

@@ -13,7 +13,6 @@
 //! a flood of idle connections then cannot keep real senders out. Only when every
 //! connection is busy with a request is the new one refused (503).
 
-pub mod metrics;
 pub mod throttle;
 
 use axum::body::Body;
@@ -36,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::metrics::Metrics;
-use metrics::ListenerLabel;
+use crate::metrics::listener::ListenerLabel;
 
 /// The limits of one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

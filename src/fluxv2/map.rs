@@ -6,18 +6,22 @@
 //! never from durations in the message, so notification-controller's re-sent
 //! success (every interval) is the same status and costs no API call.
 
-use super::{Mapped, Skip};
-use crate::fluxv2::event::{Event, parse_revision};
-use crate::repos::ObjectPattern;
+use super::event::{Event, ObjectRef, parse_revision};
+use crate::mapping::{Mapped, RevisionError, Skip};
 use crate::update::{RepoId, StatusUpdate};
 use notifiers::{Check, CommitStatus, State};
+use std::sync::Arc;
 
 pub const DEFAULT_CHECK_TEMPLATE: &str = "flux-status/{instance}/{kind}/{namespace}/{name}";
 
-#[derive(Debug, Clone)]
+/// Whether a `--config` rule covers an object. Passed in by the daemon, so that
+/// mapping does not depend on how the rules are read (`repos` sits above the slices).
+pub type ObjectMatch = Arc<dyn Fn(&ObjectRef<'_>) -> bool + Send + Sync>;
+
+#[derive(Clone)]
 pub struct V2Context {
-    /// `--config` rules, in order: the first whose patterns match the object wins.
-    pub rules: Vec<(Vec<ObjectPattern>, RepoId)>,
+    /// `--config` rules, in order: the first that matches the object wins.
+    pub rules: Vec<(ObjectMatch, RepoId)>,
     /// `--git-url`, for objects no rule matches.
     pub fallback: Option<RepoId>,
     pub instance: String,
@@ -138,10 +142,10 @@ fn state(ev: &Event) -> Result<State, Skip> {
 
 impl V2Context {
     /// The repository whose statuses an object's events become.
-    pub fn repo_for(&self, o: &crate::fluxv2::event::ObjectRef) -> Option<RepoId> {
+    pub fn repo_for(&self, o: &ObjectRef) -> Option<RepoId> {
         self.rules
             .iter()
-            .find(|(patterns, _)| patterns.iter().any(|p| p.matches(o)))
+            .find(|(matches, _)| matches(o))
             .map(|(_, repo)| repo.clone())
             .or_else(|| self.fallback.clone())
     }
@@ -172,7 +176,7 @@ pub fn map(ev: &Event, ctx: &V2Context) -> Mapped {
         return Mapped::skipped(Skip::NoRepo);
     };
     let Some((_, revision)) = ev.revision() else {
-        return Mapped::skipped(Skip::Revision(crate::fluxv2::event::RevisionError::Missing));
+        return Mapped::skipped(Skip::Revision(RevisionError::Missing));
     };
     let sha = match parse_revision(revision) {
         Ok(sha) => sha,
@@ -213,7 +217,7 @@ pub fn map(ev: &Event, ctx: &V2Context) -> Mapped {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fluxv2::event::{RevisionError, parse};
+    use crate::fluxv2::event::parse;
 
     fn ctx() -> V2Context {
         V2Context {
@@ -331,11 +335,13 @@ mod tests {
     #[test]
     fn rules_route_objects_to_repositories() {
         let mut c = ctx();
-        let helm: ObjectPattern = serde_norway::from_str("{ kind: HelmRelease }").unwrap();
-        let infra: ObjectPattern = serde_norway::from_str("{ namespace: 'flux-*', name: apps }").unwrap();
+        // `{ kind: HelmRelease }` and `{ namespace: 'flux-*', name: apps }`; the patterns
+        // themselves are `repos`' (tested there).
+        let helm: ObjectMatch = Arc::new(|o| o.kind.eq_ignore_ascii_case("helmrelease"));
+        let infra: ObjectMatch = Arc::new(|o| o.namespace.starts_with("flux-") && o.name == "apps");
         c.rules = vec![
-            (vec![helm], "gitlab.com/acme/charts".into()),
-            (vec![infra], "dev.azure.com/acme/infra".into()),
+            (helm, "gitlab.com/acme/charts".into()),
+            (infra, "dev.azure.com/acme/infra".into()),
         ];
         let ks = map(
             &fixture("forwarded/kustomization-reconciliation-succeeded.json"),
@@ -420,5 +426,18 @@ mod tests {
             map(&ev, &ctx()).skips,
             vec![Skip::Revision(RevisionError::Missing)]
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// What the fuzz target does: whatever decodes, from any bytes, maps without
+        /// a panic.
+        #[test]
+        fn any_decoded_event_maps(body in crate::fluxv2::event::tests::body()) {
+            if let Ok(ev) = parse(&body) {
+                let _ = map(&ev, &ctx());
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! fluxd's workload list → did the sync's workloads roll out? Pure: no I/O, no clock.
 
-use crate::fluxv1::workloads::Workload;
+use super::workloads::Workload;
+use crate::mapping::name_a_few;
 use notifiers::Check;
 
 /// How many not-ready workloads a description names before "and N more".
@@ -177,7 +178,7 @@ pub fn timeout_description(after_secs: u64, not_ready: &[String], last_error: Op
         }
         return s;
     }
-    s.push_str(&super::name_a_few(not_ready, NAMED_WORKLOADS));
+    s.push_str(&name_a_few(not_ready, NAMED_WORKLOADS));
     s.push_str(" not ready");
     s
 }

@@ -1,7 +1,7 @@
 //! fluxd v1 event → statuses. Pure: no I/O, no clock.
 
-use super::{Mapped, Skip};
-use crate::fluxv1::event::{ResourceError, SyncEvent, V1Event};
+use super::event::{ResourceError, SyncEvent, V1Event};
+use crate::mapping::{Mapped, Skip, name_a_few};
 use crate::update::{RepoId, StatusUpdate};
 use notifiers::{Check, CommitStatus, Sha, State};
 
@@ -99,7 +99,7 @@ fn failure_description(errors: &[ResourceError]) -> String {
     let mut s = format!(
         "Sync failed for {} {noun}: {}",
         ids.len(),
-        super::name_a_few(&ids, NAMED_RESOURCES)
+        name_a_few(&ids, NAMED_RESOURCES)
     );
     if let Some(first) = errors.iter().find(|e| !e.error.is_empty()) {
         s.push_str(" — ");
@@ -302,5 +302,17 @@ mod tests {
             failure_description(&errors),
             "Sync failed for 5 resources: ns:deployment/d0, ns:deployment/d1, ns:deployment/d2 and 2 more"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// Whatever the decoder accepts, from any bytes, maps without a panic.
+        #[test]
+        fn any_decoded_event_maps(body in crate::fluxv1::event::tests::body()) {
+            if let Ok(event) = parse(&body) {
+                let _ = map(&event, &ctx(3));
+            }
+        }
     }
 }

@@ -1,8 +1,6 @@
-//! Flux events → status updates. Pure functions, table-tested with real payloads.
-
-pub mod v1;
-pub mod v2;
-pub mod workload;
+//! What the Flux slices' mappings share: why an event became no status ([`Skip`]),
+//! what a mapping returns ([`Mapped`]), and naming a few of many in a description.
+//! Each version's own mapping is `fluxv1::map` and `fluxv2::map`.
 
 use crate::update::StatusUpdate;
 use notifiers::ShaError;
@@ -21,7 +19,7 @@ pub enum Skip {
     /// No `--config` rule matches the Flux object, and there is no `--git-url`.
     NoRepo,
     /// A Flux v2 revision that names no commit we can status.
-    Revision(crate::fluxv2::event::RevisionError),
+    Revision(RevisionError),
 }
 
 impl Skip {
@@ -49,6 +47,32 @@ impl std::fmt::Display for Skip {
             Skip::InvalidSha { revision, error } => {
                 write!(f, "revision {revision:?} is not a commit id: {error}")
             }
+        }
+    }
+}
+
+/// Why a revision names no commit we can status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevisionError {
+    #[error("event has no revision")]
+    Missing,
+    #[error("revision {0:?} is an OCI/sha256 digest with no origin commit")]
+    Digest(String),
+    #[error(
+        "revision {0:?} is a chart version, not a commit (annotate the object with event.toolkit.fluxcd.io/commit)"
+    )]
+    ChartVersion(String),
+    #[error("revision {revision:?} names no commit: {error}")]
+    NotACommit { revision: String, error: ShaError },
+}
+
+impl RevisionError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            RevisionError::Missing => "no_revision",
+            RevisionError::Digest(_) => "oci_digest",
+            RevisionError::ChartVersion(_) => "chart_version",
+            RevisionError::NotACommit { .. } => "invalid_sha",
         }
     }
 }
