@@ -120,3 +120,70 @@ impl clap::Args for CredentialArgs {
         Self::augment_args(cmd)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::CliArgs;
+    use crate::config::{Args, ProviderChoice};
+    use clap::{CommandFactory, Parser};
+    use notifiers::{PROVIDERS, Provider};
+
+    /// Each provider's flags and variables, in the daemon and in the CLI, come from
+    /// its spec; the token flag is secret.
+    #[test]
+    fn every_provider_s_flags_derive_from_the_registry() {
+        for cmd in [Args::command(), CliArgs::command()] {
+            let arg = |long: &str| {
+                cmd.get_arguments()
+                    .find(|a| a.get_long() == Some(long))
+                    .unwrap_or_else(|| panic!("{}: no --{long}", cmd.get_name()))
+            };
+            for s in PROVIDERS {
+                let c = &s.credential;
+                let token = arg(c.flag);
+                assert_eq!(token.get_env().and_then(|e| e.to_str()), Some(c.env));
+                assert!(
+                    token.is_hide_env_values_set() && token.is_allow_hyphen_values_set(),
+                    "{}",
+                    c.flag
+                );
+                let file = arg(c.file_flag);
+                assert_eq!(file.get_env().and_then(|e| e.to_str()), Some(c.file_env));
+                assert!(!file.is_hide_env_values_set(), "a path is no secret");
+            }
+            let help = cmd.clone().render_long_help().to_string();
+            for s in PROVIDERS {
+                assert!(
+                    help.contains(s.name) && help.contains(s.hosts[0]),
+                    "{}:\n{help}",
+                    s.name
+                );
+            }
+        }
+        // The original flux-status's flags, and the variables the README names.
+        let a = Args::try_parse_from([
+            "flux-status",
+            "--github-token=a",
+            "--gitlab-token=b",
+            "--azdo-pat=-c",
+        ])
+        .unwrap();
+        let got: Vec<Option<&str>> = Provider::all().map(|p| a.target.credentials.value(p)).collect();
+        assert_eq!(got, [Some("a"), Some("b"), Some("-c")]);
+    }
+
+    #[test]
+    fn provider_takes_every_name_and_alias_in_any_case() {
+        let parse =
+            |word: &str| Args::try_parse_from(["flux-status", "--provider", word]).map(|a| a.target.provider);
+        for s in PROVIDERS {
+            for word in std::iter::once(&s.name).chain(s.aliases) {
+                for w in [word.to_string(), word.to_ascii_uppercase()] {
+                    assert_eq!(parse(&w).unwrap(), ProviderChoice::Named(s.provider()), "{w}");
+                }
+            }
+        }
+        assert_eq!(parse("auto").unwrap(), ProviderChoice::Auto);
+        assert!(parse("bitbucket").is_err());
+    }
+}
