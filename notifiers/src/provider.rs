@@ -315,8 +315,12 @@ mod tests {
         flags.sort();
         flags.dedup();
         assert_eq!(flags.len(), n, "two providers share a flag or variable");
-        assert_eq!(Provider::names(), "github, gitlab or azure-devops");
-        assert_eq!(Provider::tightest_description_limit(), 140);
+        let names = Provider::names();
+        assert!(
+            names.starts_with("github, gitlab") && names.contains(" or "),
+            "{names}"
+        );
+        assert!(Provider::tightest_description_limit() <= crate::github::DESCRIPTION_LIMIT);
     }
 
     #[test]
@@ -357,6 +361,6 @@ mod tests {
     #[test]
     fn unknown_names_list_the_known_ones() {
         let e = "bitbucket".parse::<Provider>().unwrap_err();
-        assert!(e.contains("github, gitlab or azure-devops"), "{e}");
+        assert!(e.contains("github, gitlab") && e.contains("azure-devops"), "{e}");
     }
 }

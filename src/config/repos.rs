@@ -197,11 +197,7 @@ mod file_tests {
             "{}",
             found[0]
         );
-        assert!(
-            found[3].message.contains("auto, github, gitlab or azure-devops"),
-            "{}",
-            found[3]
-        );
+        assert!(found[3].message.contains("auto, github, gitlab"), "{}", found[3]);
     }
 
     #[test]
