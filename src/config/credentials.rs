@@ -123,16 +123,15 @@ impl clap::Args for CredentialArgs {
 
 #[cfg(test)]
 mod tests {
-    use crate::cli::CliArgs;
     use crate::config::{Args, ProviderChoice};
     use clap::{CommandFactory, Parser};
     use notifiers::{PROVIDERS, Provider};
 
-    /// Each provider's flags and variables, in the daemon and in the CLI, come from
-    /// its spec; the token flag is secret.
+    /// Each provider's flags and variables come from its spec; the token flag is
+    /// secret. (tests/cli.rs checks the CLI's.)
     #[test]
     fn every_provider_s_flags_derive_from_the_registry() {
-        for cmd in [Args::command(), CliArgs::command()] {
+        for cmd in [Args::command()] {
             let arg = |long: &str| {
                 cmd.get_arguments()
                     .find(|a| a.get_long() == Some(long))
