@@ -54,7 +54,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         Ok(format!("{}/{}/{}", r.collection_url, r.project, r.repo))
     },
     build: |c| {
-        Ok(Arc::new(AzureDevOps::new(
+        Ok(Arc::new(AzureDevOps::with_credential(
             c.client,
             c.git_url,
             c.api_url,

@@ -49,7 +49,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         Ok(format!("{}/{owner}/{repo}", default_api_url(url)))
     },
     build: |c| {
-        Ok(Arc::new(GitHub::new(
+        Ok(Arc::new(GitHub::with_credential(
             c.client,
             c.git_url,
             c.api_url,

@@ -47,7 +47,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
     },
     repo_key: |url| Ok(format!("{}/{}", default_api_url(url), repo_path(url)?)),
     build: |c| {
-        Ok(Arc::new(GitLab::new(
+        Ok(Arc::new(GitLab::with_credential(
             c.client,
             c.git_url,
             c.api_url,

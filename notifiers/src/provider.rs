@@ -7,7 +7,7 @@
 //! daemon's flags, `--help`, `--config` and the CLI iterate over.
 
 use crate::git_url::{GitUrl, GitUrlError};
-use crate::{Notifier, PROVIDERS};
+use crate::{CredentialSource, Notifier, PROVIDERS, StaticToken};
 use secrecy::SecretString;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -74,7 +74,9 @@ pub struct Connect<'a> {
     /// Overrides the API base derived from the URL (GitHub Enterprise, self-managed
     /// GitLab, Azure DevOps Server).
     pub api_url: Option<&'a str>,
-    pub credential: SecretString,
+    /// Asked for the token on every request, so a provider whose tokens expire can
+    /// refresh them.
+    pub credential: Arc<dyn CredentialSource>,
 }
 
 impl ProviderSpec {
@@ -171,8 +173,8 @@ impl Provider {
         (self.0.repo_key)(url).map(|k| k.to_ascii_lowercase())
     }
 
-    /// The notifier for `url` on this provider; `api_url` overrides the API base
-    /// derived from the URL.
+    /// The notifier for `url` on this provider with a fixed token; `api_url`
+    /// overrides the API base derived from the URL.
     pub fn notifier(
         self,
         client: reqwest::Client,
@@ -180,12 +182,17 @@ impl Provider {
         api_url: Option<&str>,
         credential: SecretString,
     ) -> Result<Arc<dyn Notifier>, GitUrlError> {
-        (self.0.build)(Connect {
+        self.connect(Connect {
             client,
             git_url: url,
             api_url,
-            credential,
+            credential: Arc::new(StaticToken::new(credential)),
         })
+    }
+
+    /// The notifier for a repository on this provider.
+    pub fn connect(self, c: Connect<'_>) -> Result<Arc<dyn Notifier>, GitUrlError> {
+        (self.0.build)(c)
     }
 }
 
