@@ -5,7 +5,7 @@
 //! any status whose instance *or* action matches), every page is read, the newest
 //! status wins, errors go to stderr with distinct exit codes.
 
-use crate::config::{Target, TargetArgs, parse_duration, validate_instance};
+use crate::config::{ConfigError, Problems, Target, TargetArgs, parse_duration, validate_instance};
 use clap::{Parser, ValueEnum};
 use notifiers::{Check, Notifier, ReadStatus, Retry, Sha, State};
 use std::io::Write;
@@ -135,40 +135,40 @@ fn newest_per_check(statuses: &[ReadStatus]) -> Vec<&ReadStatus> {
 
 /// Runs the CLI; returns the exit code. `out` gets results, `err` messages.
 pub async fn run(args: CliArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let mut errors = Vec::new();
-    let instance = validate_instance(&args.instance, &mut errors);
+    let mut problems = Problems::default();
+    let instance = validate_instance(&args.instance, &mut problems);
     let sha = Sha::parse(args.commit_id.trim())
-        .map_err(|e| errors.push(format!("--commit-id: {e}")))
+        .map_err(|e| problems.push("--commit-id", e.to_string()))
         .ok();
     if args.wait && args.interval.is_zero() {
-        errors.push("--interval must be above zero".into());
+        problems.push("--interval", "must be above zero");
     }
-    let http = args.target.http_config(&mut errors);
-    let target = args.target.resolve(false, &mut errors);
-    let notifier: Option<Arc<dyn Notifier>> = match target {
+    if args.target.git_url.is_none() {
+        problems.push("--git-url", "is required (the repository Flux syncs from)");
+    }
+    // The daemon's target section, read the same way; the CLI only reads, so it
+    // always needs the provider's credential.
+    let target = args.target.validate(false, &mut problems);
+    let notifier: Option<Arc<dyn Notifier>> = match target.git_url {
         Some(Target::Provider {
             provider,
             git_url,
             api_url,
             credential,
-        }) => match notifiers::http::client(&http) {
+        }) => match notifiers::http::client(&target.http) {
             Ok(client) => provider
                 .notifier(client, &git_url, api_url.as_deref(), credential)
-                .map_err(|e| errors.push(format!("--git-url: {e}")))
+                .map_err(|e| problems.push("--git-url", e.to_string()))
                 .ok(),
             Err(e) => {
-                errors.push(e.to_string());
+                problems.push("--ca-file", e.to_string());
                 None
             }
         },
         _ => None,
     };
-    let (Some(sha), Some(notifier), true) = (sha, notifier, errors.is_empty()) else {
-        let _ = writeln!(
-            err,
-            "flux-status-cli: invalid configuration:\n  - {}",
-            errors.join("\n  - ")
-        );
+    let (Some(sha), Some(notifier), true) = (sha, notifier, problems.is_empty()) else {
+        let _ = writeln!(err, "flux-status-cli: {}", ConfigError::from(problems));
         return exit::USAGE;
     };
     let action = match args.action {

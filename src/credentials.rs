@@ -7,19 +7,23 @@ use std::path::PathBuf;
 pub struct SecretSource {
     value: Option<String>,
     file: Option<PathBuf>,
-    flag: &'static str,
+    flag: String,
 }
 
 impl SecretSource {
-    pub fn new(value: Option<String>, file: Option<PathBuf>, flag: &'static str) -> Self {
-        SecretSource { value, file, flag }
+    pub fn new(value: Option<String>, file: Option<PathBuf>, flag: impl Into<String>) -> Self {
+        SecretSource {
+            value,
+            file,
+            flag: flag.into(),
+        }
     }
 }
 
 /// Reads a secret. Files are trimmed: mounted Secrets often end in a newline.
 /// Errors name the flag or file, never the contents.
 pub fn load(what: &str, src: SecretSource) -> Result<Option<SecretString>, String> {
-    let flag = src.flag;
+    let flag = &src.flag;
     let raw = match (src.value.filter(|v| !v.is_empty()), src.file) {
         (Some(_), Some(_)) => {
             return Err(format!("give the {what} by {flag} or {flag}-file, not both"));

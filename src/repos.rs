@@ -1,48 +1,8 @@
-//! `--config`: which Flux objects' statuses go to which repository, for a cluster
-//! whose objects come from many repositories on several providers.
-//!
-//! ```yaml
-//! repos:
-//!   - gitUrl: https://github.com/acme/apps
-//!     objects:
-//!       - { kind: Kustomization, namespace: apps, name: "*" }
-//!   - gitUrl: git@gitlab.example.com:platform/infra.git
-//!     provider: gitlab
-//!     apiUrl: https://gitlab.example.com
-//!     tokenFile: /etc/flux-status/gitlab-token
-//!     objects:
-//!       - { kind: "HelmRelease", namespace: "infra-*" }
-//! ```
-//! Rules are tried in order; the first repository with a matching object pattern
-//! wins. Objects no rule matches go to `--git-url`, if given.
+//! Object patterns: which Flux objects a `--config` repository takes. Kept apart from
+//! the config so that mapping can use them without depending on the config.
 
-use crate::config::ProviderChoice;
 use crate::fluxv2::event::ObjectRef;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct File {
-    pub repos: Vec<RepoEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RepoEntry {
-    pub git_url: String,
-    #[serde(default)]
-    pub provider: Option<String>,
-    #[serde(default)]
-    pub api_url: Option<String>,
-    /// A file holding this repository's credential.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// An environment variable holding this repository's credential.
-    #[serde(default)]
-    pub token_env: Option<String>,
-    pub objects: Vec<ObjectPattern>,
-}
 
 /// Globs (`*` matches any run of characters) on a Flux object; an absent field
 /// matches anything. Kinds compare without regard to case.
@@ -88,23 +48,6 @@ impl ObjectPattern {
             .is_none_or(|k| glob(&k.to_ascii_lowercase(), &o.kind.to_ascii_lowercase()))
             && field(&self.namespace, &o.namespace)
             && field(&self.name, &o.name)
-    }
-}
-
-pub fn load(path: &Path) -> Result<File, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
-    serde_norway::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))
-}
-
-pub fn provider_choice(name: Option<&str>) -> Result<ProviderChoice, String> {
-    match name.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("auto") => Ok(ProviderChoice::Auto),
-        Some("github") => Ok(ProviderChoice::Github),
-        Some("gitlab") => Ok(ProviderChoice::Gitlab),
-        Some("azure-devops") | Some("azuredevops") => Ok(ProviderChoice::AzureDevops),
-        Some(other) => Err(format!(
-            "unknown provider {other:?} (github, gitlab, azure-devops)"
-        )),
     }
 }
 
@@ -156,12 +99,5 @@ mod tests {
             name: None,
         };
         assert!(any.matches(&obj("Anything", "", "")));
-    }
-
-    #[test]
-    fn unknown_fields_are_errors() {
-        let r: Result<File, _> =
-            serde_norway::from_str("repos:\n  - gitUrl: x\n    objects: []\n    tokn: y\n");
-        assert!(r.unwrap_err().to_string().contains("unknown field"));
     }
 }

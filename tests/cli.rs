@@ -501,3 +501,49 @@ async fn provider_errors_and_bad_usage_have_their_own_exit_codes() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("GITHUB_TOKEN"));
 }
+
+/// The CLI reads the daemon's target section: each provider's credential flags and
+/// variables, and the provider list in --help, come from the registry.
+#[test]
+fn credential_flags_and_providers_derive_from_the_registry() {
+    use clap::CommandFactory;
+    let cmd = flux_status::cli::CliArgs::command();
+    for s in notifiers::PROVIDERS {
+        let c = &s.credential;
+        for (long, env) in [(c.flag, c.env), (c.file_flag, c.file_env)] {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("no --{long}"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env));
+            assert_eq!(arg.is_hide_env_values_set(), long == c.flag, "{long}");
+        }
+    }
+    let help = cmd.clone().render_long_help().to_string();
+    for s in notifiers::PROVIDERS {
+        assert!(
+            help.contains(s.name) && help.contains(s.hosts[0]),
+            "{}:\n{help}",
+            s.name
+        );
+    }
+    // An alias the old CLI refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_flux-status-cli"))
+        .env_remove("AZDO_PAT")
+        .args([
+            "--git-url",
+            "https://dev.azure.com/o/p/_git/r",
+            "--provider",
+            "azdo",
+            "--commit-id",
+            SHA,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("AZDO_PAT") && !err.contains("invalid value"),
+        "{err}"
+    );
+}

@@ -5,7 +5,7 @@
 mod support;
 
 use notifiers::http::HttpConfig;
-use notifiers::{Check, CommitStatus, GitUrl, Notifier, Provider, Reason, Retry, Sha, State};
+use notifiers::{Check, CommitStatus, GitUrl, Notifier, ProviderSpec, Reason, Retry, Sha, State};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ const SHA: &str = "9f2c1bbd5e1dd2c0d2c5bfe1f6a0cbb0a3a9c6e1";
 const TARGET: &str = "https://flux.example.com/clusters/dev";
 
 struct Setup {
-    provider: Provider,
+    provider: &'static ProviderSpec,
     git_url: &'static str,
     spec: &'static str,
     credential: &'static str,
@@ -29,7 +29,7 @@ struct Setup {
 
 const PROVIDERS: [Setup; 3] = [
     Setup {
-        provider: Provider::GitHub,
+        provider: &notifiers::github::SPEC,
         git_url: "git@github.com:acme/app.git",
         spec: "github",
         credential: "ghp_test",
@@ -38,7 +38,7 @@ const PROVIDERS: [Setup; 3] = [
         create_op: "repos/create-commit-status",
     },
     Setup {
-        provider: Provider::GitLab,
+        provider: &notifiers::gitlab::SPEC,
         git_url: "https://gitlab.com/acme/platform/app.git",
         spec: "gitlab",
         credential: "glpat-test",
@@ -47,7 +47,7 @@ const PROVIDERS: [Setup; 3] = [
         create_op: "postApiV4ProjectsIdStatusesSha",
     },
     Setup {
-        provider: Provider::AzureDevOps,
+        provider: &notifiers::azure_devops::SPEC,
         git_url: "git@ssh.dev.azure.com:v3/acme/My%20Project/gitops",
         spec: "azuredevops",
         credential: "azdo-pat-value",
@@ -65,6 +65,7 @@ fn notifier(s: &Setup, api: &str, timeout: Duration) -> Arc<dyn Notifier> {
     .unwrap();
     let url = GitUrl::parse(s.git_url).unwrap();
     s.provider
+        .provider()
         .notifier(
             client,
             &url,
@@ -90,32 +91,33 @@ fn status(state: State) -> CommitStatus {
 /// A success answer shaped as the real API answers, checked against the spec.
 fn created(s: &Setup) -> ResponseTemplate {
     let spec = Spec::load(s.spec);
-    let (code, body) = match s.provider {
-        Provider::GitHub => {
+    let (code, body) = match s.provider.name {
+        "github" => {
             let op = spec
                 .operation("POST", &format!("{}{SHA}", s.create_path))
                 .unwrap();
             (201, op.example_response(201).unwrap())
         }
-        Provider::GitLab => (
+        "gitlab" => (
             201,
             json!({"id": 93, "sha": SHA, "ref": "main", "status": "success", "name": "flux-status/dev/sync",
                    "target_url": TARGET, "description": "Sync succeeded", "created_at": "2026-11-22T10:00:00.000Z",
                    "finished_at": "2026-11-22T10:00:00.000Z", "allow_failure": false, "pipeline_id": 7,
                    "author": {"id": 1, "username": "flux", "name": "Flux", "state": "active", "web_url": "https://gitlab.com/flux"}}),
         ),
-        Provider::AzureDevOps => (
+        "azure-devops" => (
             201,
             json!({"id": 1, "state": "succeeded", "description": "Sync succeeded", "targetUrl": TARGET,
                    "context": {"name": "dev/sync", "genre": "flux-status"}, "creationDate": "2026-11-22T10:00:00Z",
                    "updatedDate": "2026-11-22T10:00:00Z", "createdBy": {"id": "a", "displayName": "Flux"}}),
         ),
+        other => panic!("{other}: no answer written for it here"),
     };
     let op = spec
         .operation("POST", &format!("{}{SHA}{}", s.create_path, azure_tail(s)))
         .unwrap();
     // Azure's spec declares 200 while its own example and the service answer 201.
-    let declared = if s.provider == Provider::AzureDevOps {
+    let declared = if s.provider.name == "azure-devops" {
         200
     } else {
         code
@@ -125,7 +127,7 @@ fn created(s: &Setup) -> ResponseTemplate {
 }
 
 fn azure_tail(s: &Setup) -> &'static str {
-    if s.provider == Provider::AzureDevOps {
+    if s.provider.name == "azure-devops" {
         "/statuses"
     } else {
         ""
@@ -140,6 +142,26 @@ fn header(req: &wiremock::Request, name: &str) -> String {
         .to_string()
 }
 
+/// A provider added to the registry is tested here too.
+#[test]
+fn every_registered_provider_has_its_setup() {
+    let mut registered: Vec<&str> = notifiers::PROVIDERS.iter().map(|p| p.name).collect();
+    let mut tested: Vec<&str> = PROVIDERS.iter().map(|s| s.provider.name).collect();
+    registered.sort();
+    tested.sort();
+    assert_eq!(registered, tested);
+}
+
+/// The notifier a spec builds names itself as the spec does: that name is the
+/// metric label and log field.
+#[test]
+fn each_notifier_is_named_as_its_spec() {
+    for s in &PROVIDERS {
+        let n = notifier(s, "http://127.0.0.1:9", Duration::from_secs(1));
+        assert_eq!(n.name(), s.provider.name);
+    }
+}
+
 #[tokio::test]
 async fn each_provider_sends_exactly_its_documented_request() {
     for s in &PROVIDERS {
@@ -149,10 +171,10 @@ async fn each_provider_sends_exactly_its_documented_request() {
             let n = notifier(s, &fake.uri(), Duration::from_secs(5));
             n.write(&status(state), None)
                 .await
-                .unwrap_or_else(|e| panic!("{}: {e}", s.provider));
+                .unwrap_or_else(|e| panic!("{}: {e}", s.provider.name));
             let reqs = fake.expect_exactly(1, Duration::from_millis(50)).await;
             let req = &reqs[0];
-            assert_eq!(check_against_spec(&spec, req), s.create_op, "{}", s.provider);
+            assert_eq!(check_against_spec(&spec, req), s.create_op, "{}", s.provider.name);
             assert_eq!(req.url.path(), format!("{}{SHA}{}", s.create_path, azure_tail(s)));
             assert!(header(req, "user-agent").starts_with("flux-status/"));
             let body: Value = serde_json::from_slice(&req.body).unwrap();
@@ -164,27 +186,28 @@ async fn each_provider_sends_exactly_its_documented_request() {
                     .collect::<String>()
                     + "…"
             };
-            let want = match s.provider {
-                Provider::GitHub => {
+            let want = match s.provider.name {
+                "github" => {
                     assert_eq!(header(req, "authorization"), "Bearer ghp_test");
                     assert_eq!(header(req, "x-github-api-version"), "2022-11-28");
                     let st = ["pending", "success", "failure", "error"][state as usize];
                     json!({"state": st, "context": "flux-status/dev/sync", "description": desc(140), "target_url": TARGET})
                 }
-                Provider::GitLab => {
+                "gitlab" => {
                     assert_eq!(header(req, "private-token"), "glpat-test");
                     let st = ["running", "success", "failed", "canceled"][state as usize];
                     json!({"state": st, "name": "flux-status/dev/sync", "description": desc(255), "target_url": TARGET})
                 }
-                Provider::AzureDevOps => {
+                "azure-devops" => {
                     assert_eq!(header(req, "authorization"), "Basic OmF6ZG8tcGF0LXZhbHVl");
                     assert_eq!(req.url.query(), Some("api-version=7.1"));
                     let st = ["pending", "succeeded", "failed", "notApplicable"][state as usize];
                     json!({"state": st, "description": desc(400), "targetUrl": TARGET,
                            "context": {"genre": "flux-status", "name": "dev/sync"}})
                 }
+                other => panic!("{other}: no request written for it here"),
             };
-            assert_eq!(body, want, "{} {state}", s.provider);
+            assert_eq!(body, want, "{} {state}", s.provider.name);
         }
     }
 }
@@ -198,7 +221,7 @@ async fn every_error_answer_is_classified() {
     const LIMITED: (Retry, Reason) = (Retry::RateLimited, Reason::RateLimited);
     let json_err = |msg: &str| json!({ "message": msg });
     // (provider or None for all, answer, expected classification)
-    let cases: Vec<(Option<Provider>, ResponseTemplate, Expect)> = vec![
+    let cases: Vec<(Option<&str>, ResponseTemplate, Expect)> = vec![
         (None, ResponseTemplate::new(401).set_body_json(json_err("401 Unauthorized")), Err((Permanent, Unauthorized))),
         (None, ResponseTemplate::new(404).set_body_json(json_err("404 Project Not Found")), Err((Permanent, NotFound))),
         (None, ResponseTemplate::new(422).set_body_json(json_err("Validation Failed")), Err((Permanent, Invalid))),
@@ -208,19 +231,19 @@ async fn every_error_answer_is_classified() {
         (None, ResponseTemplate::new(502).set_body_string("<html>Bad Gateway</html>"), Err((Transient, ServerError))),
         (None, ResponseTemplate::new(503).insert_header("retry-after", "1"), Err((Transient, ServerError))),
         (None, ResponseTemplate::new(409).set_body_json(json_err("Another update to this commit status is in progress")), Err((Transient, Conflict))),
-        (Some(Provider::GitHub), ResponseTemplate::new(403).set_body_json(json_err("Resource not accessible by personal access token")), Err((Permanent, Forbidden))),
-        (Some(Provider::GitHub), ResponseTemplate::new(403).insert_header("x-ratelimit-remaining", "0").insert_header("x-ratelimit-reset", "1").set_body_json(json_err("API rate limit exceeded")), Err(LIMITED)),
-        (Some(Provider::GitHub), ResponseTemplate::new(403).insert_header("retry-after", "60").set_body_json(json_err("You have exceeded a secondary rate limit")), Err(LIMITED)),
-        (Some(Provider::GitLab), ResponseTemplate::new(403).set_body_json(json_err("403 Forbidden")), Err((Permanent, Forbidden))),
-        (Some(Provider::GitLab), ResponseTemplate::new(400).set_body_json(json_err("Cannot transition status via :run from :running")), Ok(())),
-        (Some(Provider::GitLab), ResponseTemplate::new(400).set_body_json(json_err("Cannot transition status via :enqueue from :pending")), Ok(())),
-        (Some(Provider::GitLab), ResponseTemplate::new(429).insert_header("RateLimit-Remaining", "0").insert_header("RateLimit-Reset", "1"), Err(LIMITED)),
-        (Some(Provider::AzureDevOps), ResponseTemplate::new(203).set_body_raw("<html>Sign in</html>", "text/html"), Err((Permanent, Unauthorized))),
-        (Some(Provider::AzureDevOps), ResponseTemplate::new(404).set_body_json(json!({"$id":"1","message":"TF401019: The Git repository with name or identifier gitops does not exist","typeKey":"GitRepositoryNotFoundException","errorCode":0})), Err((Permanent, NotFound))),
+        (Some("github"), ResponseTemplate::new(403).set_body_json(json_err("Resource not accessible by personal access token")), Err((Permanent, Forbidden))),
+        (Some("github"), ResponseTemplate::new(403).insert_header("x-ratelimit-remaining", "0").insert_header("x-ratelimit-reset", "1").set_body_json(json_err("API rate limit exceeded")), Err(LIMITED)),
+        (Some("github"), ResponseTemplate::new(403).insert_header("retry-after", "60").set_body_json(json_err("You have exceeded a secondary rate limit")), Err(LIMITED)),
+        (Some("gitlab"), ResponseTemplate::new(403).set_body_json(json_err("403 Forbidden")), Err((Permanent, Forbidden))),
+        (Some("gitlab"), ResponseTemplate::new(400).set_body_json(json_err("Cannot transition status via :run from :running")), Ok(())),
+        (Some("gitlab"), ResponseTemplate::new(400).set_body_json(json_err("Cannot transition status via :enqueue from :pending")), Ok(())),
+        (Some("gitlab"), ResponseTemplate::new(429).insert_header("RateLimit-Remaining", "0").insert_header("RateLimit-Reset", "1"), Err(LIMITED)),
+        (Some("azure-devops"), ResponseTemplate::new(203).set_body_raw("<html>Sign in</html>", "text/html"), Err((Permanent, Unauthorized))),
+        (Some("azure-devops"), ResponseTemplate::new(404).set_body_json(json!({"$id":"1","message":"TF401019: The Git repository with name or identifier gitops does not exist","typeKey":"GitRepositoryNotFoundException","errorCode":0})), Err((Permanent, NotFound))),
     ];
     for s in &PROVIDERS {
         for (only, answer, want) in &cases {
-            if only.is_some_and(|p| p != s.provider) {
+            if only.is_some_and(|p| p != s.provider.name) {
                 continue;
             }
             let fake = Fake::start(answer.clone(), vec![]).await;
@@ -261,7 +284,7 @@ async fn every_error_answer_is_classified() {
             .write(&status(State::Failed), None)
             .await
             .unwrap_err();
-        assert_eq!(e.retry_after, Some(Duration::from_secs(7)), "{}", s.provider);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)), "{}", s.provider.name);
     }
 }
 
@@ -299,22 +322,24 @@ async fn timeouts_and_refused_connections_are_transient() {
 
 #[tokio::test]
 async fn the_daemon_writes_through_each_provider_with_its_own_credential() {
-    // (setup, env holding its credential, extra args)
-    let runs: [(&Setup, &str, &[&str]); 3] = [
-        (&PROVIDERS[0], "GITHUB_TOKEN", &[]),
+    // (setup, extra args)
+    let runs: [(&Setup, &[&str]); 3] = [
+        (&PROVIDERS[0], &[]),
         // Self-managed GitLab: the host says nothing, so --provider decides.
-        (&PROVIDERS[1], "GITLAB_TOKEN", &["--provider", "gitlab"]),
-        (&PROVIDERS[2], "AZDO_PAT", &[]),
+        (&PROVIDERS[1], &["--provider", "gitlab"]),
+        (&PROVIDERS[2], &[]),
     ];
-    for (s, env, extra) in runs {
+    for (s, extra) in runs {
+        let env = s.provider.credential.env;
         let spec = Spec::load(s.spec);
         let fake = Fake::start(created(s), vec![]).await;
         let api = format!("{}{}", fake.uri(), s.api_suffix);
         let mut args = vec!["--git-url", s.git_url, "--instance", "dev", "--api-url", &api];
         args.extend_from_slice(extra);
         // Every other provider's credential is set too: only the chosen one may be used.
-        let others: Vec<(&str, &str)> = ["GITHUB_TOKEN", "GITLAB_TOKEN", "AZDO_PAT"]
-            .into_iter()
+        let others: Vec<(&str, &str)> = notifiers::PROVIDERS
+            .iter()
+            .map(|p| p.credential.env)
             .map(|k| {
                 (
                     k,
@@ -343,6 +368,10 @@ async fn the_daemon_writes_through_each_provider_with_its_own_credential() {
             s.provider
         );
         let logs = serde_json::to_string(&daemon.logs()).unwrap();
-        assert!(!logs.contains(s.credential), "{}: credential in logs", s.provider);
+        assert!(
+            !logs.contains(s.credential),
+            "{}: credential in logs",
+            s.provider.name
+        );
     }
 }

@@ -7,6 +7,7 @@
 use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http;
+use crate::provider::{CredentialSpec, ProviderSpec, TextLimits, WriteBudget};
 use crate::{
     Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Reason, Receipt, Retry, Sha,
     State, text,
@@ -20,6 +21,47 @@ pub const NAME: &str = "azure-devops";
 /// Azure DevOps documents no limit; statuses are one line in its UI, so keep them short.
 pub const DESCRIPTION_LIMIT: usize = 400;
 pub const API_VERSION: &str = "7.1";
+
+pub static SPEC: ProviderSpec = ProviderSpec {
+    name: NAME,
+    title: "Azure DevOps",
+    aliases: &["azuredevops", "azure", "azdo"],
+    hosts: &[
+        "dev.azure.com",
+        "ssh.dev.azure.com",
+        "vs-ssh.visualstudio.com",
+        "*.visualstudio.com",
+    ],
+    api_url_help: "Azure DevOps the organization or collection URL",
+    credential: CredentialSpec {
+        what: "Azure DevOps PAT",
+        flag: "azdo-pat",
+        env: "AZDO_PAT",
+        file_flag: "azdo-pat-file",
+        file_env: "FLUX_STATUS_AZDO_PAT_FILE",
+        forms: "a personal access token with the Code (status) scope, or a pipeline's System.AccessToken",
+    },
+    limits: TextLimits {
+        description: DESCRIPTION_LIMIT,
+        context: None,
+    },
+    budget: WriteBudget {
+        writes_per_minute: Some(300),
+        requests_per_hour: None,
+    },
+    repo_key: |url| {
+        let r = repo_path(url)?;
+        Ok(format!("{}/{}/{}", r.collection_url, r.project, r.repo))
+    },
+    build: |c| {
+        Ok(Arc::new(AzureDevOps::with_credential(
+            c.client,
+            c.git_url,
+            c.api_url,
+            c.credential,
+        )?))
+    },
+};
 
 /// A path segment: spaces and the like encoded, unreserved characters kept.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC

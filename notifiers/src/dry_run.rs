@@ -5,7 +5,7 @@ use crate::{CommitStatus, Handle, Notifier, NotifyError, Provider, ReadStatus, R
 pub struct DryRun {
     repo: String,
     /// Cut as the provider would, so the log shows what the PR view would show;
-    /// GitHub's limit, the tightest, when the provider is unknown.
+    /// the tightest of all when the provider is unknown.
     description_limit: usize,
 }
 
@@ -13,7 +13,8 @@ impl DryRun {
     pub fn new(repo: impl Into<String>, provider: Option<Provider>) -> Self {
         DryRun {
             repo: repo.into(),
-            description_limit: provider.unwrap_or(Provider::GitHub).description_limit(),
+            description_limit: provider
+                .map_or_else(Provider::tightest_description_limit, Provider::description_limit),
         }
     }
 }

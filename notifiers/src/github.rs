@@ -6,6 +6,7 @@
 use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
+use crate::provider::{CredentialSpec, ProviderSpec, TextLimits, WriteBudget};
 use crate::{
     Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Receipt, Sha, State, text,
 };
@@ -16,6 +17,46 @@ use std::sync::Arc;
 
 pub const NAME: &str = "github";
 pub const DESCRIPTION_LIMIT: usize = 140;
+
+pub static SPEC: ProviderSpec = ProviderSpec {
+    name: NAME,
+    title: "GitHub",
+    aliases: &[],
+    hosts: &["github.com", "www.github.com", "ssh.github.com"],
+    api_url_help: "GitHub https://api.github.com, or https://<host>/api/v3 for GitHub Enterprise",
+    credential: CredentialSpec {
+        what: "GitHub token",
+        flag: "github-token",
+        env: "GITHUB_TOKEN",
+        file_flag: "github-token-file",
+        file_env: "FLUX_STATUS_GITHUB_TOKEN_FILE",
+        forms: "a classic (ghp_…) or fine-grained (github_pat_…) personal access token, or a GitHub App \
+                installation token (ghs_…), with commit statuses read and write",
+    },
+    // The context has no documented limit.
+    limits: TextLimits {
+        description: DESCRIPTION_LIMIT,
+        context: None,
+    },
+    // Status writes are content creation: GitHub's secondary limit binds at about 80 a
+    // minute; 5000 requests an hour is the primary limit of a token.
+    budget: WriteBudget {
+        writes_per_minute: Some(80),
+        requests_per_hour: Some(5000),
+    },
+    repo_key: |url| {
+        let (owner, repo) = repo_path(url)?;
+        Ok(format!("{}/{owner}/{repo}", default_api_url(url)))
+    },
+    build: |c| {
+        Ok(Arc::new(GitHub::with_credential(
+            c.client,
+            c.git_url,
+            c.api_url,
+            c.credential,
+        )?))
+    },
+};
 const API_VERSION: &str = "2022-11-28";
 
 /// `owner/repo` from any form of GitHub remote URL.
@@ -32,7 +73,7 @@ pub fn repo_path(url: &GitUrl) -> Result<(String, String), GitUrlError> {
 
 /// `https://api.github.com` for github.com, `https://<host>/api/v3` for GitHub Enterprise.
 pub fn default_api_url(url: &GitUrl) -> String {
-    if crate::Provider::detect(&url.host) == Some(crate::Provider::GitHub) {
+    if SPEC.is_public_host(&url.host) {
         "https://api.github.com".to_string()
     } else {
         format!("{}/api/v3", url.web_origin())

@@ -8,6 +8,7 @@
 use crate::credential::{CredentialSource, StaticToken, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
+use crate::provider::{CredentialSpec, ProviderSpec, TextLimits, WriteBudget};
 use crate::{
     Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Receipt, Sha, State, text,
 };
@@ -20,6 +21,40 @@ pub const NAME: &str = "gitlab";
 /// GitLab rejects description, name and target_url longer than this.
 pub const DESCRIPTION_LIMIT: usize = 255;
 const TARGET_URL_LIMIT: usize = 255;
+
+pub static SPEC: ProviderSpec = ProviderSpec {
+    name: NAME,
+    title: "GitLab",
+    aliases: &[],
+    hosts: &["gitlab.com", "www.gitlab.com", "altssh.gitlab.com"],
+    api_url_help: "GitLab https://<host>",
+    credential: CredentialSpec {
+        what: "GitLab token",
+        flag: "gitlab-token",
+        env: "GITLAB_TOKEN",
+        file_flag: "gitlab-token-file",
+        file_env: "FLUX_STATUS_GITLAB_TOKEN_FILE",
+        forms: "a personal, project or group access token (glpat-…) with the api scope",
+    },
+    limits: TextLimits {
+        description: DESCRIPTION_LIMIT,
+        context: Some(255),
+    },
+    // Limits are per instance; 300 a minute stays well under GitLab.com's.
+    budget: WriteBudget {
+        writes_per_minute: Some(300),
+        requests_per_hour: None,
+    },
+    repo_key: |url| Ok(format!("{}/{}", default_api_url(url), repo_path(url)?)),
+    build: |c| {
+        Ok(Arc::new(GitLab::with_credential(
+            c.client,
+            c.git_url,
+            c.api_url,
+            c.credential,
+        )?))
+    },
+};
 
 /// Everything but letters, digits, `-`, `_` and `~` is encoded: `/` (so subgroups
 /// stay one path segment) and `.` (as GitLab's own clients do).
@@ -44,7 +79,7 @@ pub fn repo_path(url: &GitUrl) -> Result<String, GitUrlError> {
 /// `https://gitlab.com` for any gitlab.com host (`altssh.gitlab.com` included),
 /// else the web origin, under which GitLab serves `/api/v4`.
 pub fn default_api_url(url: &GitUrl) -> String {
-    if crate::Provider::detect(&url.host) == Some(crate::Provider::GitLab) {
+    if SPEC.is_public_host(&url.host) {
         "https://gitlab.com".to_string()
     } else {
         url.web_origin()

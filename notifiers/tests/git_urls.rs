@@ -10,26 +10,31 @@ fn resolve(input: &str, explicit: Option<Provider>) -> Result<String, String> {
         .or_else(|| Provider::detect(&url.host))
         .ok_or_else(|| format!("cannot tell the provider of {}", url.host))?;
     let e = |e: notifiers::GitUrlError| e.to_string();
-    Ok(match provider {
-        Provider::GitHub => {
+    Ok(match provider.as_str() {
+        "github" => {
             let (o, r) = github::repo_path(&url).map_err(e)?;
             format!("github {} {o}/{r}", github::default_api_url(&url))
         }
-        Provider::GitLab => format!(
+        "gitlab" => format!(
             "gitlab {} {}",
             gitlab::default_api_url(&url),
             gitlab::repo_path(&url).map_err(e)?
         ),
-        Provider::AzureDevOps => {
+        "azure-devops" => {
             let r = azure_devops::repo_path(&url).map_err(e)?;
             format!("azure-devops {} {}/{}", r.collection_url, r.project, r.repo)
         }
+        other => return Err(format!("{other}: not in this table")),
     })
 }
 
 #[test]
 fn real_world_git_urls() {
-    use Provider::*;
+    let (github, gitlab, azure) = (
+        Some(github::SPEC.provider()),
+        Some(gitlab::SPEC.provider()),
+        Some(azure_devops::SPEC.provider()),
+    );
     let gh = |r: &str| format!("github https://api.github.com {r}");
     let ok: Vec<(&str, Option<Provider>, String)> = vec![
         // GitHub
@@ -83,17 +88,17 @@ fn real_world_git_urls() {
         ("HTTPS://GitHub.com/Acme/App", None, gh("Acme/App")),
         (
             "git@github.example.com:platform/gitops.git",
-            Some(GitHub),
+            github,
             "github https://github.example.com/api/v3 platform/gitops".into(),
         ),
         (
             "https://github.example.com:8443/platform/gitops",
-            Some(GitHub),
+            github,
             "github https://github.example.com:8443/api/v3 platform/gitops".into(),
         ),
         (
             "ssh://git@github.example.com:2222/platform/gitops.git",
-            Some(GitHub),
+            github,
             "github https://github.example.com/api/v3 platform/gitops".into(),
         ),
         // GitLab
@@ -144,17 +149,17 @@ fn real_world_git_urls() {
         ),
         (
             "https://git.example.com/infra/clusters/prod.git",
-            Some(GitLab),
+            gitlab,
             "gitlab https://git.example.com infra/clusters/prod".into(),
         ),
         (
             "git@git.example.com:infra/clusters/prod.git",
-            Some(GitLab),
+            gitlab,
             "gitlab https://git.example.com infra/clusters/prod".into(),
         ),
         (
             "http://gitlab.internal:8080/infra/prod.git",
-            Some(GitLab),
+            gitlab,
             "gitlab http://gitlab.internal:8080 infra/prod".into(),
         ),
         // Azure DevOps Services
@@ -216,22 +221,22 @@ fn real_world_git_urls() {
         // Azure DevOps Server
         (
             "https://tfs.example.com/tfs/DefaultCollection/Platform/_git/gitops",
-            Some(AzureDevOps),
+            azure,
             "azure-devops https://tfs.example.com/tfs/DefaultCollection Platform/gitops".into(),
         ),
         (
             "https://ado.example.com/Fabrikam/Platform/_git/gitops",
-            Some(AzureDevOps),
+            azure,
             "azure-devops https://ado.example.com/Fabrikam Platform/gitops".into(),
         ),
         (
             "https://ado.example.com:8443/tfs/My%20Collection/Platform/_git/gitops",
-            Some(AzureDevOps),
+            azure,
             "azure-devops https://ado.example.com:8443/tfs/My%20Collection Platform/gitops".into(),
         ),
         (
             "ssh://ado.example.com:22/tfs/DefaultCollection/Platform/_git/gitops",
-            Some(AzureDevOps),
+            azure,
             "azure-devops https://ado.example.com/tfs/DefaultCollection Platform/gitops".into(),
         ),
     ];
@@ -271,7 +276,7 @@ fn real_world_git_urls() {
         ),
         (
             "https://ado.example.com/_git/gitops",
-            Some(AzureDevOps),
+            azure,
             "Azure DevOps repository path must look like",
         ),
         (
