@@ -72,7 +72,16 @@ pub(super) fn model(ops: &[Op]) -> Snapshot {
 }
 
 pub(super) fn reopen(dir: &Path) -> Snapshot {
-    snapshot(Store::open(dir).unwrap().1)
+    // A test that spawns a process (the tmpfs test runs `mount`) lends the child, until
+    // it execs, every open file description of this process, a store's lock among them:
+    // a store just closed can then look locked for a moment. The daemon spawns nothing.
+    for _ in 0..50 {
+        match Store::open(dir) {
+            Err(StoreError::Locked { .. }) => std::thread::sleep(Duration::from_millis(20)),
+            opened => return snapshot(opened.unwrap().1),
+        }
+    }
+    panic!("{} stayed locked", dir.display())
 }
 
 pub(super) fn t(ms: u64) -> SystemTime {
