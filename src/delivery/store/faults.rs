@@ -2,7 +2,7 @@
 
 use super::codec::{FrameError, Framed, HEADER, MAGIC, frame, record};
 use super::log::{LOG, PREALLOCATE, Store};
-use super::tests::{model, op_strategy, reopen, sample_ops, snapshot, t, temp_dir, update};
+use super::tests::{deliveries, model, op_strategy, reopen, sample_ops, snapshot, t, temp_dir, update};
 use super::{Damage, MAX_RECORD, Op, Persister, StoreError, StoreEvent, fits, replay_bytes};
 use crate::update::StatusUpdate;
 use notifiers::{Sha, State};
@@ -59,32 +59,6 @@ fn watched(store: Store) -> (Persister, Seen) {
 
 fn seen(s: &Seen) -> Vec<String> {
     s.lock().unwrap().clone()
-}
-
-/// `rounds` rounds of a delivery's changes over the same 20 checks: the log grows,
-/// what counts does not.
-fn deliveries(from: u64, rounds: u64) -> Vec<Op> {
-    let mut ops = Vec::new();
-    for i in from..from + rounds {
-        let mut u = update(
-            'a',
-            "x",
-            if i % 3 == 0 {
-                State::Pending
-            } else {
-                State::Succeeded
-            },
-        );
-        u.status.sha = Sha::parse(&format!("{:040x}", i % 20)).unwrap();
-        ops.extend([
-            Op::Pending(u.clone(), t(i)),
-            Op::InFlight(u.key()),
-            Op::Written(u.clone(), i),
-            Op::Done(u.key()),
-            Op::Landed(u.key()),
-        ]);
-    }
-    ops
 }
 
 fn runtime() -> tokio::runtime::Runtime {

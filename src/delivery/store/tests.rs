@@ -71,6 +71,32 @@ pub(super) fn model(ops: &[Op]) -> Snapshot {
     snapshot(live.into_recovered())
 }
 
+/// `rounds` rounds of a delivery's changes over the same 20 checks: the log grows,
+/// what counts does not.
+pub(super) fn deliveries(from: u64, rounds: u64) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for i in from..from + rounds {
+        let mut u = update(
+            'a',
+            "x",
+            if i % 3 == 0 {
+                State::Pending
+            } else {
+                State::Succeeded
+            },
+        );
+        u.status.sha = Sha::parse(&format!("{:040x}", i % 20)).unwrap();
+        ops.extend([
+            Op::Pending(u.clone(), t(i)),
+            Op::InFlight(u.key()),
+            Op::Written(u.clone(), i),
+            Op::Done(u.key()),
+            Op::Landed(u.key()),
+        ]);
+    }
+    ops
+}
+
 pub(super) fn reopen(dir: &Path) -> Snapshot {
     // A test that spawns a process (the tmpfs test runs `mount`) lends the child, until
     // it execs, every open file description of this process, a store's lock among them:
@@ -319,23 +345,7 @@ fn the_persister_compacts_in_the_background_and_loses_nothing() {
     rt.block_on(async {
         for i in 0..2000u64 {
             // The same 20 checks over and over: the log keeps growing, the state does not.
-            let mut u = update(
-                'a',
-                "x",
-                if i % 3 == 0 {
-                    State::Pending
-                } else {
-                    State::Succeeded
-                },
-            );
-            u.status.sha = Sha::parse(&format!("{:040x}", i % 20)).unwrap();
-            let ops = vec![
-                Op::Pending(u.clone(), t(i)),
-                Op::InFlight(u.key()),
-                Op::Written(u.clone(), i),
-                Op::Done(u.key()),
-                Op::Landed(u.key()),
-            ];
+            let ops = deliveries(i, 1);
             all.extend(ops.clone());
             persister.submit(&ops).wait().await.unwrap();
         }
