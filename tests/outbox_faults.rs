@@ -89,14 +89,19 @@ async fn wait_for(what: impl Fn() -> String, timeout: Duration, mut done: impl F
     }
 }
 
-#[tokio::test]
-async fn large_events_and_every_event_after_them_survive_kill_minus_nine() {
-    let github = GitHub::default();
+/// `github` answering every request on a server of its own.
+async fn serve(github: GitHub) -> (GitHub, MockServer) {
     let server = MockServer::start().await;
     Mock::given(any())
         .respond_with(github.clone())
         .mount(&server)
         .await;
+    (github, server)
+}
+
+#[tokio::test]
+async fn large_events_and_every_event_after_them_survive_kill_minus_nine() {
+    let (github, server) = serve(GitHub::default()).await;
     // Down while the events come in: every status is still pending at the kill.
     github.down.store(true, Ordering::Relaxed);
     let state = support::temp_dir("large-events");
@@ -192,12 +197,7 @@ fn record_starts(log: &[u8]) -> Vec<usize> {
 
 #[tokio::test]
 async fn a_damaged_record_loses_only_itself() {
-    let github = GitHub::default();
-    let server = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(github.clone())
-        .mount(&server)
-        .await;
+    let (github, server) = serve(GitHub::default()).await;
     github.down.store(true, Ordering::Relaxed);
     let state = support::temp_dir("damaged-log");
     let mut first = daemon(state.clone(), &server).await;
@@ -253,12 +253,7 @@ async fn a_damaged_record_loses_only_itself() {
 
 #[tokio::test]
 async fn a_status_that_cannot_be_stored_even_cut_is_refused_not_acknowledged() {
-    let github = GitHub::default();
-    let server = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(github.clone())
-        .mount(&server)
-        .await;
+    let (_, server) = serve(GitHub::default()).await;
     let d = daemon(support::temp_dir("too-large"), &server).await;
     // The object's name becomes the check's: 2 KiB of it cannot be cut without
     // merging distinct checks.
