@@ -4,7 +4,7 @@
 //! with `api-version=7.1` and Basic auth (empty user, PAT). A check
 //! `flux-status/dev/sync` becomes context genre `flux-status`, name `dev/sync`.
 
-use crate::credential::{CredentialSource, StaticToken, with_token};
+use crate::credential::{CredentialSource, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http;
 use crate::provider::{CredentialSpec, ProviderSpec, TextLimits, WriteBudget};
@@ -13,7 +13,7 @@ use crate::{
     State, text,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -248,17 +248,8 @@ struct CreateStatus<'a> {
 }
 
 impl AzureDevOps {
-    /// `api_url` replaces the collection URL (Azure DevOps Server behind another name).
-    pub fn new(
-        client: reqwest::Client,
-        url: &GitUrl,
-        api_url: Option<&str>,
-        pat: SecretString,
-    ) -> Result<Self, GitUrlError> {
-        Self::with_credential(client, url, api_url, Arc::new(StaticToken::new(pat)))
-    }
-
-    /// A notifier that asks `credential` for the PAT on every request.
+    /// A notifier that asks `credential` for the PAT on every request. `api_url`
+    /// replaces the collection URL (Azure DevOps Server behind another name).
     pub fn with_credential(
         client: reqwest::Client,
         url: &GitUrl,

@@ -3,7 +3,7 @@
 //! `POST /repos/{owner}/{repo}/statuses/{sha}`; descriptions are cut to 140
 //! characters (GitHub answers 422 past that).
 
-use crate::credential::{CredentialSource, StaticToken, with_token};
+use crate::credential::{CredentialSource, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
 use crate::provider::{CredentialSpec, ProviderSpec, TextLimits, WriteBudget};
@@ -127,15 +127,6 @@ struct CreateStatus<'a> {
 }
 
 impl GitHub {
-    pub fn new(
-        client: reqwest::Client,
-        url: &GitUrl,
-        api_url: Option<&str>,
-        token: SecretString,
-    ) -> Result<Self, GitUrlError> {
-        Self::with_credential(client, url, api_url, Arc::new(StaticToken::new(token)))
-    }
-
     /// A notifier that asks `credential` for the token on every request.
     pub fn with_credential(
         client: reqwest::Client,

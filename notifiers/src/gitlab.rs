@@ -5,7 +5,7 @@
 //! transition and answers 400 "Cannot transition status" when the job is already
 //! in that state: that means "already written", not an error.
 
-use crate::credential::{CredentialSource, StaticToken, with_token};
+use crate::credential::{CredentialSource, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
 use crate::provider::{CredentialSpec, ProviderSpec, TextLimits, WriteBudget};
@@ -137,15 +137,6 @@ struct CreateStatus<'a> {
 }
 
 impl GitLab {
-    pub fn new(
-        client: reqwest::Client,
-        url: &GitUrl,
-        api_url: Option<&str>,
-        token: SecretString,
-    ) -> Result<Self, GitUrlError> {
-        Self::with_credential(client, url, api_url, Arc::new(StaticToken::new(token)))
-    }
-
     /// A notifier that asks `credential` for the token on every request.
     pub fn with_credential(
         client: reqwest::Client,
