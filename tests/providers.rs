@@ -27,7 +27,7 @@ struct Setup {
     create_op: &'static str,
 }
 
-const PROVIDERS: [Setup; 3] = [
+const PROVIDERS: [Setup; 5] = [
     Setup {
         provider: &notifiers::github::SPEC,
         git_url: "git@github.com:acme/app.git",
@@ -54,6 +54,27 @@ const PROVIDERS: [Setup; 3] = [
         api_suffix: "/acme",
         create_path: "/acme/My%20Project/_apis/git/repositories/gitops/commits/",
         create_op: "Statuses_Create",
+    },
+    Setup {
+        provider: &notifiers::bitbucket::cloud::SPEC,
+        git_url: "https://jdoe@bitbucket.org/acme/app.git",
+        spec: "bitbucket",
+        // A repository access token: Bearer.
+        credential: "bb-access-token",
+        api_suffix: "",
+        create_path: "/2.0/repositories/acme/app/commit/",
+        create_op: "post /repositories/{workspace}/{repo_slug}/commit/{commit}/statuses/build",
+    },
+    Setup {
+        provider: &notifiers::bitbucket::server::SPEC,
+        git_url: "https://git.example.com/bitbucket/scm/PROJ/app.git",
+        spec: "bitbucket-datacenter",
+        // A user and a token: Basic.
+        credential: "jdoe:bbs-token",
+        // The context path is tested on its own: the spec's paths start at /rest.
+        api_suffix: "",
+        create_path: "/rest/api/latest/projects/PROJ/repos/app/commits/",
+        create_op: "add",
     },
 ];
 
@@ -91,6 +112,14 @@ fn status(state: State) -> CommitStatus {
 /// A success answer shaped as the real API answers, checked against the spec.
 fn created(s: &Setup) -> ResponseTemplate {
     let spec = Spec::load(s.spec);
+    if s.provider.name == "bitbucket-server" {
+        // 204 No Content, as the spec declares.
+        let op = spec
+            .operation("POST", &format!("{}{SHA}{}", s.create_path, path_tail(s)))
+            .unwrap();
+        assert!(op.validate_response(204, &Value::Null).is_ok());
+        return ResponseTemplate::new(204);
+    }
     let (code, body) = match s.provider.name {
         "github" => {
             let op = spec
@@ -111,10 +140,11 @@ fn created(s: &Setup) -> ResponseTemplate {
                    "context": {"name": "dev/sync", "genre": "flux-status"}, "creationDate": "2026-11-22T10:00:00Z",
                    "updatedDate": "2026-11-22T10:00:00Z", "createdBy": {"id": "a", "displayName": "Flux"}}),
         ),
+        "bitbucket" => (201, bitbucket_cloud_status("flux-status/dev/sync", "SUCCESSFUL")),
         other => panic!("{other}: no answer written for it here"),
     };
     let op = spec
-        .operation("POST", &format!("{}{SHA}{}", s.create_path, azure_tail(s)))
+        .operation("POST", &format!("{}{SHA}{}", s.create_path, path_tail(s)))
         .unwrap();
     // Azure's spec declares 200 while its own example and the service answer 201.
     let declared = if s.provider.name == "azure-devops" {
@@ -126,11 +156,23 @@ fn created(s: &Setup) -> ResponseTemplate {
     ResponseTemplate::new(code).set_body_json(body)
 }
 
-fn azure_tail(s: &Setup) -> &'static str {
-    if s.provider.name == "azure-devops" {
-        "/statuses"
-    } else {
-        ""
+/// A Bitbucket Cloud `commitstatus` as the API answers with it.
+fn bitbucket_cloud_status(name: &str, state: &str) -> Value {
+    let at = "2026-11-22T10:00:00.000000+00:00";
+    let api = format!("https://api.bitbucket.org/2.0/repositories/acme/app/commit/{SHA}");
+    json!({"type": "commitstatus", "key": name, "name": name, "state": state, "description": "Sync succeeded",
+           "url": TARGET, "created_on": at, "updated_on": at,
+           "uuid": "{2d7d9a3e-8a7a-4a51-9d1e-1c6a4f0c9b11}",
+           "links": {"self": {"href": format!("{api}/statuses/build/{name}")}, "commit": {"href": api}}})
+}
+
+/// What follows the commit in the path of a write.
+fn path_tail(s: &Setup) -> &'static str {
+    match s.provider.name {
+        "azure-devops" => "/statuses",
+        "bitbucket" => "/statuses/build",
+        "bitbucket-server" => "/builds",
+        _ => "",
     }
 }
 
@@ -175,7 +217,7 @@ async fn each_provider_sends_exactly_its_documented_request() {
             let reqs = fake.expect_exactly(1, Duration::from_millis(50)).await;
             let req = &reqs[0];
             assert_eq!(check_against_spec(&spec, req), s.create_op, "{}", s.provider.name);
-            assert_eq!(req.url.path(), format!("{}{SHA}{}", s.create_path, azure_tail(s)));
+            assert_eq!(req.url.path(), format!("{}{SHA}{}", s.create_path, path_tail(s)));
             assert!(header(req, "user-agent").starts_with("flux-status/"));
             let body: Value = serde_json::from_slice(&req.body).unwrap();
             let desc = |limit: usize| -> String {
@@ -204,6 +246,20 @@ async fn each_provider_sends_exactly_its_documented_request() {
                     let st = ["pending", "succeeded", "failed", "notApplicable"][state as usize];
                     json!({"state": st, "description": desc(400), "targetUrl": TARGET,
                            "context": {"genre": "flux-status", "name": "dev/sync"}})
+                }
+                "bitbucket" => {
+                    assert_eq!(header(req, "authorization"), "Bearer bb-access-token");
+                    let st = ["INPROGRESS", "SUCCESSFUL", "FAILED", "STOPPED"][state as usize];
+                    json!({"type": "commitstatus", "key": "flux-status/dev/sync", "state": st,
+                           "name": "flux-status/dev/sync", "description": desc(255), "url": TARGET})
+                }
+                "bitbucket-server" => {
+                    // base64("jdoe:bbs-token")
+                    assert_eq!(header(req, "authorization"), "Basic amRvZTpiYnMtdG9rZW4=");
+                    assert_eq!(header(req, "x-atlassian-token"), "no-check");
+                    let st = ["INPROGRESS", "SUCCESSFUL", "FAILED", "CANCELLED"][state as usize];
+                    json!({"key": "flux-status/dev/sync", "state": st, "url": TARGET,
+                           "name": "flux-status/dev/sync", "description": desc(255)})
                 }
                 other => panic!("{other}: no request written for it here"),
             };
@@ -240,6 +296,13 @@ async fn every_error_answer_is_classified() {
         (Some("gitlab"), ResponseTemplate::new(429).insert_header("RateLimit-Remaining", "0").insert_header("RateLimit-Reset", "1"), Err(LIMITED)),
         (Some("azure-devops"), ResponseTemplate::new(203).set_body_raw("<html>Sign in</html>", "text/html"), Err((Permanent, Unauthorized))),
         (Some("azure-devops"), ResponseTemplate::new(404).set_body_json(json!({"$id":"1","message":"TF401019: The Git repository with name or identifier gitops does not exist","typeKey":"GitRepositoryNotFoundException","errorCode":0})), Err((Permanent, NotFound))),
+        (Some("bitbucket"), ResponseTemplate::new(400).set_body_json(json!({"type":"error","error":{"message":"key: Ensure this value has at most 40 characters (it has 48).","fields":{"key":["Ensure this value has at most 40 characters (it has 48)."]}}})), Err((Permanent, Invalid))),
+        (Some("bitbucket"), ResponseTemplate::new(401).set_body_json(json!({"type":"error","error":{"message":"Token is invalid, expired, or not supported for this endpoint."}})), Err((Permanent, Unauthorized))),
+        (Some("bitbucket"), ResponseTemplate::new(403).set_body_json(json!({"type":"error","error":{"message":"Your credentials lack one or more required privilege scopes.","detail":{"granted":["account"],"required":["repository"]}}})), Err((Permanent, Forbidden))),
+        (Some("bitbucket"), ResponseTemplate::new(429).set_body_string("Rate limit for this resource has been exceeded"), Err(LIMITED)),
+        (Some("bitbucket-server"), ResponseTemplate::new(401).set_body_json(json!({"errors":[{"context":null,"message":"Authentication failed. Please check your credentials and try again.","exceptionName":"com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException"}]})), Err((Permanent, Unauthorized))),
+        (Some("bitbucket-server"), ResponseTemplate::new(404).set_body_json(json!({"errors":[{"context":null,"message":"Repository PROJ/app does not exist.","exceptionName":"com.atlassian.bitbucket.repository.NoSuchRepositoryException"}]})), Err((Permanent, NotFound))),
+        (Some("bitbucket-server"), ResponseTemplate::new(400).set_body_json(json!({"errors":[{"context":"state","message":"The build status state is invalid","exceptionName":null}]})), Err((Permanent, Invalid))),
     ];
     for s in &PROVIDERS {
         for (only, answer, want) in &cases {
@@ -323,11 +386,14 @@ async fn timeouts_and_refused_connections_are_transient() {
 #[tokio::test]
 async fn the_daemon_writes_through_each_provider_with_its_own_credential() {
     // (setup, extra args)
-    let runs: [(&Setup, &[&str]); 3] = [
+    let runs: [(&Setup, &[&str]); 5] = [
         (&PROVIDERS[0], &[]),
         // Self-managed GitLab: the host says nothing, so --provider decides.
         (&PROVIDERS[1], &["--provider", "gitlab"]),
         (&PROVIDERS[2], &[]),
+        (&PROVIDERS[3], &[]),
+        // Bitbucket Server is self-hosted only.
+        (&PROVIDERS[4], &["--provider", "bitbucket-server"]),
     ];
     for (s, extra) in runs {
         let env = s.provider.credential.env;
