@@ -441,3 +441,213 @@ async fn the_daemon_writes_through_each_provider_with_its_own_credential() {
         );
     }
 }
+
+/// A notifier for `s` whose API is `api` (context path included) and credential `credential`.
+fn notifier_at(s: &Setup, api: &str, credential: &str) -> Arc<dyn Notifier> {
+    let client = notifiers::http::client(&HttpConfig::default()).unwrap();
+    let url = GitUrl::parse(s.git_url).unwrap();
+    s.provider
+        .provider()
+        .notifier(client, &url, Some(api), SecretString::from(credential.to_string()))
+        .unwrap()
+}
+
+fn bitbucket() -> [&'static Setup; 2] {
+    [&PROVIDERS[3], &PROVIDERS[4]]
+}
+
+#[tokio::test]
+async fn bitbucket_cloud_keys_a_long_check_name_and_links_to_the_commit() {
+    let s = &PROVIDERS[3];
+    let long = "flux-status/production-eu-west-1/kustomization/flux-system/apps";
+    let fake = Fake::start(created(s), vec![]).await;
+    let n = notifier(s, &fake.uri(), Duration::from_secs(5));
+    let mut st = status(State::Succeeded);
+    st.check = Check::new(long);
+    st.target_url = None;
+    n.write(&st, None).await.unwrap();
+    let reqs = fake.expect_exactly(1, Duration::from_millis(50)).await;
+    check_against_spec(&Spec::load(s.spec), &reqs[0]);
+    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    let key = body["key"].as_str().unwrap();
+    assert_eq!(key.chars().count(), 40, "{key}");
+    assert!(key.starts_with("flux-status/production-eu-wes-"), "{key}");
+    assert_eq!(body["name"], long, "the full check name is shown");
+    // Bitbucket requires a URL: the commit's page when no --target-url is given.
+    assert_eq!(
+        body["url"],
+        format!("https://bitbucket.org/acme/app/commits/{SHA}")
+    );
+
+    // Read back, the key maps to the check name; another tool's status that shows
+    // the same name under its own key is not ours.
+    let listed = json!({"pagelen": 100, "page": 1, "size": 3, "values": [
+        bitbucket_cloud_status("BAMBOO-DEPLOY", "FAILED"),
+        bitbucket_cloud_status(key, "SUCCESSFUL"),
+        bitbucket_cloud_status("ci/build", "INPROGRESS"),
+    ]});
+    let mut listed = listed;
+    listed["values"][0]["name"] = json!(long);
+    listed["values"][1]["name"] = json!(long);
+    Spec::load(s.spec)
+        .operation("GET", &format!("/2.0/repositories/acme/app/commit/{SHA}/statuses"))
+        .unwrap()
+        .validate_response(200, &listed)
+        .unwrap();
+    let reader = Fake::start(ResponseTemplate::new(500), vec![]).await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(listed))
+        .with_priority(1)
+        .mount(&reader.server)
+        .await;
+    let got = notifier(s, &reader.uri(), Duration::from_secs(5))
+        .list_statuses(&Sha::parse(SHA).unwrap())
+        .await
+        .unwrap();
+    let checks: Vec<(&str, State)> = got.iter().map(|r| (r.check.as_str(), r.state)).collect();
+    assert_eq!(
+        checks,
+        [
+            ("BAMBOO-DEPLOY", State::Failed),
+            (long, State::Succeeded),
+            ("ci/build", State::Pending)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bitbucket_credentials_go_as_basic_or_bearer() {
+    for s in bitbucket() {
+        for (credential, want) in [
+            ("ATCTT3xFfGN0-bare-token", "Bearer ATCTT3xFfGN0-bare-token"),
+            // base64("jdoe@example.com:api:token"): only the first ':' splits.
+            (
+                "jdoe@example.com:api:token",
+                "Basic amRvZUBleGFtcGxlLmNvbTphcGk6dG9rZW4=",
+            ),
+        ] {
+            let fake = Fake::start(created(s), vec![]).await;
+            notifier_at(s, &fake.uri(), credential)
+                .write(&status(State::Pending), None)
+                .await
+                .unwrap();
+            let reqs = fake.expect_exactly(1, Duration::from_millis(50)).await;
+            assert_eq!(header(&reqs[0], "authorization"), want, "{}", s.provider.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn bitbucket_credential_check_reads_the_repository() {
+    let paths = ["/2.0/repositories/acme/app", "/rest/api/latest/projects/PROJ/repos/app"];
+    for (s, path) in bitbucket().into_iter().zip(paths) {
+        let fake = Fake::start(created(s), vec![]).await;
+        notifier(s, &fake.uri(), Duration::from_secs(5))
+            .check_credentials()
+            .await
+            .unwrap();
+        let reqs = fake.server.received_requests().await.unwrap();
+        assert_eq!(
+            reqs.iter().map(|r| (r.method.as_str(), r.url.path())).collect::<Vec<_>>(),
+            [("GET", path)],
+            "{}",
+            s.provider.name
+        );
+
+        let refused = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::any())
+            .respond_with(ResponseTemplate::new(401).set_body_json(json!({"message": "Unauthorized"})))
+            .mount(&refused)
+            .await;
+        let e = notifier(s, &refused.uri(), Duration::from_secs(5))
+            .check_credentials()
+            .await
+            .unwrap_err();
+        assert_eq!((e.retry, e.reason), (Retry::Permanent, Reason::Unauthorized));
+        assert!(!e.to_string().contains(s.credential), "{e}");
+    }
+}
+
+/// Log lines a test's notifier emits, as text.
+fn capture_logs() -> (Arc<std::sync::Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    #[derive(Clone)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn bitbucket_server_without_the_builds_api_writes_to_the_legacy_one_and_says_so_once() {
+    let s = &PROVIDERS[4];
+    let (logs, _guard) = capture_logs();
+    // Before 7.4 the path does not exist: a 404 that names no repository.
+    let fake = Fake::start(
+        ResponseTemplate::new(204),
+        vec![ResponseTemplate::new(404).set_body_raw("<html><body>Not Found</body></html>", "text/html")],
+    )
+    .await;
+    // Under a context path, as the git URL has it.
+    let n = notifier_at(s, &format!("{}/bitbucket", fake.uri()), "bbs-token");
+    n.write(&status(State::Pending), None).await.unwrap();
+    n.write(&status(State::Canceled), None).await.unwrap();
+    let reqs = fake.expect_exactly(3, Duration::from_millis(50)).await;
+    let paths: Vec<&str> = reqs.iter().map(|r| r.url.path()).collect();
+    let legacy = format!("/bitbucket/rest/build-status/1.0/commits/{SHA}");
+    assert_eq!(
+        paths,
+        [
+            format!("/bitbucket/rest/api/latest/projects/PROJ/repos/app/commits/{SHA}/builds"),
+            legacy.clone(),
+            legacy
+        ]
+    );
+    let spec = Spec::load(s.spec);
+    for r in &reqs[1..] {
+        let mut at_spec_root = r.clone();
+        at_spec_root.url.set_path(r.url.path().trim_start_matches("/bitbucket"));
+        assert_eq!(check_against_spec(&spec, &at_spec_root), "addBuildStatus");
+        assert_eq!(header(r, "x-atlassian-token"), "no-check");
+    }
+    // Servers without the newer API know three states: canceled is written as failed.
+    let states: Vec<Value> = reqs
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["state"].clone())
+        .collect();
+    assert_eq!(states, ["INPROGRESS", "INPROGRESS", "FAILED"]);
+    assert_eq!(n.reads_back_as(State::Canceled), State::Failed);
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.matches("legacy /rest/build-status/1.0").count(), 1, "{text}");
+}
+
+#[tokio::test]
+async fn bitbucket_server_missing_repository_is_not_a_missing_api() {
+    let s = &PROVIDERS[4];
+    let fake = Fake::start(
+        ResponseTemplate::new(404).set_body_json(json!({"errors": [{"context": null,
+            "message": "Repository PROJ/app does not exist.",
+            "exceptionName": "com.atlassian.bitbucket.repository.NoSuchRepositoryException"}]})),
+        vec![],
+    )
+    .await;
+    let n = notifier(s, &fake.uri(), Duration::from_secs(5));
+    let e = n.write(&status(State::Succeeded), None).await.unwrap_err();
+    assert_eq!((e.retry, e.reason), (Retry::Permanent, Reason::NotFound));
+    assert!(e.message.contains("Repository PROJ/app does not exist"), "{e}");
+    // Not written to the legacy API, which would take any commit of any repository.
+    fake.expect_exactly(1, Duration::from_millis(200)).await;
+    assert_eq!(n.reads_back_as(State::Canceled), State::Canceled);
+}
