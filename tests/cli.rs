@@ -220,7 +220,8 @@ impl Respond for Listing {
             }
             P::Azure => resp.set_body_json(json!({"count": page.len(), "value": page})),
             P::Bitbucket => {
-                let mut body = json!({"pagelen": size, "page": next_page - 1, "size": all.len(), "values": page});
+                let mut body =
+                    json!({"pagelen": size, "page": next_page - 1, "size": all.len(), "values": page});
                 if more {
                     let mut next = req.url.clone();
                     let base = url::Url::parse(&self.base).unwrap();
@@ -349,7 +350,9 @@ async fn reads_the_newest_status_of_exactly_the_asked_check_across_all_pages() {
         let values = json!(commit[..5].to_vec());
         let body = match p {
             P::Bitbucket => json!({"pagelen": 5, "page": 1, "values": values}),
-            P::BitbucketServer => json!({"size": 5, "limit": 5, "start": 0, "isLastPage": true, "values": values}),
+            P::BitbucketServer => {
+                json!({"size": 5, "limit": 5, "start": 0, "isLastPage": true, "values": values})
+            }
             _ => values,
         };
         let spec = p.spec();

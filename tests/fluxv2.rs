@@ -479,7 +479,8 @@ repos:
     let bbs = server.expect_exactly(1, Duration::from_millis(300)).await;
     let path = bbs[0].url.path();
     assert!(
-        path.starts_with("/bitbucket/rest/api/latest/projects/PLAT/repos/apps/commits/") && path.ends_with("/builds"),
+        path.starts_with("/bitbucket/rest/api/latest/projects/PLAT/repos/apps/commits/")
+            && path.ends_with("/builds"),
         "{path}"
     );
     assert_eq!(

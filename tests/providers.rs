@@ -448,7 +448,12 @@ fn notifier_at(s: &Setup, api: &str, credential: &str) -> Arc<dyn Notifier> {
     let url = GitUrl::parse(s.git_url).unwrap();
     s.provider
         .provider()
-        .notifier(client, &url, Some(api), SecretString::from(credential.to_string()))
+        .notifier(
+            client,
+            &url,
+            Some(api),
+            SecretString::from(credential.to_string()),
+        )
         .unwrap()
 }
 
@@ -490,7 +495,10 @@ async fn bitbucket_cloud_keys_a_long_check_name_and_links_to_the_commit() {
     listed["values"][0]["name"] = json!(long);
     listed["values"][1]["name"] = json!(long);
     Spec::load(s.spec)
-        .operation("GET", &format!("/2.0/repositories/acme/app/commit/{SHA}/statuses"))
+        .operation(
+            "GET",
+            &format!("/2.0/repositories/acme/app/commit/{SHA}/statuses"),
+        )
         .unwrap()
         .validate_response(200, &listed)
         .unwrap();
@@ -539,7 +547,10 @@ async fn bitbucket_credentials_go_as_basic_or_bearer() {
 
 #[tokio::test]
 async fn bitbucket_credential_check_reads_the_repository() {
-    let paths = ["/2.0/repositories/acme/app", "/rest/api/latest/projects/PROJ/repos/app"];
+    let paths = [
+        "/2.0/repositories/acme/app",
+        "/rest/api/latest/projects/PROJ/repos/app",
+    ];
     for (s, path) in bitbucket().into_iter().zip(paths) {
         let fake = Fake::start(created(s), vec![]).await;
         notifier(s, &fake.uri(), Duration::from_secs(5))
@@ -548,7 +559,9 @@ async fn bitbucket_credential_check_reads_the_repository() {
             .unwrap();
         let reqs = fake.server.received_requests().await.unwrap();
         assert_eq!(
-            reqs.iter().map(|r| (r.method.as_str(), r.url.path())).collect::<Vec<_>>(),
+            reqs.iter()
+                .map(|r| (r.method.as_str(), r.url.path()))
+                .collect::<Vec<_>>(),
             [("GET", path)],
             "{}",
             s.provider.name
@@ -618,7 +631,9 @@ async fn bitbucket_server_without_the_builds_api_writes_to_the_legacy_one_and_sa
     let spec = Spec::load(s.spec);
     for r in &reqs[1..] {
         let mut at_spec_root = r.clone();
-        at_spec_root.url.set_path(r.url.path().trim_start_matches("/bitbucket"));
+        at_spec_root
+            .url
+            .set_path(r.url.path().trim_start_matches("/bitbucket"));
         assert_eq!(check_against_spec(&spec, &at_spec_root), "addBuildStatus");
         assert_eq!(header(r, "x-atlassian-token"), "no-check");
     }

@@ -403,7 +403,11 @@ fn real_world_git_urls() {
             bbs,
             "Bitbucket Server repository path must look like",
         ),
-        ("ssh://git@git.example.com:79999/proj/gitops.git", bbs, "port \"79999\""),
+        (
+            "ssh://git@git.example.com:79999/proj/gitops.git",
+            bbs,
+            "port \"79999\"",
+        ),
     ];
     assert!(ok.len() + err.len() >= 40, "at least 40 forms");
     for (input, explicit, want) in ok {

@@ -44,7 +44,11 @@ impl Spec {
             // Atlassian's REST modules answer under their version and under `latest`;
             // Bitbucket Data Center's spec writes `latest`.
             let latest = path.replacen("/1.0/", "/latest/", 1);
-            if latest == path { Err(e) } else { self.find(method, &latest) }
+            if latest == path {
+                Err(e)
+            } else {
+                self.find(method, &latest)
+            }
         })
     }
 
@@ -307,7 +311,10 @@ impl Operation<'_> {
         }
         match value.parse::<i64>() {
             Ok(n) if (1..=max).contains(&n) => Ok(true),
-            _ => Err(format!("{}: {name}={value:?} not an integer from 1 to {max}", self.id)),
+            _ => Err(format!(
+                "{}: {name}={value:?} not an integer from 1 to {max}",
+                self.id
+            )),
         }
     }
 
@@ -425,7 +432,11 @@ mod tests {
         let add = dc
             .operation("POST", "/rest/api/latest/projects/P/repos/r/commits/abc/builds")
             .unwrap();
-        assert!(add.validate(&[], Some(&json!({"key": "k", "state": "FAILED"}))).is_err(), "url required");
+        assert!(
+            add.validate(&[], Some(&json!({"key": "k", "state": "FAILED"})))
+                .is_err(),
+            "url required"
+        );
         assert!(
             add.validate(&[], Some(&json!({"key": "k", "state": "STOPPED", "url": "u"})))
                 .is_err(),
@@ -436,7 +447,9 @@ mod tests {
                 .is_ok()
         );
         assert_eq!(
-            dc.operation("GET", "/rest/build-status/1.0/commits/abc").unwrap().id,
+            dc.operation("GET", "/rest/build-status/1.0/commits/abc")
+                .unwrap()
+                .id,
             "getBuildStatus"
         );
     }

@@ -266,7 +266,13 @@ mod tests {
     #[test]
     fn the_api_base_gets_its_prefix_once() {
         assert_eq!(api_base(None), "https://api.bitbucket.org/2.0");
-        assert_eq!(api_base(Some("http://127.0.0.1:8080/")), "http://127.0.0.1:8080/2.0");
-        assert_eq!(api_base(Some("https://api.bitbucket.org/2.0")), "https://api.bitbucket.org/2.0");
+        assert_eq!(
+            api_base(Some("http://127.0.0.1:8080/")),
+            "http://127.0.0.1:8080/2.0"
+        );
+        assert_eq!(
+            api_base(Some("https://api.bitbucket.org/2.0")),
+            "https://api.bitbucket.org/2.0"
+        );
     }
 }

@@ -128,7 +128,10 @@ mod tests {
     #[test]
     fn the_link_is_the_target_url_when_the_provider_takes_it() {
         let page = || "https://bitbucket.org/ws/r/commits/abc".to_string();
-        assert_eq!(link(Some("https://flux.example.com/x"), 450, page), "https://flux.example.com/x");
+        assert_eq!(
+            link(Some("https://flux.example.com/x"), 450, page),
+            "https://flux.example.com/x"
+        );
         assert_eq!(link(None, 450, page), page());
         assert_eq!(link(Some("flux.example.com/x"), 450, page), page());
         let long = format!("https://flux.example.com/{}", "x".repeat(450));

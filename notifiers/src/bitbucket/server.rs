@@ -236,7 +236,12 @@ impl BitbucketServer {
     }
 
     /// Posts a status; `None` when `newer_api` and the server turns out to lack it.
-    async fn post(&self, url: &str, body: &SetStatus, newer_api: bool) -> Result<Option<Budget>, NotifyError> {
+    async fn post(
+        &self,
+        url: &str,
+        body: &SetStatus,
+        newer_api: bool,
+    ) -> Result<Option<Budget>, NotifyError> {
         with_token(&*self.credential, |token| {
             let req = auth(self.client.post(url), &token)
                 .map(|r| r.header("X-Atlassian-Token", "no-check").json(body));
@@ -364,9 +369,16 @@ mod tests {
 
     #[test]
     fn the_rest_base_gets_its_prefix_once() {
-        let r = repo_path(&GitUrl::parse("https://git.example.com/bitbucket/scm/PROJ/app.git").unwrap()).unwrap();
+        let r =
+            repo_path(&GitUrl::parse("https://git.example.com/bitbucket/scm/PROJ/app.git").unwrap()).unwrap();
         assert_eq!(rest_base(None, &r), "https://git.example.com/bitbucket/rest");
-        assert_eq!(rest_base(Some("http://127.0.0.1:7990/"), &r), "http://127.0.0.1:7990/rest");
-        assert_eq!(rest_base(Some("http://127.0.0.1:7990/bb/rest"), &r), "http://127.0.0.1:7990/bb/rest");
+        assert_eq!(
+            rest_base(Some("http://127.0.0.1:7990/"), &r),
+            "http://127.0.0.1:7990/rest"
+        );
+        assert_eq!(
+            rest_base(Some("http://127.0.0.1:7990/bb/rest"), &r),
+            "http://127.0.0.1:7990/bb/rest"
+        );
     }
 }
