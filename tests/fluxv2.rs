@@ -319,6 +319,43 @@ fn an_open_port_without_authentication_is_refused() {
     );
 }
 
+/// A daemon (instance `prod`) with `config` as its --config file in `dir`, once each
+/// of `providers` has accepted its credential.
+async fn start_with_config(
+    dir: &std::path::Path,
+    config: &str,
+    env: &[(&str, &str)],
+    providers: &[&str],
+) -> Daemon {
+    std::fs::write(dir.join("repos.yaml"), config).unwrap();
+    let d = Daemon::start(
+        &[
+            "--config",
+            dir.join("repos.yaml").to_str().unwrap(),
+            "--instance",
+            "prod",
+        ],
+        env,
+    )
+    .await;
+    for provider in providers {
+        d.wait_log(|l| l["message"] == "provider accepted the credential" && l["provider"] == *provider)
+            .await;
+    }
+    d
+}
+
+/// A Kustomization's and a HelmRelease's success, as notification-controller forwards them.
+async fn forward_a_kustomization_and_a_helmrelease(d: &Daemon) {
+    for file in [
+        "kustomization-reconciliation-succeeded.json",
+        "helmrelease-upgrade-succeeded-commit-annotation.json",
+    ] {
+        let (code, _) = forward(&d.url("/"), fixture(&format!("v2/forwarded/{file}")), None).await;
+        assert_eq!(code, 202, "{file}");
+    }
+}
+
 #[tokio::test]
 async fn a_config_file_routes_objects_to_their_repositories_and_providers() {
     let gitlab = Fake::start(
@@ -352,32 +389,9 @@ repos:
         azure = azure.uri(),
         token = dir.join("gitlab-token").display()
     );
-    std::fs::write(dir.join("repos.yaml"), config).unwrap();
-    let d = Daemon::start(
-        &[
-            "--config",
-            dir.join("repos.yaml").to_str().unwrap(),
-            "--instance",
-            "prod",
-        ],
-        &[("CHARTS_PAT", "azdo-config")],
-    )
-    .await;
-    d.wait_log(|l| l["message"] == "provider accepted the credential" && l["provider"] == "azure-devops")
-        .await;
+    let d = start_with_config(&dir, &config, &[("CHARTS_PAT", "azdo-config")], &["azure-devops"]).await;
+    forward_a_kustomization_and_a_helmrelease(&d).await;
     let url = d.url("/");
-    for file in [
-        "kustomization-reconciliation-succeeded.json",
-        "helmrelease-upgrade-succeeded-commit-annotation.json",
-    ] {
-        assert_eq!(
-            forward(&url, fixture(&format!("v2/forwarded/{file}")), None)
-                .await
-                .0,
-            202,
-            "{file}"
-        );
-    }
     let gl = gitlab.expect_exactly(1, Duration::from_millis(300)).await;
     assert!(
         gl[0]
@@ -448,34 +462,14 @@ repos:
         cloud = cloud.uri(),
         token = dir.join("bbs-token").display()
     );
-    std::fs::write(dir.join("repos.yaml"), config).unwrap();
-    let d = Daemon::start(
-        &[
-            "--config",
-            dir.join("repos.yaml").to_str().unwrap(),
-            "--instance",
-            "prod",
-        ],
+    let d = start_with_config(
+        &dir,
+        &config,
         &[("CHARTS_TOKEN", "jdoe@example.com:api-token")],
+        &["bitbucket", "bitbucket-server"],
     )
     .await;
-    for provider in ["bitbucket", "bitbucket-server"] {
-        d.wait_log(|l| l["message"] == "provider accepted the credential" && l["provider"] == provider)
-            .await;
-    }
-    let url = d.url("/");
-    for file in [
-        "kustomization-reconciliation-succeeded.json",
-        "helmrelease-upgrade-succeeded-commit-annotation.json",
-    ] {
-        assert_eq!(
-            forward(&url, fixture(&format!("v2/forwarded/{file}")), None)
-                .await
-                .0,
-            202,
-            "{file}"
-        );
-    }
+    forward_a_kustomization_and_a_helmrelease(&d).await;
     let bbs = server.expect_exactly(1, Duration::from_millis(300)).await;
     let path = bbs[0].url.path();
     assert!(

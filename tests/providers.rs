@@ -79,6 +79,11 @@ const PROVIDERS: [Setup; 5] = [
 ];
 
 fn notifier(s: &Setup, api: &str, timeout: Duration) -> Arc<dyn Notifier> {
+    notifier_with(s, &format!("{api}{}", s.api_suffix), s.credential, timeout)
+}
+
+/// A notifier for `s` whose API is `api` as given (a context path included).
+fn notifier_with(s: &Setup, api: &str, credential: &str, timeout: Duration) -> Arc<dyn Notifier> {
     let client = notifiers::http::client(&HttpConfig {
         timeout,
         ..HttpConfig::default()
@@ -90,8 +95,8 @@ fn notifier(s: &Setup, api: &str, timeout: Duration) -> Arc<dyn Notifier> {
         .notifier(
             client,
             &url,
-            Some(&format!("{api}{}", s.api_suffix)),
-            SecretString::from(s.credential.to_string()),
+            Some(api),
+            SecretString::from(credential.to_string()),
         )
         .unwrap()
 }
@@ -442,21 +447,6 @@ async fn the_daemon_writes_through_each_provider_with_its_own_credential() {
     }
 }
 
-/// A notifier for `s` whose API is `api` (context path included) and credential `credential`.
-fn notifier_at(s: &Setup, api: &str, credential: &str) -> Arc<dyn Notifier> {
-    let client = notifiers::http::client(&HttpConfig::default()).unwrap();
-    let url = GitUrl::parse(s.git_url).unwrap();
-    s.provider
-        .provider()
-        .notifier(
-            client,
-            &url,
-            Some(api),
-            SecretString::from(credential.to_string()),
-        )
-        .unwrap()
-}
-
 fn bitbucket() -> [&'static Setup; 2] {
     [&PROVIDERS[3], &PROVIDERS[4]]
 }
@@ -535,7 +525,7 @@ async fn bitbucket_credentials_go_as_basic_or_bearer() {
             ),
         ] {
             let fake = Fake::start(created(s), vec![]).await;
-            notifier_at(s, &fake.uri(), credential)
+            notifier_with(s, &fake.uri(), credential, Duration::from_secs(5))
                 .write(&status(State::Pending), None)
                 .await
                 .unwrap();
@@ -614,7 +604,12 @@ async fn bitbucket_server_without_the_builds_api_writes_to_the_legacy_one_and_sa
     )
     .await;
     // Under a context path, as the git URL has it.
-    let n = notifier_at(s, &format!("{}/bitbucket", fake.uri()), "bbs-token");
+    let n = notifier_with(
+        s,
+        &format!("{}/bitbucket", fake.uri()),
+        "bbs-token",
+        Duration::from_secs(5),
+    );
     n.write(&status(State::Pending), None).await.unwrap();
     n.write(&status(State::Canceled), None).await.unwrap();
     let reqs = fake.expect_exactly(3, Duration::from_millis(50)).await;
@@ -665,4 +660,33 @@ async fn bitbucket_server_missing_repository_is_not_a_missing_api() {
     // Not written to the legacy API, which would take any commit of any repository.
     fake.expect_exactly(1, Duration::from_millis(200)).await;
     assert_eq!(n.reads_back_as(State::Canceled), State::Canceled);
+}
+
+/// The limits each Bitbucket module enforces are the ones its API documents.
+#[test]
+fn bitbucket_limits_are_the_documented_ones() {
+    use notifiers::bitbucket::{DESCRIPTION_LIMIT, NAME_LIMIT, URL_LIMIT, cloud, server};
+    let read = |name: &str| -> Value {
+        serde_json::from_slice(&support::fixture(&format!("specs/{name}.json"))).unwrap()
+    };
+    let dc = read("bitbucket-datacenter");
+    let set = &dc["components"]["schemas"]["RestBuildStatusSetRequest"]["properties"];
+    assert_eq!(set["key"]["maxLength"], server::KEY_LIMIT);
+    assert_eq!(set["name"]["maxLength"], NAME_LIMIT);
+    assert_eq!(set["url"]["maxLength"], URL_LIMIT);
+    // The legacy API, which a server before 7.4 only has, limits the description.
+    let legacy = dc["paths"]["/build-status/latest/commits/{commitId}"]["post"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        legacy.contains("limited to 255 characters") && DESCRIPTION_LIMIT == 255,
+        "{legacy}"
+    );
+    // Cloud's key limit is in its answer, not its spec: the copy records it.
+    let cloud_notes = read("bitbucket")["x-extracted"].to_string();
+    assert!(cloud_notes.contains("at most 40 characters") && cloud::KEY_LIMIT == 40);
+    for spec in [&cloud::SPEC, &server::SPEC] {
+        assert_eq!(spec.limits.description, DESCRIPTION_LIMIT, "{}", spec.name);
+        assert_eq!(spec.limits.context, Some(NAME_LIMIT), "{}", spec.name);
+    }
 }

@@ -6,26 +6,18 @@
 //! derived from the check name ([`super::status_key`]); the full name goes in
 //! `name`. Bitbucket requires a valid `url`.
 
-use super::{auth, check_of, encode, link, status_key};
+use super::{DESCRIPTION_LIMIT, Fields, NAME_LIMIT, auth, check_of, encode};
 use crate::credential::{CredentialSource, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http;
 use crate::provider::{CredentialSpec, ProviderSpec, TextLimits, WriteBudget};
-use crate::{
-    Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Receipt, Sha, State, text,
-};
+use crate::{Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Receipt, Sha, State};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 pub const NAME: &str = "bitbucket";
 /// Bitbucket Cloud answers 400 "Ensure this value has at most 40 characters" past it.
 pub const KEY_LIMIT: usize = 40;
-/// `name` and `url` limits of Bitbucket's build statuses (Cloud and Server alike).
-pub const NAME_LIMIT: usize = 255;
-pub const URL_LIMIT: usize = 450;
-/// Cloud documents no description limit; Server's is 255, and the pull request view
-/// shows a line of it.
-pub const DESCRIPTION_LIMIT: usize = 255;
 pub const DEFAULT_API: &str = "https://api.bitbucket.org";
 const WEB: &str = "https://bitbucket.org";
 
@@ -125,11 +117,9 @@ struct CreateStatus {
     /// The spec's `object` base requires it.
     #[serde(rename = "type")]
     kind: &'static str,
-    key: String,
     state: &'static str,
-    name: String,
-    description: String,
-    url: String,
+    #[serde(flatten)]
+    fields: Fields,
 }
 
 #[derive(Deserialize)]
@@ -169,11 +159,7 @@ impl BitbucketCloud {
     }
 
     async fn get(&self, url: &str) -> Result<http::HttpResponse, NotifyError> {
-        with_token(&*self.credential, |token| {
-            let req = auth(self.client.get(url), &token);
-            async move { http::read(NAME, req?).await }
-        })
-        .await
+        super::get(NAME, &self.client, &*self.credential, url).await
     }
 }
 
@@ -188,16 +174,10 @@ impl Notifier for BitbucketCloud {
     }
 
     async fn write(&self, status: &CommitStatus, _: Option<&Handle>) -> Result<Receipt, NotifyError> {
-        let check = status.check.as_str();
         let body = CreateStatus {
             kind: "commitstatus",
-            key: status_key(check, KEY_LIMIT),
             state: state(status.state),
-            name: text::one_line_truncated(check, NAME_LIMIT),
-            description: text::one_line_truncated(&status.description, DESCRIPTION_LIMIT),
-            url: link(status.target_url.as_deref(), URL_LIMIT, || {
-                format!("{}/commits/{}", self.web_url, status.sha)
-            }),
+            fields: Fields::of(status, KEY_LIMIT, &self.web_url),
         };
         let url = format!("{}/commit/{}/statuses/build", self.repo_url, status.sha);
         with_token(&*self.credential, |token| {

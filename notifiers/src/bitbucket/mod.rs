@@ -5,11 +5,58 @@
 pub mod cloud;
 pub mod server;
 
-use crate::NotifyError;
-use crate::http::sensitive_header;
+use crate::credential::{CredentialSource, with_token};
+use crate::http::{self, sensitive_header};
+use crate::{CommitStatus, NotifyError, text};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+
+/// Bitbucket's limits on a build status' `name` and `url` (Cloud and Server alike).
+pub const NAME_LIMIT: usize = 255;
+pub const URL_LIMIT: usize = 450;
+/// Server's legacy API limits the description to 255; Cloud documents no limit,
+/// and a pull request shows a line of it.
+pub const DESCRIPTION_LIMIT: usize = 255;
+
+/// What both APIs take of a status besides its state, in the same words.
+#[derive(serde::Serialize)]
+pub(crate) struct Fields {
+    key: String,
+    name: String,
+    description: String,
+    url: String,
+}
+
+impl Fields {
+    /// The key bounded to `max_key`; the link to `--target-url`, else to the
+    /// commit's page under `repo_page`.
+    pub(crate) fn of(status: &CommitStatus, max_key: usize, repo_page: &str) -> Fields {
+        let check = status.check.as_str();
+        Fields {
+            key: status_key(check, max_key),
+            name: text::one_line_truncated(check, NAME_LIMIT),
+            description: text::one_line_truncated(&status.description, DESCRIPTION_LIMIT),
+            url: link(status.target_url.as_deref(), URL_LIMIT, || {
+                format!("{repo_page}/commits/{}", status.sha)
+            }),
+        }
+    }
+}
+
+/// An authenticated GET whose answer is a success, or the reason it is not.
+pub(crate) async fn get(
+    provider: &'static str,
+    client: &reqwest::Client,
+    credential: &dyn CredentialSource,
+    url: &str,
+) -> Result<http::HttpResponse, NotifyError> {
+    with_token(credential, |token| {
+        let req = auth(client.get(url), &token);
+        async move { http::read(provider, req?).await }
+    })
+    .await
+}
 
 /// `user:secret` (an Atlassian account email with an API token, an app password,
 /// a Server user with a password or token) goes as Basic; a bare token (repository,
@@ -70,7 +117,7 @@ pub(crate) fn encode(s: &str) -> String {
 
 /// Where a status links to: `--target-url` when the provider will take it (an
 /// http(s) URL within `max` characters), else `fallback`.
-pub(crate) fn link(target_url: Option<&str>, max: usize, fallback: impl FnOnce() -> String) -> String {
+fn link(target_url: Option<&str>, max: usize, fallback: impl FnOnce() -> String) -> String {
     target_url
         .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
         .filter(|u| u.chars().count() <= max)

@@ -7,26 +7,21 @@
 //! once. Statuses are read back from the legacy list, the only one that lists every
 //! key of a commit, paged by `start`/`limit`.
 
-use super::{auth, check_of, encode, link, status_key};
+use super::{DESCRIPTION_LIMIT, Fields, NAME_LIMIT, auth, check_of, encode};
 use crate::credential::{CredentialSource, with_token};
 use crate::git_url::{GitUrl, GitUrlError, Scheme};
 use crate::http;
 use crate::provider::{CredentialSpec, ProviderSpec, TextLimits, WriteBudget};
 use crate::{
     Budget, Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Receipt, Sha, State,
-    text,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const NAME: &str = "bitbucket-server";
-/// The spec's limits on `key` and `name`; the legacy API limits every field but
-/// `url` to 255, the description included.
+/// The spec's limit on `key`.
 pub const KEY_LIMIT: usize = 255;
-pub const NAME_LIMIT: usize = 255;
-pub const DESCRIPTION_LIMIT: usize = 255;
-pub const URL_LIMIT: usize = 450;
 /// Statuses per page read back.
 const PAGE: usize = 100;
 
@@ -167,11 +162,9 @@ pub struct BitbucketServer {
 
 #[derive(Serialize)]
 struct SetStatus {
-    key: String,
     state: &'static str,
-    url: String,
-    name: String,
-    description: String,
+    #[serde(flatten)]
+    fields: Fields,
 }
 
 #[derive(Deserialize)]
@@ -260,11 +253,7 @@ impl BitbucketServer {
     }
 
     async fn get(&self, url: &str) -> Result<http::HttpResponse, NotifyError> {
-        with_token(&*self.credential, |token| {
-            let req = auth(self.client.get(url), &token);
-            async move { http::read(NAME, req?).await }
-        })
-        .await
+        super::get(NAME, &self.client, &*self.credential, url).await
     }
 
     async fn write_legacy(&self, status: &CommitStatus, mut body: SetStatus) -> Result<Budget, NotifyError> {
@@ -286,15 +275,9 @@ impl Notifier for BitbucketServer {
     }
 
     async fn write(&self, status: &CommitStatus, _: Option<&Handle>) -> Result<Receipt, NotifyError> {
-        let check = status.check.as_str();
         let body = SetStatus {
-            key: status_key(check, KEY_LIMIT),
             state: state(status.state),
-            url: link(status.target_url.as_deref(), URL_LIMIT, || {
-                format!("{}/commits/{}", self.web_url, status.sha)
-            }),
-            name: text::one_line_truncated(check, NAME_LIMIT),
-            description: text::one_line_truncated(&status.description, DESCRIPTION_LIMIT),
+            fields: Fields::of(status, KEY_LIMIT, &self.web_url),
         };
         if self.legacy.load(Ordering::Relaxed) {
             return self.write_legacy(status, body).await.map(Receipt::from);
