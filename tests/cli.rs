@@ -16,11 +16,18 @@ enum P {
     GitHub,
     GitLab,
     Azure,
+    Bitbucket,
+    BitbucketServer,
 }
 
 impl P {
-    fn all() -> [P; 3] {
-        [P::GitHub, P::GitLab, P::Azure]
+    fn all() -> [P; 5] {
+        [P::GitHub, P::GitLab, P::Azure, P::Bitbucket, P::BitbucketServer]
+    }
+
+    /// Bitbucket keeps one status per key: a new state of a check replaces the old.
+    fn one_status_per_check(self) -> bool {
+        matches!(self, P::Bitbucket | P::BitbucketServer)
     }
 
     fn args(self, api: &str) -> Vec<String> {
@@ -31,15 +38,21 @@ impl P {
                 "https://dev.azure.com/acme/Platform/_git/gitops",
                 format!("{api}/acme"),
             ),
+            P::Bitbucket => ("https://jdoe@bitbucket.org/acme/app.git", api.to_string()),
+            P::BitbucketServer => ("ssh://git@git.example.com:7999/proj/app.git", api.to_string()),
         };
-        vec![
+        let mut args = vec![
             "--git-url".into(),
             url.into(),
             "--api-url".into(),
             api,
             "--commit-id".into(),
             SHA.into(),
-        ]
+        ];
+        if self == P::BitbucketServer {
+            args.extend(["--provider".into(), "bitbucket-server".into()]);
+        }
+        args
     }
 
     fn credential_env(self) -> (&'static str, &'static str) {
@@ -47,6 +60,8 @@ impl P {
             P::GitHub => ("GITHUB_TOKEN", "ghp_cli_secret"),
             P::GitLab => ("GITLAB_TOKEN", "glpat_cli_secret"),
             P::Azure => ("AZDO_PAT", "azdo_cli_secret"),
+            P::Bitbucket => ("BITBUCKET_TOKEN", "bb_cli_secret"),
+            P::BitbucketServer => ("BITBUCKET_SERVER_TOKEN", "jdoe:bbs_cli_secret"),
         }
     }
 
@@ -55,21 +70,25 @@ impl P {
             P::GitHub => "github",
             P::GitLab => "gitlab",
             P::Azure => "azuredevops",
+            P::Bitbucket => "bitbucket",
+            P::BitbucketServer => "bitbucket-datacenter",
         })
     }
 
     /// One status as this provider lists it; `state` is ours, given in its words.
     fn entry(self, id: i64, check: &str, state: &str) -> Value {
-        let word = |gh: &str, gl: &str, az: &str| match self {
+        let word = |gh: &str, gl: &str, az: &str, bb: &str, bbs: &str| match self {
             P::GitHub => gh.to_string(),
             P::GitLab => gl.to_string(),
             P::Azure => az.to_string(),
+            P::Bitbucket => bb.to_string(),
+            P::BitbucketServer => bbs.to_string(),
         };
         let st = match state {
-            "pending" => word("pending", "running", "pending"),
-            "succeeded" => word("success", "success", "succeeded"),
-            "failed" => word("failure", "failed", "failed"),
-            "error" => word("error", "canceled", "notApplicable"),
+            "pending" => word("pending", "running", "pending", "INPROGRESS", "INPROGRESS"),
+            "succeeded" => word("success", "success", "succeeded", "SUCCESSFUL", "SUCCESSFUL"),
+            "failed" => word("failure", "failed", "failed", "FAILED", "FAILED"),
+            "error" => word("error", "canceled", "notApplicable", "STOPPED", "CANCELLED"),
             other => other.to_string(),
         };
         let at = "2026-11-22T10:00:00Z";
@@ -89,6 +108,15 @@ impl P {
                 };
                 json!({"id": id, "state": st, "description": "d", "context": context, "creationDate": at})
             }
+            P::Bitbucket => {
+                let at = format!("2026-11-22T10:{:02}:{:02}.000000+00:00", id / 60 % 60, id % 60);
+                json!({"type": "commitstatus", "key": check, "name": check, "state": st, "description": "d",
+                       "url": "https://ci.example.com/1", "created_on": at, "updated_on": at,
+                       "uuid": format!("{{00000000-0000-0000-0000-{id:012}}}")})
+            }
+            P::BitbucketServer => json!({"key": check, "name": check, "state": st, "description": "d",
+                "url": "https://ci.example.com/1", "createdDate": 1_795_000_000_000_i64 + id,
+                "updatedDate": 1_795_000_000_000_i64 + id}),
         }
     }
 }
@@ -119,8 +147,9 @@ impl Respond for Listing {
         };
         let num = |k: &str, d: usize| q(k).and_then(|v| v.parse().ok()).unwrap_or(d);
         let first = match self.p {
-            P::GitHub | P::GitLab => num("page", 1) == 1,
+            P::GitHub | P::GitLab | P::Bitbucket => num("page", 1) == 1,
             P::Azure => num("skip", 0) == 0,
+            P::BitbucketServer => num("start", 0) == 0,
         };
         let n = {
             let mut l = self.listings.lock().unwrap();
@@ -130,10 +159,21 @@ impl Respond for Listing {
             (*l).clamp(1, self.snapshots.len()) - 1
         };
         let mut all = self.snapshots[n].clone();
+        if self.p.one_status_per_check() {
+            // A newer status of a key replaces the older, and is updated last.
+            let mut kept: Vec<Value> = Vec::new();
+            for s in all {
+                kept.retain(|k| k["key"] != s["key"]);
+                kept.push(s);
+            }
+            all = kept;
+        }
         match self.p {
-            // GitHub lists newest first; GitLab sorts as asked; Azure lists oldest first here.
+            // GitHub lists newest first; GitLab and Bitbucket Cloud sort as asked;
+            // Azure and Bitbucket Server list oldest first here.
             P::GitHub => all.reverse(),
             P::GitLab if q("sort").as_deref() == Some("desc") => all.reverse(),
+            P::Bitbucket if q("sort").as_deref() == Some("-updated_on") => all.reverse(),
             _ => {}
         }
         let (start, size) = match self.p {
@@ -142,6 +182,11 @@ impl Respond for Listing {
                 ((num("page", 1) - 1) * size, size)
             }
             P::Azure => (num("skip", 0), num("top", 1000)),
+            P::Bitbucket => {
+                let size = num("pagelen", 10).min(100);
+                ((num("page", 1) - 1) * size, size)
+            }
+            P::BitbucketServer => (num("start", 0), num("limit", 25).min(1000)),
         };
         let page: Vec<Value> = all.iter().skip(start).take(size).cloned().collect();
         let more = start + size < all.len();
@@ -174,6 +219,36 @@ impl Respond for Listing {
                     .set_body_json(page)
             }
             P::Azure => resp.set_body_json(json!({"count": page.len(), "value": page})),
+            P::Bitbucket => {
+                let mut body =
+                    json!({"pagelen": size, "page": next_page - 1, "size": all.len(), "values": page});
+                if more {
+                    let mut next = req.url.clone();
+                    let base = url::Url::parse(&self.base).unwrap();
+                    next.set_host(base.host_str()).unwrap();
+                    next.set_port(base.port()).unwrap();
+                    let keep: Vec<(String, String)> = req
+                        .url
+                        .query_pairs()
+                        .filter(|(k, _)| k != "page")
+                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                        .collect();
+                    next.query_pairs_mut()
+                        .clear()
+                        .extend_pairs(keep)
+                        .append_pair("page", &next_page.to_string());
+                    body["next"] = json!(next.to_string());
+                }
+                resp.set_body_json(body)
+            }
+            P::BitbucketServer => {
+                let mut body = json!({"size": page.len(), "limit": size, "start": start,
+                                      "isLastPage": !more, "values": page});
+                if more {
+                    body["nextPageStart"] = json!(start + size);
+                }
+                resp.set_body_json(body)
+            }
         }
     }
 }
@@ -207,7 +282,9 @@ fn busy_commit(p: P, mine: &[(&str, &str)]) -> Vec<Value> {
         v.push(p.entry(id, check, state));
     };
     for i in 0..(if p == P::Azure { 700 } else { 230 }) {
-        push(&format!("ci/build-{}", i % 7), "succeeded");
+        // Where a build's key is its own status, every build has its own key.
+        let build = if p.one_status_per_check() { i } else { i % 7 };
+        push(&format!("ci/build-{build}"), "succeeded");
     }
     push("flux-status/dev/workload", "succeeded"); // older than the failure below
     for (check, state) in mine {
@@ -225,12 +302,13 @@ fn busy_commit(p: P, mine: &[(&str, &str)]) -> Vec<Value> {
 
 fn cli(p: P, api: &str, extra: &[&str]) -> (i32, String, String) {
     let (k, v) = p.credential_env();
-    let out = Command::new(env!("CARGO_BIN_EXE_flux-status-cli"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flux-status-cli"));
+    for s in notifiers::PROVIDERS {
+        cmd.env_remove(s.credential.env);
+    }
+    let out = cmd
         .args(p.args(api))
         .args(extra)
-        .env_remove("GITHUB_TOKEN")
-        .env_remove("GITLAB_TOKEN")
-        .env_remove("AZDO_PAT")
         .env(k, v)
         .output()
         .expect("run flux-status-cli");
@@ -269,12 +347,21 @@ async fn reads_the_newest_status_of_exactly_the_asked_check_across_all_pages() {
     for p in P::all() {
         let commit = busy_commit(p, &[("flux-status/dev/workload", "failed")]);
         // The fake answers in the shape the spec describes.
-        let body = json!(commit[..5].to_vec());
+        let values = json!(commit[..5].to_vec());
+        let body = match p {
+            P::Bitbucket => json!({"pagelen": 5, "page": 1, "values": values}),
+            P::BitbucketServer => {
+                json!({"size": 5, "limit": 5, "start": 0, "isLastPage": true, "values": values})
+            }
+            _ => values,
+        };
         let spec = p.spec();
         let list_path = match p {
             P::GitHub => format!("/repos/acme/app/commits/{SHA}/statuses"),
             P::GitLab => format!("/api/v4/projects/acme%2Fplatform%2Fapp/repository/commits/{SHA}/statuses"),
             P::Azure => format!("/acme/Platform/_apis/git/repositories/gitops/commits/{SHA}/statuses"),
+            P::Bitbucket => format!("/2.0/repositories/acme/app/commit/{SHA}/statuses"),
+            P::BitbucketServer => format!("/rest/build-status/latest/commits/{SHA}"),
         };
         spec.operation("GET", &list_path)
             .unwrap()
@@ -521,8 +608,9 @@ fn credential_flags_and_providers_derive_from_the_registry() {
     }
     let help = cmd.clone().render_long_help().to_string();
     for s in notifiers::PROVIDERS {
+        // Self-hosted-only providers name no host.
         assert!(
-            help.contains(s.name) && help.contains(s.hosts[0]),
+            help.contains(s.name) && s.hosts.iter().all(|h| help.contains(h)),
             "{}:\n{help}",
             s.name
         );

@@ -1,6 +1,6 @@
 //! Flux v2 end to end: notification-controller's generic-hmac Provider (forwarded
-//! events, signed) and controllers' --events-addr (raw events) into the GitHub,
-//! GitLab and Azure DevOps fakes, every request checked against the provider's spec.
+//! events, signed) and controllers' --events-addr (raw events) into each provider's
+//! fake, every request checked against the provider's spec.
 
 mod support;
 
@@ -18,15 +18,18 @@ struct P {
     env: (&'static str, &'static str),
     spec: &'static str,
     api_suffix: &'static str,
+    /// `--provider`, for a host that does not name its provider.
+    provider: &'static [&'static str],
 }
 
-const PROVIDERS: [P; 3] = [
+const PROVIDERS: [P; 5] = [
     P {
         name: "github",
         git_url: "https://github.com/my-org/fleet",
         env: ("GITHUB_TOKEN", "t"),
         spec: "github",
         api_suffix: "",
+        provider: &[],
     },
     P {
         name: "gitlab",
@@ -34,6 +37,7 @@ const PROVIDERS: [P; 3] = [
         env: ("GITLAB_TOKEN", "t"),
         spec: "gitlab",
         api_suffix: "",
+        provider: &[],
     },
     P {
         name: "azure-devops",
@@ -41,6 +45,23 @@ const PROVIDERS: [P; 3] = [
         env: ("AZDO_PAT", "t"),
         spec: "azuredevops",
         api_suffix: "/my-org",
+        provider: &[],
+    },
+    P {
+        name: "bitbucket",
+        git_url: "git@bitbucket.org:my-org/fleet.git",
+        env: ("BITBUCKET_TOKEN", "t"),
+        spec: "bitbucket",
+        api_suffix: "",
+        provider: &[],
+    },
+    P {
+        name: "bitbucket-server",
+        git_url: "ssh://git@git.example.com:7999/my-org/fleet.git",
+        env: ("BITBUCKET_SERVER_TOKEN", "t"),
+        spec: "bitbucket-datacenter",
+        api_suffix: "",
+        provider: &["--provider", "bitbucket-server"],
     },
 ];
 
@@ -89,6 +110,9 @@ fn provider_state(p: &P, body: &Value) -> String {
         ("github", "success") | ("gitlab", "success") | ("azure-devops", "succeeded") => "succeeded",
         ("github", "failure") | (_, "failed") => "failed",
         ("github", "pending") | ("gitlab", "running") | ("azure-devops", "pending") => "pending",
+        (_, "SUCCESSFUL") => "succeeded",
+        (_, "FAILED") => "failed",
+        (_, "INPROGRESS") => "pending",
         _ => "?",
     };
     ours.to_string()
@@ -105,20 +129,18 @@ async fn signed_forwarded_events_become_statuses_on_every_provider() {
         )
         .await;
         let api = format!("{}{}", fake.uri(), p.api_suffix);
-        let d = Daemon::start(
-            &[
-                "--git-url",
-                p.git_url,
-                "--api-url",
-                &api,
-                "--instance",
-                "prod",
-                "--hmac-key-file",
-                key.to_str().unwrap(),
-            ],
-            &[p.env],
-        )
-        .await;
+        let mut args = vec![
+            "--git-url",
+            p.git_url,
+            "--api-url",
+            &api,
+            "--instance",
+            "prod",
+            "--hmac-key-file",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(p.provider);
+        let d = Daemon::start(&args, &[p.env]).await;
         let url = d.url("/");
         for (file, _, _) in WRITES {
             let (code, _) = forward(
@@ -172,7 +194,7 @@ async fn signed_forwarded_events_become_statuses_on_every_provider() {
                     body["context"]["genre"].as_str().unwrap(),
                     body["context"]["name"].as_str().unwrap()
                 ),
-                "gitlab" => body["name"].as_str().unwrap().to_string(),
+                "gitlab" | "bitbucket" | "bitbucket-server" => body["name"].as_str().unwrap().to_string(),
                 _ => body["context"].as_str().unwrap().to_string(),
             };
             assert_eq!(
@@ -297,6 +319,43 @@ fn an_open_port_without_authentication_is_refused() {
     );
 }
 
+/// A daemon (instance `prod`) with `config` as its --config file in `dir`, once each
+/// of `providers` has accepted its credential.
+async fn start_with_config(
+    dir: &std::path::Path,
+    config: &str,
+    env: &[(&str, &str)],
+    providers: &[&str],
+) -> Daemon {
+    std::fs::write(dir.join("repos.yaml"), config).unwrap();
+    let d = Daemon::start(
+        &[
+            "--config",
+            dir.join("repos.yaml").to_str().unwrap(),
+            "--instance",
+            "prod",
+        ],
+        env,
+    )
+    .await;
+    for provider in providers {
+        d.wait_log(|l| l["message"] == "provider accepted the credential" && l["provider"] == *provider)
+            .await;
+    }
+    d
+}
+
+/// A Kustomization's and a HelmRelease's success, as notification-controller forwards them.
+async fn forward_a_kustomization_and_a_helmrelease(d: &Daemon) {
+    for file in [
+        "kustomization-reconciliation-succeeded.json",
+        "helmrelease-upgrade-succeeded-commit-annotation.json",
+    ] {
+        let (code, _) = forward(&d.url("/"), fixture(&format!("v2/forwarded/{file}")), None).await;
+        assert_eq!(code, 202, "{file}");
+    }
+}
+
 #[tokio::test]
 async fn a_config_file_routes_objects_to_their_repositories_and_providers() {
     let gitlab = Fake::start(
@@ -330,32 +389,9 @@ repos:
         azure = azure.uri(),
         token = dir.join("gitlab-token").display()
     );
-    std::fs::write(dir.join("repos.yaml"), config).unwrap();
-    let d = Daemon::start(
-        &[
-            "--config",
-            dir.join("repos.yaml").to_str().unwrap(),
-            "--instance",
-            "prod",
-        ],
-        &[("CHARTS_PAT", "azdo-config")],
-    )
-    .await;
-    d.wait_log(|l| l["message"] == "provider accepted the credential" && l["provider"] == "azure-devops")
-        .await;
+    let d = start_with_config(&dir, &config, &[("CHARTS_PAT", "azdo-config")], &["azure-devops"]).await;
+    forward_a_kustomization_and_a_helmrelease(&d).await;
     let url = d.url("/");
-    for file in [
-        "kustomization-reconciliation-succeeded.json",
-        "helmrelease-upgrade-succeeded-commit-annotation.json",
-    ] {
-        assert_eq!(
-            forward(&url, fixture(&format!("v2/forwarded/{file}")), None)
-                .await
-                .0,
-            202,
-            "{file}"
-        );
-    }
     let gl = gitlab.expect_exactly(1, Duration::from_millis(300)).await;
     assert!(
         gl[0]
@@ -394,6 +430,81 @@ repos:
         ready.status().as_u16(),
         200,
         "both providers accepted their credentials"
+    );
+}
+
+#[tokio::test]
+async fn a_config_file_routes_objects_to_bitbucket_cloud_and_server() {
+    let server = Fake::start(ResponseTemplate::new(204), vec![]).await;
+    let cloud = Fake::start(
+        ResponseTemplate::new(201).set_body_json(serde_json::json!({"type": "commitstatus"})),
+        vec![],
+    )
+    .await;
+    let dir = support::temp_dir("bitbucket-config");
+    std::fs::write(dir.join("bbs-token"), "bbs-http-access-token\n").unwrap();
+    let config = format!(
+        r#"
+repos:
+  - gitUrl: https://git.example.com/bitbucket/scm/PLAT/apps.git
+    provider: bitbucket-server
+    apiUrl: {server}/bitbucket
+    tokenFile: {token}
+    objects:
+      - {{ kind: Kustomization, namespace: "flux-*" }}
+  - gitUrl: https://jdoe@bitbucket.org/my-org/charts.git
+    apiUrl: {cloud}
+    tokenEnv: CHARTS_TOKEN
+    objects:
+      - kind: helmrelease
+"#,
+        server = server.uri(),
+        cloud = cloud.uri(),
+        token = dir.join("bbs-token").display()
+    );
+    let d = start_with_config(
+        &dir,
+        &config,
+        &[("CHARTS_TOKEN", "jdoe@example.com:api-token")],
+        &["bitbucket", "bitbucket-server"],
+    )
+    .await;
+    forward_a_kustomization_and_a_helmrelease(&d).await;
+    let bbs = server.expect_exactly(1, Duration::from_millis(300)).await;
+    let path = bbs[0].url.path();
+    assert!(
+        path.starts_with("/bitbucket/rest/api/latest/projects/PLAT/repos/apps/commits/")
+            && path.ends_with("/builds"),
+        "{path}"
+    );
+    assert_eq!(
+        bbs[0].headers.get("authorization").unwrap(),
+        "Bearer bbs-http-access-token"
+    );
+    assert_eq!(bbs[0].headers.get("x-atlassian-token").unwrap(), "no-check");
+    // The spec's paths start at the server's /rest.
+    let mut at_spec_root = bbs[0].clone();
+    at_spec_root.url.set_path(path.trim_start_matches("/bitbucket"));
+    check_against_spec(&Spec::load("bitbucket-datacenter"), &at_spec_root);
+    let bb = cloud.expect_exactly(1, Duration::from_millis(300)).await;
+    assert!(
+        bb[0]
+            .url
+            .path()
+            .starts_with("/2.0/repositories/my-org/charts/commit/"),
+        "{}",
+        bb[0].url.path()
+    );
+    // base64("jdoe@example.com:api-token")
+    assert_eq!(
+        bb[0].headers.get("authorization").unwrap(),
+        "Basic amRvZUBleGFtcGxlLmNvbTphcGktdG9rZW4="
+    );
+    check_against_spec(&Spec::load("bitbucket"), &bb[0]);
+    let logs = serde_json::to_string(&d.logs()).unwrap();
+    assert!(
+        !logs.contains("bbs-http-access-token") && !logs.contains("api-token"),
+        "a credential in the logs"
     );
 }
 

@@ -27,7 +27,7 @@ struct Setup {
     create_op: &'static str,
 }
 
-const PROVIDERS: [Setup; 3] = [
+const PROVIDERS: [Setup; 5] = [
     Setup {
         provider: &notifiers::github::SPEC,
         git_url: "git@github.com:acme/app.git",
@@ -55,9 +55,35 @@ const PROVIDERS: [Setup; 3] = [
         create_path: "/acme/My%20Project/_apis/git/repositories/gitops/commits/",
         create_op: "Statuses_Create",
     },
+    Setup {
+        provider: &notifiers::bitbucket::cloud::SPEC,
+        git_url: "https://jdoe@bitbucket.org/acme/app.git",
+        spec: "bitbucket",
+        // A repository access token: Bearer.
+        credential: "bb-access-token",
+        api_suffix: "",
+        create_path: "/2.0/repositories/acme/app/commit/",
+        create_op: "post /repositories/{workspace}/{repo_slug}/commit/{commit}/statuses/build",
+    },
+    Setup {
+        provider: &notifiers::bitbucket::server::SPEC,
+        git_url: "https://git.example.com/bitbucket/scm/PROJ/app.git",
+        spec: "bitbucket-datacenter",
+        // A user and a token: Basic.
+        credential: "jdoe:bbs-token",
+        // The context path is tested on its own: the spec's paths start at /rest.
+        api_suffix: "",
+        create_path: "/rest/api/latest/projects/PROJ/repos/app/commits/",
+        create_op: "add",
+    },
 ];
 
 fn notifier(s: &Setup, api: &str, timeout: Duration) -> Arc<dyn Notifier> {
+    notifier_with(s, &format!("{api}{}", s.api_suffix), s.credential, timeout)
+}
+
+/// A notifier for `s` whose API is `api` as given (a context path included).
+fn notifier_with(s: &Setup, api: &str, credential: &str, timeout: Duration) -> Arc<dyn Notifier> {
     let client = notifiers::http::client(&HttpConfig {
         timeout,
         ..HttpConfig::default()
@@ -69,8 +95,8 @@ fn notifier(s: &Setup, api: &str, timeout: Duration) -> Arc<dyn Notifier> {
         .notifier(
             client,
             &url,
-            Some(&format!("{api}{}", s.api_suffix)),
-            SecretString::from(s.credential.to_string()),
+            Some(api),
+            SecretString::from(credential.to_string()),
         )
         .unwrap()
 }
@@ -91,6 +117,14 @@ fn status(state: State) -> CommitStatus {
 /// A success answer shaped as the real API answers, checked against the spec.
 fn created(s: &Setup) -> ResponseTemplate {
     let spec = Spec::load(s.spec);
+    if s.provider.name == "bitbucket-server" {
+        // 204 No Content, as the spec declares.
+        let op = spec
+            .operation("POST", &format!("{}{SHA}{}", s.create_path, path_tail(s)))
+            .unwrap();
+        assert!(op.validate_response(204, &Value::Null).is_ok());
+        return ResponseTemplate::new(204);
+    }
     let (code, body) = match s.provider.name {
         "github" => {
             let op = spec
@@ -111,10 +145,11 @@ fn created(s: &Setup) -> ResponseTemplate {
                    "context": {"name": "dev/sync", "genre": "flux-status"}, "creationDate": "2026-11-22T10:00:00Z",
                    "updatedDate": "2026-11-22T10:00:00Z", "createdBy": {"id": "a", "displayName": "Flux"}}),
         ),
+        "bitbucket" => (201, bitbucket_cloud_status("flux-status/dev/sync", "SUCCESSFUL")),
         other => panic!("{other}: no answer written for it here"),
     };
     let op = spec
-        .operation("POST", &format!("{}{SHA}{}", s.create_path, azure_tail(s)))
+        .operation("POST", &format!("{}{SHA}{}", s.create_path, path_tail(s)))
         .unwrap();
     // Azure's spec declares 200 while its own example and the service answer 201.
     let declared = if s.provider.name == "azure-devops" {
@@ -126,11 +161,23 @@ fn created(s: &Setup) -> ResponseTemplate {
     ResponseTemplate::new(code).set_body_json(body)
 }
 
-fn azure_tail(s: &Setup) -> &'static str {
-    if s.provider.name == "azure-devops" {
-        "/statuses"
-    } else {
-        ""
+/// A Bitbucket Cloud `commitstatus` as the API answers with it.
+fn bitbucket_cloud_status(name: &str, state: &str) -> Value {
+    let at = "2026-11-22T10:00:00.000000+00:00";
+    let api = format!("https://api.bitbucket.org/2.0/repositories/acme/app/commit/{SHA}");
+    json!({"type": "commitstatus", "key": name, "name": name, "state": state, "description": "Sync succeeded",
+           "url": TARGET, "created_on": at, "updated_on": at,
+           "uuid": "{2d7d9a3e-8a7a-4a51-9d1e-1c6a4f0c9b11}",
+           "links": {"self": {"href": format!("{api}/statuses/build/{name}")}, "commit": {"href": api}}})
+}
+
+/// What follows the commit in the path of a write.
+fn path_tail(s: &Setup) -> &'static str {
+    match s.provider.name {
+        "azure-devops" => "/statuses",
+        "bitbucket" => "/statuses/build",
+        "bitbucket-server" => "/builds",
+        _ => "",
     }
 }
 
@@ -175,7 +222,7 @@ async fn each_provider_sends_exactly_its_documented_request() {
             let reqs = fake.expect_exactly(1, Duration::from_millis(50)).await;
             let req = &reqs[0];
             assert_eq!(check_against_spec(&spec, req), s.create_op, "{}", s.provider.name);
-            assert_eq!(req.url.path(), format!("{}{SHA}{}", s.create_path, azure_tail(s)));
+            assert_eq!(req.url.path(), format!("{}{SHA}{}", s.create_path, path_tail(s)));
             assert!(header(req, "user-agent").starts_with("flux-status/"));
             let body: Value = serde_json::from_slice(&req.body).unwrap();
             let desc = |limit: usize| -> String {
@@ -204,6 +251,20 @@ async fn each_provider_sends_exactly_its_documented_request() {
                     let st = ["pending", "succeeded", "failed", "notApplicable"][state as usize];
                     json!({"state": st, "description": desc(400), "targetUrl": TARGET,
                            "context": {"genre": "flux-status", "name": "dev/sync"}})
+                }
+                "bitbucket" => {
+                    assert_eq!(header(req, "authorization"), "Bearer bb-access-token");
+                    let st = ["INPROGRESS", "SUCCESSFUL", "FAILED", "STOPPED"][state as usize];
+                    json!({"type": "commitstatus", "key": "flux-status/dev/sync", "state": st,
+                           "name": "flux-status/dev/sync", "description": desc(255), "url": TARGET})
+                }
+                "bitbucket-server" => {
+                    // base64("jdoe:bbs-token")
+                    assert_eq!(header(req, "authorization"), "Basic amRvZTpiYnMtdG9rZW4=");
+                    assert_eq!(header(req, "x-atlassian-token"), "no-check");
+                    let st = ["INPROGRESS", "SUCCESSFUL", "FAILED", "CANCELLED"][state as usize];
+                    json!({"key": "flux-status/dev/sync", "state": st, "url": TARGET,
+                           "name": "flux-status/dev/sync", "description": desc(255)})
                 }
                 other => panic!("{other}: no request written for it here"),
             };
@@ -240,6 +301,13 @@ async fn every_error_answer_is_classified() {
         (Some("gitlab"), ResponseTemplate::new(429).insert_header("RateLimit-Remaining", "0").insert_header("RateLimit-Reset", "1"), Err(LIMITED)),
         (Some("azure-devops"), ResponseTemplate::new(203).set_body_raw("<html>Sign in</html>", "text/html"), Err((Permanent, Unauthorized))),
         (Some("azure-devops"), ResponseTemplate::new(404).set_body_json(json!({"$id":"1","message":"TF401019: The Git repository with name or identifier gitops does not exist","typeKey":"GitRepositoryNotFoundException","errorCode":0})), Err((Permanent, NotFound))),
+        (Some("bitbucket"), ResponseTemplate::new(400).set_body_json(json!({"type":"error","error":{"message":"key: Ensure this value has at most 40 characters (it has 48).","fields":{"key":["Ensure this value has at most 40 characters (it has 48)."]}}})), Err((Permanent, Invalid))),
+        (Some("bitbucket"), ResponseTemplate::new(401).set_body_json(json!({"type":"error","error":{"message":"Token is invalid, expired, or not supported for this endpoint."}})), Err((Permanent, Unauthorized))),
+        (Some("bitbucket"), ResponseTemplate::new(403).set_body_json(json!({"type":"error","error":{"message":"Your credentials lack one or more required privilege scopes.","detail":{"granted":["account"],"required":["repository"]}}})), Err((Permanent, Forbidden))),
+        (Some("bitbucket"), ResponseTemplate::new(429).set_body_string("Rate limit for this resource has been exceeded"), Err(LIMITED)),
+        (Some("bitbucket-server"), ResponseTemplate::new(401).set_body_json(json!({"errors":[{"context":null,"message":"Authentication failed. Please check your credentials and try again.","exceptionName":"com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException"}]})), Err((Permanent, Unauthorized))),
+        (Some("bitbucket-server"), ResponseTemplate::new(404).set_body_json(json!({"errors":[{"context":null,"message":"Repository PROJ/app does not exist.","exceptionName":"com.atlassian.bitbucket.repository.NoSuchRepositoryException"}]})), Err((Permanent, NotFound))),
+        (Some("bitbucket-server"), ResponseTemplate::new(400).set_body_json(json!({"errors":[{"context":"state","message":"The build status state is invalid","exceptionName":null}]})), Err((Permanent, Invalid))),
     ];
     for s in &PROVIDERS {
         for (only, answer, want) in &cases {
@@ -323,11 +391,14 @@ async fn timeouts_and_refused_connections_are_transient() {
 #[tokio::test]
 async fn the_daemon_writes_through_each_provider_with_its_own_credential() {
     // (setup, extra args)
-    let runs: [(&Setup, &[&str]); 3] = [
+    let runs: [(&Setup, &[&str]); 5] = [
         (&PROVIDERS[0], &[]),
         // Self-managed GitLab: the host says nothing, so --provider decides.
         (&PROVIDERS[1], &["--provider", "gitlab"]),
         (&PROVIDERS[2], &[]),
+        (&PROVIDERS[3], &[]),
+        // Bitbucket Server is self-hosted only.
+        (&PROVIDERS[4], &["--provider", "bitbucket-server"]),
     ];
     for (s, extra) in runs {
         let env = s.provider.credential.env;
@@ -373,5 +444,249 @@ async fn the_daemon_writes_through_each_provider_with_its_own_credential() {
             "{}: credential in logs",
             s.provider.name
         );
+    }
+}
+
+fn bitbucket() -> [&'static Setup; 2] {
+    [&PROVIDERS[3], &PROVIDERS[4]]
+}
+
+#[tokio::test]
+async fn bitbucket_cloud_keys_a_long_check_name_and_links_to_the_commit() {
+    let s = &PROVIDERS[3];
+    let long = "flux-status/production-eu-west-1/kustomization/flux-system/apps";
+    let fake = Fake::start(created(s), vec![]).await;
+    let n = notifier(s, &fake.uri(), Duration::from_secs(5));
+    let mut st = status(State::Succeeded);
+    st.check = Check::new(long);
+    st.target_url = None;
+    n.write(&st, None).await.unwrap();
+    let reqs = fake.expect_exactly(1, Duration::from_millis(50)).await;
+    check_against_spec(&Spec::load(s.spec), &reqs[0]);
+    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    let key = body["key"].as_str().unwrap();
+    assert_eq!(key.chars().count(), 40, "{key}");
+    assert!(key.starts_with("flux-status/production-eu-wes-"), "{key}");
+    assert_eq!(body["name"], long, "the full check name is shown");
+    // Bitbucket requires a URL: the commit's page when no --target-url is given.
+    assert_eq!(
+        body["url"],
+        format!("https://bitbucket.org/acme/app/commits/{SHA}")
+    );
+
+    // Read back, the key maps to the check name; another tool's status that shows
+    // the same name under its own key is not ours.
+    let listed = json!({"pagelen": 100, "page": 1, "size": 3, "values": [
+        bitbucket_cloud_status("BAMBOO-DEPLOY", "FAILED"),
+        bitbucket_cloud_status(key, "SUCCESSFUL"),
+        bitbucket_cloud_status("ci/build", "INPROGRESS"),
+    ]});
+    let mut listed = listed;
+    listed["values"][0]["name"] = json!(long);
+    listed["values"][1]["name"] = json!(long);
+    Spec::load(s.spec)
+        .operation(
+            "GET",
+            &format!("/2.0/repositories/acme/app/commit/{SHA}/statuses"),
+        )
+        .unwrap()
+        .validate_response(200, &listed)
+        .unwrap();
+    let reader = Fake::start(ResponseTemplate::new(500), vec![]).await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(listed))
+        .with_priority(1)
+        .mount(&reader.server)
+        .await;
+    let got = notifier(s, &reader.uri(), Duration::from_secs(5))
+        .list_statuses(&Sha::parse(SHA).unwrap())
+        .await
+        .unwrap();
+    let checks: Vec<(&str, State)> = got.iter().map(|r| (r.check.as_str(), r.state)).collect();
+    assert_eq!(
+        checks,
+        [
+            ("BAMBOO-DEPLOY", State::Failed),
+            (long, State::Succeeded),
+            ("ci/build", State::Pending)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bitbucket_credentials_go_as_basic_or_bearer() {
+    for s in bitbucket() {
+        for (credential, want) in [
+            ("ATCTT3xFfGN0-bare-token", "Bearer ATCTT3xFfGN0-bare-token"),
+            // base64("jdoe@example.com:api:token"): only the first ':' splits.
+            (
+                "jdoe@example.com:api:token",
+                "Basic amRvZUBleGFtcGxlLmNvbTphcGk6dG9rZW4=",
+            ),
+        ] {
+            let fake = Fake::start(created(s), vec![]).await;
+            notifier_with(s, &fake.uri(), credential, Duration::from_secs(5))
+                .write(&status(State::Pending), None)
+                .await
+                .unwrap();
+            let reqs = fake.expect_exactly(1, Duration::from_millis(50)).await;
+            assert_eq!(header(&reqs[0], "authorization"), want, "{}", s.provider.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn bitbucket_credential_check_reads_the_repository() {
+    let paths = [
+        "/2.0/repositories/acme/app",
+        "/rest/api/latest/projects/PROJ/repos/app",
+    ];
+    for (s, path) in bitbucket().into_iter().zip(paths) {
+        let fake = Fake::start(created(s), vec![]).await;
+        notifier(s, &fake.uri(), Duration::from_secs(5))
+            .check_credentials()
+            .await
+            .unwrap();
+        let reqs = fake.server.received_requests().await.unwrap();
+        assert_eq!(
+            reqs.iter()
+                .map(|r| (r.method.as_str(), r.url.path()))
+                .collect::<Vec<_>>(),
+            [("GET", path)],
+            "{}",
+            s.provider.name
+        );
+
+        let refused = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::any())
+            .respond_with(ResponseTemplate::new(401).set_body_json(json!({"message": "Unauthorized"})))
+            .mount(&refused)
+            .await;
+        let e = notifier(s, &refused.uri(), Duration::from_secs(5))
+            .check_credentials()
+            .await
+            .unwrap_err();
+        assert_eq!((e.retry, e.reason), (Retry::Permanent, Reason::Unauthorized));
+        assert!(!e.to_string().contains(s.credential), "{e}");
+    }
+}
+
+/// Log lines a test's notifier emits, as text.
+fn capture_logs() -> (Arc<std::sync::Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    #[derive(Clone)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn bitbucket_server_without_the_builds_api_writes_to_the_legacy_one_and_says_so_once() {
+    let s = &PROVIDERS[4];
+    let (logs, _guard) = capture_logs();
+    // Before 7.4 the path does not exist: a 404 that names no repository.
+    let fake = Fake::start(
+        ResponseTemplate::new(204),
+        vec![ResponseTemplate::new(404).set_body_raw("<html><body>Not Found</body></html>", "text/html")],
+    )
+    .await;
+    // Under a context path, as the git URL has it.
+    let n = notifier_with(
+        s,
+        &format!("{}/bitbucket", fake.uri()),
+        "bbs-token",
+        Duration::from_secs(5),
+    );
+    n.write(&status(State::Pending), None).await.unwrap();
+    n.write(&status(State::Canceled), None).await.unwrap();
+    let reqs = fake.expect_exactly(3, Duration::from_millis(50)).await;
+    let paths: Vec<&str> = reqs.iter().map(|r| r.url.path()).collect();
+    let legacy = format!("/bitbucket/rest/build-status/1.0/commits/{SHA}");
+    assert_eq!(
+        paths,
+        [
+            format!("/bitbucket/rest/api/latest/projects/PROJ/repos/app/commits/{SHA}/builds"),
+            legacy.clone(),
+            legacy
+        ]
+    );
+    let spec = Spec::load(s.spec);
+    for r in &reqs[1..] {
+        let mut at_spec_root = r.clone();
+        at_spec_root
+            .url
+            .set_path(r.url.path().trim_start_matches("/bitbucket"));
+        assert_eq!(check_against_spec(&spec, &at_spec_root), "addBuildStatus");
+        assert_eq!(header(r, "x-atlassian-token"), "no-check");
+    }
+    // Servers without the newer API know three states: canceled is written as failed.
+    let states: Vec<Value> = reqs
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["state"].clone())
+        .collect();
+    assert_eq!(states, ["INPROGRESS", "INPROGRESS", "FAILED"]);
+    assert_eq!(n.reads_back_as(State::Canceled), State::Failed);
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.matches("legacy /rest/build-status/1.0").count(), 1, "{text}");
+}
+
+#[tokio::test]
+async fn bitbucket_server_missing_repository_is_not_a_missing_api() {
+    let s = &PROVIDERS[4];
+    let fake = Fake::start(
+        ResponseTemplate::new(404).set_body_json(json!({"errors": [{"context": null,
+            "message": "Repository PROJ/app does not exist.",
+            "exceptionName": "com.atlassian.bitbucket.repository.NoSuchRepositoryException"}]})),
+        vec![],
+    )
+    .await;
+    let n = notifier(s, &fake.uri(), Duration::from_secs(5));
+    let e = n.write(&status(State::Succeeded), None).await.unwrap_err();
+    assert_eq!((e.retry, e.reason), (Retry::Permanent, Reason::NotFound));
+    assert!(e.message.contains("Repository PROJ/app does not exist"), "{e}");
+    // Not written to the legacy API, which would take any commit of any repository.
+    fake.expect_exactly(1, Duration::from_millis(200)).await;
+    assert_eq!(n.reads_back_as(State::Canceled), State::Canceled);
+}
+
+/// The limits each Bitbucket module enforces are the ones its API documents.
+#[test]
+fn bitbucket_limits_are_the_documented_ones() {
+    use notifiers::bitbucket::{DESCRIPTION_LIMIT, NAME_LIMIT, URL_LIMIT, cloud, server};
+    let read = |name: &str| -> Value {
+        serde_json::from_slice(&support::fixture(&format!("specs/{name}.json"))).unwrap()
+    };
+    let dc = read("bitbucket-datacenter");
+    let set = &dc["components"]["schemas"]["RestBuildStatusSetRequest"]["properties"];
+    assert_eq!(set["key"]["maxLength"], server::KEY_LIMIT);
+    assert_eq!(set["name"]["maxLength"], NAME_LIMIT);
+    assert_eq!(set["url"]["maxLength"], URL_LIMIT);
+    // The legacy API, which a server before 7.4 only has, limits the description.
+    let legacy = dc["paths"]["/build-status/latest/commits/{commitId}"]["post"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        legacy.contains("limited to 255 characters") && DESCRIPTION_LIMIT == 255,
+        "{legacy}"
+    );
+    // Cloud's key limit is in its answer, not its spec: the copy records it.
+    let cloud_notes = read("bitbucket")["x-extracted"].to_string();
+    assert!(cloud_notes.contains("at most 40 characters") && cloud::KEY_LIMIT == 40);
+    for spec in [&cloud::SPEC, &server::SPEC] {
+        assert_eq!(spec.limits.description, DESCRIPTION_LIMIT, "{}", spec.name);
+        assert_eq!(spec.limits.context, Some(NAME_LIMIT), "{}", spec.name);
     }
 }

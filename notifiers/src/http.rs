@@ -209,7 +209,8 @@ pub fn next_link(headers: &HeaderMap, origin: &str) -> Option<String> {
     })
 }
 
-fn same_origin(url: &str, origin: &str) -> bool {
+/// Whether `url` has the scheme and host (port included) of `origin`.
+pub fn same_origin(url: &str, origin: &str) -> bool {
     let scheme_host = |u: &str| -> Option<String> {
         let (scheme, rest) = u.split_once("://")?;
         let host = rest.split(['/', '?', '#']).next()?;
@@ -332,8 +333,11 @@ pub fn error_message(body: &[u8]) -> String {
                         .map(str::to_string),
                 );
             }
-            if let Some(s) = v.get("error").and_then(|e| e.as_str()) {
-                parts.push(s.to_string());
+            match v.get("error") {
+                Some(serde_json::Value::String(s)) => parts.push(s.clone()),
+                // Bitbucket Cloud: {"type": "error", "error": {"message": …}}
+                Some(e) => parts.extend(e.get("message").and_then(|m| m.as_str()).map(str::to_string)),
+                None => {}
             }
             if parts.is_empty() {
                 v.to_string()
@@ -459,6 +463,12 @@ mod tests {
         assert_eq!(
             error_message(br#"{"message":{"name":["has already been taken"]}}"#),
             r#"{"name":["has already been taken"]}"#
+        );
+        assert_eq!(
+            error_message(
+                br#"{"type":"error","error":{"message":"key: Ensure this value has at most 40 characters (it has 48).","fields":{"key":["Ensure this value has at most 40 characters (it has 48)."]}}}"#
+            ),
+            "key: Ensure this value has at most 40 characters (it has 48)."
         );
         assert_eq!(
             error_message(b"upstream\nconnect error"),

@@ -6,6 +6,7 @@
 //! [`http`] and [`text`]. Nothing here knows about Flux.
 
 pub mod azure_devops;
+pub mod bitbucket;
 pub mod credential;
 pub mod dry_run;
 pub mod error;
@@ -27,7 +28,13 @@ pub use status::{Check, CommitStatus, ReadStatus, Sha, ShaError, State, newest_f
 
 /// Every provider flux-status writes to. Adding one: its module with a
 /// [`ProviderSpec`], and a line here.
-pub static PROVIDERS: &[&ProviderSpec] = &[&github::SPEC, &gitlab::SPEC, &azure_devops::SPEC];
+pub static PROVIDERS: &[&ProviderSpec] = &[
+    &github::SPEC,
+    &gitlab::SPEC,
+    &azure_devops::SPEC,
+    &bitbucket::cloud::SPEC,
+    &bitbucket::server::SPEC,
+];
 
 /// Bound on pages read for one commit: a runaway pagination must not loop forever.
 pub const MAX_PAGES: usize = 100;

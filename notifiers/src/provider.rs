@@ -259,8 +259,13 @@ mod tests {
             ("azuredevops", Some("azure-devops")),
             ("azure", Some("azure-devops")),
             ("AZDO", Some("azure-devops")),
+            ("bitbucket", Some("bitbucket")),
+            ("bitbucket-cloud", Some("bitbucket")),
+            ("bitbucket-server", Some("bitbucket-server")),
+            ("BitbucketServer", Some("bitbucket-server")),
+            ("bitbucket-datacenter", Some("bitbucket-server")),
             ("auto", None),
-            ("bitbucket", None),
+            ("sourcehut", None),
             ("", None),
         ] {
             assert_eq!(named(word), want, "{word:?}");
@@ -289,6 +294,10 @@ mod tests {
             ("ssh.dev.azure.com", Some("azure-devops")),
             ("vs-ssh.visualstudio.com", Some("azure-devops")),
             ("acme.visualstudio.com", Some("azure-devops")),
+            ("bitbucket.org", Some("bitbucket")),
+            ("altssh.bitbucket.org", Some("bitbucket")),
+            // Bitbucket Server is self-hosted only: no host names it.
+            ("bitbucket.example.com", None),
             ("visualstudio.com", None),
             ("github.example.com", None),
             ("notgithub.com", None),
@@ -309,11 +318,8 @@ mod tests {
         let mut flags = Vec::new();
         for s in PROVIDERS {
             let c = &s.credential;
-            assert!(
-                !s.hosts.is_empty() && !c.forms.is_empty() && !s.api_url_help.is_empty(),
-                "{}",
-                s.name
-            );
+            // A self-hosted-only provider has no public host.
+            assert!(!c.forms.is_empty() && !s.api_url_help.is_empty(), "{}", s.name);
             assert!(s.limits.description > 1, "{}", s.name);
             assert_eq!(c.file_flag, format!("{}-file", c.flag), "{}", s.name);
             flags.extend([c.flag, c.file_flag, c.env, c.file_env]);
@@ -350,6 +356,10 @@ mod tests {
                 "https://dev.azure.com/acme/Proj/_git/gitops",
                 "git@ssh.dev.azure.com:v3/acme/Proj/gitops",
             ],
+            &[
+                "https://user@bitbucket.org/acme/app.git",
+                "git@bitbucket.org:Acme/App.git",
+            ],
         ] {
             for u in same {
                 assert_eq!(key(u), key(same[0]), "{u}");
@@ -363,11 +373,20 @@ mod tests {
             key("https://github.com/acme/app"),
             key("https://gitlab.com/acme/app")
         );
+        // Self-hosted: the context path of the https form is not in the ssh form.
+        let server = |u: &str| {
+            let url = GitUrl::parse(u).unwrap();
+            crate::bitbucket::server::SPEC.provider().repo_key(&url).unwrap()
+        };
+        assert_eq!(
+            server("https://git.example.com/bitbucket/scm/PROJ/app.git"),
+            server("ssh://git@git.example.com:7999/proj/app.git")
+        );
     }
 
     #[test]
     fn unknown_names_list_the_known_ones() {
-        let e = "bitbucket".parse::<Provider>().unwrap_err();
+        let e = "sourcehut".parse::<Provider>().unwrap_err();
         assert!(e.contains("github, gitlab") && e.contains("azure-devops"), "{e}");
     }
 }

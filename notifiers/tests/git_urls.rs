@@ -1,6 +1,7 @@
-//! Every form of git URL users write, across the three providers: which provider,
-//! which API base, which repository. Invalid ones fail with a clear error.
+//! Every form of git URL users write, across the providers: which provider, which
+//! API base, which repository. Invalid ones fail with a clear error.
 
+use notifiers::bitbucket::{cloud, server};
 use notifiers::{GitUrl, Provider, azure_devops, github, gitlab};
 
 /// What a URL resolves to, as one comparable line: `provider api-base repository`.
@@ -24,17 +25,33 @@ fn resolve(input: &str, explicit: Option<Provider>) -> Result<String, String> {
             let r = azure_devops::repo_path(&url).map_err(e)?;
             format!("azure-devops {} {}/{}", r.collection_url, r.project, r.repo)
         }
+        "bitbucket" => {
+            let (ws, repo) = cloud::repo_path(&url).map_err(e)?;
+            format!("bitbucket {} {ws}/{repo}", cloud::api_base(None))
+        }
+        "bitbucket-server" => {
+            let r = server::repo_path(&url).map_err(e)?;
+            format!(
+                "bitbucket-server {} {}/{}",
+                server::rest_base(None, &r),
+                r.project,
+                r.slug
+            )
+        }
         other => return Err(format!("{other}: not in this table")),
     })
 }
 
 #[test]
 fn real_world_git_urls() {
-    let (github, gitlab, azure) = (
+    let (github, gitlab, azure, bitbucket, bbs) = (
         Some(github::SPEC.provider()),
         Some(gitlab::SPEC.provider()),
         Some(azure_devops::SPEC.provider()),
+        Some(cloud::SPEC.provider()),
+        Some(server::SPEC.provider()),
     );
+    let bb = |r: &str| format!("bitbucket https://api.bitbucket.org/2.0 {r}");
     let gh = |r: &str| format!("github https://api.github.com {r}");
     let ok: Vec<(&str, Option<Provider>, String)> = vec![
         // GitHub
@@ -239,6 +256,71 @@ fn real_world_git_urls() {
             azure,
             "azure-devops https://ado.example.com/tfs/DefaultCollection Platform/gitops".into(),
         ),
+        // Bitbucket Cloud: the clone URLs it shows carry the user name.
+        (
+            "https://jdoe@bitbucket.org/acme/gitops.git",
+            None,
+            bb("acme/gitops"),
+        ),
+        ("git@bitbucket.org:acme/gitops.git", None, bb("acme/gitops")),
+        ("https://bitbucket.org/acme/gitops", None, bb("acme/gitops")),
+        (
+            "https://x-token-auth:secret@bitbucket.org/acme/gitops.git",
+            None,
+            bb("acme/gitops"),
+        ),
+        (
+            "ssh://git@altssh.bitbucket.org:443/acme/gitops.git",
+            None,
+            bb("acme/gitops"),
+        ),
+        // Cloud has no other host; --provider bitbucket names it wherever a mirror lives.
+        (
+            "https://git.example.com/acme/gitops.git",
+            bitbucket,
+            bb("acme/gitops"),
+        ),
+        // Bitbucket Server / Data Center
+        (
+            "https://git.example.com/scm/PROJ/gitops.git",
+            bbs,
+            "bitbucket-server https://git.example.com/rest PROJ/gitops".into(),
+        ),
+        (
+            "https://git.example.com/bitbucket/scm/proj/gitops.git",
+            bbs,
+            "bitbucket-server https://git.example.com/bitbucket/rest proj/gitops".into(),
+        ),
+        (
+            "https://jdoe@git.example.com:8443/tools/bitbucket/scm/proj/gitops.git",
+            bbs,
+            "bitbucket-server https://git.example.com:8443/tools/bitbucket/rest proj/gitops".into(),
+        ),
+        (
+            "http://git.internal:7990/scm/PROJ/gitops.git",
+            bbs,
+            "bitbucket-server http://git.internal:7990/rest PROJ/gitops".into(),
+        ),
+        (
+            "ssh://git@git.example.com:7999/proj/gitops.git",
+            bbs,
+            "bitbucket-server https://git.example.com/rest proj/gitops".into(),
+        ),
+        (
+            "git@git.example.com:proj/gitops.git",
+            bbs,
+            "bitbucket-server https://git.example.com/rest proj/gitops".into(),
+        ),
+        (
+            "https://git.example.com/scm/~jdoe/dotfiles.git",
+            bbs,
+            "bitbucket-server https://git.example.com/rest ~jdoe/dotfiles".into(),
+        ),
+        (
+            "ssh://git@git.example.com:7999/~jdoe/dotfiles.git",
+            bbs,
+            "bitbucket-server https://git.example.com/rest ~jdoe/dotfiles".into(),
+        ),
     ];
     let err: Vec<(&str, Option<Provider>, &str)> = vec![
         ("", None, "git URL is empty"),
@@ -286,6 +368,46 @@ fn real_world_git_urls() {
         ),
         ("https://github.com:99999/acme/app", None, "port \"99999\""),
         ("https://github.com", None, "no repository path"),
+        (
+            "https://bitbucket.org/acme",
+            None,
+            "Bitbucket Cloud repository path must look like <workspace>/<repo>",
+        ),
+        (
+            "https://bitbucket.org/acme/gitops/src/main/",
+            None,
+            "Bitbucket Cloud repository path must look like <workspace>/<repo>",
+        ),
+        (
+            "https://git.example.com/scm/gitops.git",
+            None,
+            "cannot tell the provider of git.example.com",
+        ),
+        (
+            "https://git.example.com/scm/gitops.git",
+            bbs,
+            "Bitbucket Server repository path must look like [<context>/]scm/<project>/<repo>",
+        ),
+        (
+            "https://git.example.com/PROJ/gitops.git",
+            bbs,
+            "Bitbucket Server repository path must look like",
+        ),
+        (
+            "ssh://git@git.example.com:7999/scm/proj/gitops.git",
+            bbs,
+            "Bitbucket Server repository path must look like",
+        ),
+        (
+            "https://git.example.com/scm/~/gitops.git",
+            bbs,
+            "Bitbucket Server repository path must look like",
+        ),
+        (
+            "ssh://git@git.example.com:79999/proj/gitops.git",
+            bbs,
+            "port \"79999\"",
+        ),
     ];
     assert!(ok.len() + err.len() >= 40, "at least 40 forms");
     for (input, explicit, want) in ok {
@@ -303,6 +425,7 @@ fn user_info_never_survives_into_anything_printable() {
         "https://x-access-token:ghs_secret@github.com/acme/app.git",
         "https://oauth2:glpat-secret@gitlab.com/acme/app.git",
         "https://acme:pat-secret@dev.azure.com/acme/Platform/_git/gitops",
+        "https://x-token-auth:bb-secret@bitbucket.org/acme/gitops.git",
     ] {
         let url = GitUrl::parse(input).unwrap();
         let printed = format!("{url} {url:?} {}", resolve(input, None).unwrap());
@@ -317,6 +440,8 @@ proptest::proptest! {
             let _ = github::repo_path(&url);
             let _ = gitlab::repo_path(&url);
             let _ = azure_devops::repo_path(&url);
+            let _ = cloud::repo_path(&url);
+            let _ = server::repo_path(&url);
         }
     }
 
@@ -328,6 +453,18 @@ proptest::proptest! {
         let s = format!("https://{host}/{}", segs.join("/"));
         if let Ok(url) = GitUrl::parse(&s) {
             let _ = azure_devops::repo_path(&url);
+        }
+    }
+
+    #[test]
+    fn bitbucket_server_shaped_input_never_panics(
+        scheme in "(https://|ssh://git@|git@)",
+        segs in proptest::collection::vec("(scm|~|~[a-z]{0,3}|[a-z%0-9.]{0,4})", 0..6),
+    ) {
+        let sep = if scheme == "git@" { ":" } else { "/" };
+        let s = format!("{scheme}h{sep}{}", segs.join("/"));
+        if let Ok(url) = GitUrl::parse(&s) {
+            let _ = server::repo_path(&url).map(|r| server::rest_base(None, &r));
         }
     }
 }

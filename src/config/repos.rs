@@ -173,7 +173,7 @@ mod file_tests {
     tokenEnv: FLUX_STATUS_TEST_NOT_SET_ANYWHERE
     objects: []
   - gitUrl: https://github.com/a/c
-    provider: bitbucket
+    provider: sourcehut
     apiUrl: ftp://nowhere
     tokenFile: /nonexistent/flux-status-token
     objects: [{name: x}]

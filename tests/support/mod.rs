@@ -91,7 +91,8 @@ impl Daemon {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-        for var in ["GITHUB_TOKEN", "GITLAB_TOKEN", "AZDO_PAT", "RUST_LOG"] {
+        let credentials = notifiers::PROVIDERS.iter().map(|p| p.credential.env);
+        for var in credentials.chain(["RUST_LOG"]) {
             cmd.env_remove(var);
         }
         // Sync-status tests count provider writes: workload statuses would add to

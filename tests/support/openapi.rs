@@ -40,6 +40,19 @@ impl Spec {
     /// The operation for `method` on a concrete (still percent-encoded) path.
     pub fn operation(&self, method: &str, path: &str) -> Result<Operation<'_>, String> {
         let path = path.strip_prefix(&self.base_path).unwrap_or(path);
+        self.find(method, path).or_else(|e| {
+            // Atlassian's REST modules answer under their version and under `latest`;
+            // Bitbucket Data Center's spec writes `latest`.
+            let latest = path.replacen("/1.0/", "/latest/", 1);
+            if latest == path {
+                Err(e)
+            } else {
+                self.find(method, &latest)
+            }
+        })
+    }
+
+    fn find(&self, method: &str, path: &str) -> Result<Operation<'_>, String> {
         let method = method.to_ascii_lowercase();
         let paths = self.doc["paths"].as_object().ok_or("spec has no paths")?;
         for (template, item) in paths {
@@ -50,7 +63,10 @@ impl Spec {
                 .get(&method)
                 .ok_or_else(|| format!("{method} not allowed on {template}"))?;
             return Ok(Operation {
-                id: op["operationId"].as_str().unwrap_or("").to_string(),
+                // Bitbucket Cloud's spec names no operations.
+                id: op["operationId"]
+                    .as_str()
+                    .map_or_else(|| format!("{method} {template}"), str::to_string),
                 template: template.clone(),
                 op,
                 spec: self,
@@ -201,6 +217,9 @@ impl Operation<'_> {
     pub fn validate(&self, query: &[(String, String)], body: Option<&Value>) -> Result<(), String> {
         let params = self.parameters();
         for (name, value) in query {
+            if self.is_envelope_param(name, value)? {
+                continue;
+            }
             let Some(p) = params
                 .iter()
                 .find(|p| p["in"] == "query" && p["name"] == name.as_str())
@@ -249,6 +268,8 @@ impl Operation<'_> {
         let body_schema = self
             .op
             .pointer("/requestBody/content/application~1json/schema")
+            // Bitbucket Data Center declares its JSON bodies as any media type.
+            .or_else(|| self.op.pointer("/requestBody/content/*~1*/schema"))
             .or_else(|| {
                 params
                     .iter()
@@ -268,6 +289,32 @@ impl Operation<'_> {
                 }
             }
             (Some(schema), Some(body)) => self.check(&self.spec.strict_schema(schema, 0), body, &self.id),
+        }
+    }
+
+    /// Bitbucket Cloud declares `page` and `pagelen` once, in the envelope its lists
+    /// answer with (`pagelen`: "100 being the maximum allowed value"), not per
+    /// operation: they are declared for an operation whose 200 answer has them.
+    fn is_envelope_param(&self, name: &str, value: &str) -> Result<bool, String> {
+        let envelope = self
+            .op
+            .pointer("/responses/200/schema")
+            .map(|s| self.spec.resolve(s))
+            .and_then(|s| s.get("properties"));
+        let max = match name {
+            "pagelen" => 100,
+            "page" => i64::MAX,
+            _ => return Ok(false),
+        };
+        if envelope.and_then(|p| p.get(name)).is_none() {
+            return Ok(false);
+        }
+        match value.parse::<i64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(true),
+            _ => Err(format!(
+                "{}: {name}={value:?} not an integer from 1 to {max}",
+                self.id
+            )),
         }
     }
 
@@ -367,5 +414,43 @@ mod tests {
         assert!(list.validate(&[("per_page".into(), "101".into())], None).is_err());
         assert!(list.validate(&[("bogus".into(), "1".into())], None).is_err());
         assert!(op.example_response(201).is_some());
+    }
+
+    #[test]
+    fn bitbucket_rules() {
+        let cloud = Spec::load("bitbucket");
+        let list = cloud
+            .operation("GET", "/2.0/repositories/w/r/commit/abc/statuses")
+            .unwrap();
+        assert!(list.id.starts_with("get "), "{}", list.id);
+        let q = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert!(list.validate(&q("pagelen", "100"), None).is_ok());
+        assert!(list.validate(&q("pagelen", "101"), None).is_err());
+        assert!(list.validate(&q("page", "0"), None).is_err());
+        assert!(list.validate(&q("per_page", "10"), None).is_err());
+        let dc = Spec::load("bitbucket-datacenter");
+        let add = dc
+            .operation("POST", "/rest/api/latest/projects/P/repos/r/commits/abc/builds")
+            .unwrap();
+        assert!(
+            add.validate(&[], Some(&json!({"key": "k", "state": "FAILED"})))
+                .is_err(),
+            "url required"
+        );
+        assert!(
+            add.validate(&[], Some(&json!({"key": "k", "state": "STOPPED", "url": "u"})))
+                .is_err(),
+            "enum"
+        );
+        assert!(
+            add.validate(&[], Some(&json!({"key": "k", "state": "FAILED", "url": "u"})))
+                .is_ok()
+        );
+        assert_eq!(
+            dc.operation("GET", "/rest/build-status/1.0/commits/abc")
+                .unwrap()
+                .id,
+            "getBuildStatus"
+        );
     }
 }
