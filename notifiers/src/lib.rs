@@ -19,7 +19,8 @@ pub mod provider;
 pub mod status;
 pub mod text;
 
-pub use credential::{CredentialSource, StaticToken};
+pub use credential::{Credential, CredentialSource, StaticToken};
+pub use github::app::{App, AppCredential, AppError};
 pub use error::{NotifyError, Reason, Retry};
 pub use git_url::{GitUrl, GitUrlError};
 pub use notifier::{Budget, Handle, Notifier, Receipt};
