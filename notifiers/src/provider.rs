@@ -370,6 +370,19 @@ mod tests {
             assert!(s.limits.description > 1, "{}", s.name);
             assert_eq!(c.file_flag, format!("{}-file", c.flag), "{}", s.name);
             flags.extend([c.flag, c.file_flag, c.env, c.file_env]);
+            if let Some(a) = &s.app {
+                assert_eq!(a.key_file_flag, format!("{}-file", a.key_flag), "{}", s.name);
+                flags.extend([
+                    a.id_flag,
+                    a.id_env,
+                    a.key_flag,
+                    a.key_env,
+                    a.key_file_flag,
+                    a.key_file_env,
+                    a.installation_flag,
+                    a.installation_env,
+                ]);
+            }
         }
         let n = flags.len();
         flags.sort();

@@ -292,6 +292,18 @@ mod tests {
                 let file = arg(c.file_flag);
                 assert_eq!(file.get_env().and_then(|e| e.to_str()), Some(c.file_env));
                 assert!(!file.is_hide_env_values_set(), "a path is no secret");
+                if let Some(a) = &s.app {
+                    for (flag, env, secret) in [
+                        (a.id_flag, a.id_env, false),
+                        (a.key_flag, a.key_env, true),
+                        (a.key_file_flag, a.key_file_env, false),
+                        (a.installation_flag, a.installation_env, false),
+                    ] {
+                        let got = arg(flag);
+                        assert_eq!(got.get_env().and_then(|e| e.to_str()), Some(env));
+                        assert_eq!(got.is_hide_env_values_set(), secret, "{flag}");
+                    }
+                }
             }
             let help = cmd.clone().render_long_help().to_string();
             for s in PROVIDERS {
@@ -331,5 +343,48 @@ mod tests {
         }
         assert_eq!(parse("auto").unwrap(), ProviderChoice::Auto);
         assert!(parse("sourcehut").is_err());
+    }
+
+    fn target_problems(args: &[&str]) -> String {
+        let a = Args::try_parse_from(std::iter::once("flux-status").chain(args.iter().copied())).unwrap();
+        let mut problems = crate::config::Problems::default();
+        a.target.credentials.load(&mut problems);
+        if problems.is_empty() {
+            return String::new();
+        }
+        crate::config::ConfigError::from(problems).to_string()
+    }
+
+    const KEY: &str = include_str!("../../tests/fixtures/github-app/app-key.pem");
+
+    /// An App's flags come together or not at all, and never beside a token.
+    #[test]
+    fn an_app_is_refused_beside_a_token_or_without_its_parts() {
+        let key = format!("--github-app-private-key={KEY}");
+        for (args, want) in [
+            (
+                &["--github-token=ghp_x", "--github-app-id=1", key.as_str()][..],
+                "a GitHub token (--github-token / GITHUB_TOKEN) and an App (--github-app-id) are both set",
+            ),
+            (&["--github-app-id=1"], "needs its private key: set GITHUB_APP_PRIVATE_KEY"),
+            (&[key.as_str()], "needs its id: set GITHUB_APP_ID"),
+            (&["--github-app-installation-id=5"], "needs its id"),
+            (
+                &["--github-app-id=1", key.as_str(), "--github-app-installation-id=five"],
+                "--github-app-installation-id: must be a positive number",
+            ),
+            (
+                &["--github-app-id=1", "--github-app-private-key=-----BEGIN RSA PRIVATE KEY-----\nhunter2\n"],
+                "--github-app-private-key: the GitHub App private key is not an RSA private key",
+            ),
+        ] {
+            let got = target_problems(args);
+            assert!(got.contains(want), "{args:?}: {got}");
+            assert!(!got.contains("ghp_x") && !got.contains("hunter2") && !got.contains("MII"), "{got}");
+        }
+        assert_eq!(
+            target_problems(&["--github-app-id=1", key.as_str(), "--github-app-installation-id=5"]),
+            ""
+        );
     }
 }
