@@ -5,7 +5,9 @@ mod github_fake;
 mod support;
 
 use github_fake::app::{APP_ID, AppGitHub, INSTALLATION, key_pem};
-use notifiers::{App, AppCredential, Check, CommitStatus, Credential, GitUrl, Notifier, Reason, Retry, Sha, State};
+use notifiers::{
+    App, AppCredential, Check, CommitStatus, Credential, GitUrl, Notifier, Reason, Retry, Sha, State,
+};
 use secrecy::SecretString;
 use std::process::Command;
 use std::sync::Arc;
@@ -56,6 +58,7 @@ async fn mints_a_token_once_and_writes_with_it() {
     assert_eq!(gh.lookups(), 0, "the installation was given");
     assert!(gh.refusals().is_empty(), "{:?}", gh.refusals());
     assert_clean(&gh);
+    assert_no_secret(&format!("{:?}", app(Some(INSTALLATION))), &gh);
 }
 
 #[tokio::test]
@@ -71,7 +74,11 @@ async fn concurrent_requests_share_one_mint() {
     for w in writes {
         w.await.unwrap().unwrap();
     }
-    assert_eq!((gh.mints(), gh.lookups()), (1, 1), "one lookup and one mint for all");
+    assert_eq!(
+        (gh.mints(), gh.lookups()),
+        (1, 1),
+        "one lookup and one mint for all"
+    );
     assert_eq!(gh.statuses().len(), 16);
     assert_clean(&gh);
 }
@@ -87,7 +94,11 @@ async fn the_token_is_refreshed_at_80_percent_of_its_lifetime() {
     tokio::time::sleep(Duration::from_millis(8500)).await;
     n.write(&status("second"), None).await.unwrap();
     assert_eq!(gh.mints(), 2, "refreshed before expiry");
-    assert!(gh.refusals().is_empty(), "no write met an expired token: {:?}", gh.refusals());
+    assert!(
+        gh.refusals().is_empty(),
+        "no write met an expired token: {:?}",
+        gh.refusals()
+    );
     assert_clean(&gh);
 }
 
@@ -125,7 +136,10 @@ async fn the_installation_is_looked_up_and_a_missing_one_says_what_to_do() {
 
     let elsewhere = notifier(&gh.uri(), "acme/other", app(None));
     let e = elsewhere.write(&status("x"), None).await.unwrap_err();
-    assert_eq!((e.retry, e.reason, e.status), (Retry::Permanent, Reason::NotFound, Some(404)));
+    assert_eq!(
+        (e.retry, e.reason, e.status),
+        (Retry::Permanent, Reason::NotFound, Some(404))
+    );
     assert!(e.message.contains("not installed on acme/other"), "{}", e.message);
 
     let wrong = notifier(&gh.uri(), "acme/app", app(Some(999)));
@@ -133,6 +147,7 @@ async fn the_installation_is_looked_up_and_a_missing_one_says_what_to_do() {
     assert_eq!((e.retry, e.reason), (Retry::Permanent, Reason::NotFound));
     assert!(e.message.contains("installation id (999)"), "{}", e.message);
     assert_clean(&gh);
+    assert_no_secret(&format!("{e} {e:?}"), &gh);
 }
 
 #[tokio::test]
@@ -147,8 +162,13 @@ async fn a_failed_mint_is_classified() {
     let n = notifier(&gh.uri(), "acme/app", app(Some(INSTALLATION)));
     let e = n.write(&status("x"), None).await.unwrap_err();
     assert_eq!((e.retry, e.reason), (Retry::Permanent, Reason::Unauthorized));
-    assert!(e.message.contains("'iat'") && e.message.contains("clock"), "{}", e.message);
+    assert!(
+        e.message.contains("'iat'") && e.message.contains("clock"),
+        "{}",
+        e.message
+    );
     assert!(gh.statuses().is_empty());
+    assert_no_secret(&format!("{e} {e:?}"), &gh);
 }
 
 #[tokio::test]
@@ -168,7 +188,14 @@ async fn daemon_with_app(gh: &AppGitHub, key_file: &std::path::Path) -> Daemon {
     let key = key_file.to_str().unwrap();
     let id = APP_ID.to_string();
     Daemon::start(
-        &["--git-url", "https://github.com/acme/app", "--instance", "dev", "--api-url", &gh.uri()],
+        &[
+            "--git-url",
+            "https://github.com/acme/app",
+            "--instance",
+            "dev",
+            "--api-url",
+            &gh.uri(),
+        ],
         &[("GITHUB_APP_ID", &id), ("GITHUB_APP_PRIVATE_KEY_FILE", key)],
     )
     .await
@@ -177,7 +204,10 @@ async fn daemon_with_app(gh: &AppGitHub, key_file: &std::path::Path) -> Daemon {
 async fn wait_ready(d: &Daemon) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let r = support::http().get(format!("http://{}/readyz", d.ops)).send().await;
+        let r = support::http()
+            .get(format!("http://{}/readyz", d.ops))
+            .send()
+            .await;
         if r.is_ok_and(|r| r.status() == 200) {
             return;
         }
@@ -199,7 +229,11 @@ async fn the_daemon_is_ready_with_an_app_writes_and_never_logs_a_secret() {
     assert_eq!(code, 202);
     let deadline = Instant::now() + WAIT;
     while gh.statuses().is_empty() {
-        assert!(Instant::now() < deadline, "no status written; logs: {:#?}", d.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no status written; logs: {:#?}",
+            d.logs()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_clean(&gh);
@@ -216,11 +250,20 @@ async fn a_clock_github_disagrees_with_is_logged_as_clock_skew() {
     std::fs::write(&key_file, key_pem()).unwrap();
     let d = daemon_with_app(&gh, &key_file).await;
     let line = d
-        .wait_log(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("clock skew")) || l["message"].as_str().is_some_and(|m| m.contains("clock skew")))
+        .wait_log(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("clock skew"))
+                || l["message"].as_str().is_some_and(|m| m.contains("clock skew"))
+        })
         .await;
     let text = line.to_string();
     assert!(text.contains("NTP"), "{text}");
-    let r = support::http().get(format!("http://{}/readyz", d.ops)).send().await.unwrap();
+    let r = support::http()
+        .get(format!("http://{}/readyz", d.ops))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503, "not ready while GitHub refuses the App");
     assert_no_secret(&serde_json::to_string(&d.logs()).unwrap(), &gh);
 }
@@ -243,9 +286,21 @@ fn assert_no_secret(text: &str, gh: &AppGitHub) {
 
 fn cli(gh: &AppGitHub, env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flux-status-cli"));
-    cmd.args(["--git-url", "https://github.com/acme/app", "--api-url", &gh.uri(), "--commit-id", SHA]);
+    cmd.args([
+        "--git-url",
+        "https://github.com/acme/app",
+        "--api-url",
+        &gh.uri(),
+        "--commit-id",
+        SHA,
+    ]);
     cmd.args(["--instance", "dev", "--action", "sync"]);
-    for var in ["GITHUB_TOKEN", "GITHUB_APP_ID", "GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_PRIVATE_KEY_FILE"] {
+    for var in [
+        "GITHUB_TOKEN",
+        "GITHUB_APP_ID",
+        "GITHUB_APP_PRIVATE_KEY",
+        "GITHUB_APP_PRIVATE_KEY_FILE",
+    ] {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());
@@ -263,7 +318,10 @@ async fn the_cli_reads_back_with_an_app_and_refuses_a_token_beside_it() {
     let n = notifier(&gh.uri(), "acme/app", app(None));
     n.write(&status("Sync succeeded"), None).await.unwrap();
     let pem = key_pem();
-    let (code, out, err) = cli(&gh, &[("GITHUB_APP_ID", APP_ID), ("GITHUB_APP_PRIVATE_KEY", &pem)]);
+    let (code, out, err) = cli(
+        &gh,
+        &[("GITHUB_APP_ID", APP_ID), ("GITHUB_APP_PRIVATE_KEY", &pem)],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(r#""name":"flux-status/dev/sync","state":"succeeded""#),
@@ -273,16 +331,29 @@ async fn the_cli_reads_back_with_an_app_and_refuses_a_token_beside_it() {
 
     let (code, out, err) = cli(
         &gh,
-        &[("GITHUB_APP_ID", APP_ID), ("GITHUB_APP_PRIVATE_KEY", &pem), ("GITHUB_TOKEN", "ghp_also_given")],
+        &[
+            ("GITHUB_APP_ID", APP_ID),
+            ("GITHUB_APP_PRIVATE_KEY", &pem),
+            ("GITHUB_TOKEN", "ghp_also_given"),
+        ],
     );
     assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains("--github-token") && err.contains("--github-app-id"), "{err}");
+    assert!(
+        err.contains("--github-token") && err.contains("--github-app-id"),
+        "{err}"
+    );
     assert!(!err.contains("ghp_also_given"), "{err}");
 
     // A key that is no key: refused without being quoted.
     let bad = pem.replace("MII", "QQQ");
-    let (code, _, err) = cli(&gh, &[("GITHUB_APP_ID", APP_ID), ("GITHUB_APP_PRIVATE_KEY", &bad)]);
+    let (code, _, err) = cli(
+        &gh,
+        &[("GITHUB_APP_ID", APP_ID), ("GITHUB_APP_PRIVATE_KEY", &bad)],
+    );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--github-app-private-key") && !err.contains("QQQ"), "{err}");
+    assert!(
+        err.contains("--github-app-private-key") && !err.contains("QQQ"),
+        "{err}"
+    );
     assert_clean(&gh);
 }

@@ -172,7 +172,9 @@ impl GitHub {
         token: &SecretString,
     ) -> Result<reqwest::RequestBuilder, NotifyError> {
         let bearer = sensitive_header(&format!("Bearer {}", token.expose_secret()))?;
-        Ok(with_api_headers(req.header(reqwest::header::AUTHORIZATION, bearer)))
+        Ok(with_api_headers(
+            req.header(reqwest::header::AUTHORIZATION, bearer),
+        ))
     }
 }
 

@@ -119,7 +119,10 @@ fn load_app(spec: &AppSpec, given: GivenApp, problems: &mut Problems) -> Option<
         None => None,
         Some(Ok(i)) if i > 0 => Some(i),
         Some(_) => {
-            problems.push(format!("--{}", spec.installation_flag), "must be a positive number");
+            problems.push(
+                format!("--{}", spec.installation_flag),
+                "must be a positive number",
+            );
             return None;
         }
     };
@@ -250,7 +253,10 @@ fn app_args(cmd: Command, title: &str, a: &AppSpec) -> Command {
             .env(a.key_file_env)
             .value_name("PATH")
             .value_parser(clap::value_parser!(PathBuf))
-            .help(format!("File holding the {} private key (e.g. a mounted Secret)", a.what)),
+            .help(format!(
+                "File holding the {} private key (e.g. a mounted Secret)",
+                a.what
+            )),
     )
     .arg(
         Arg::new(a.installation_flag)
@@ -366,24 +372,41 @@ mod tests {
                 &["--github-token=ghp_x", "--github-app-id=1", key.as_str()][..],
                 "a GitHub token (--github-token / GITHUB_TOKEN) and an App (--github-app-id) are both set",
             ),
-            (&["--github-app-id=1"], "needs its private key: set GITHUB_APP_PRIVATE_KEY"),
+            (
+                &["--github-app-id=1"],
+                "needs its private key: set GITHUB_APP_PRIVATE_KEY",
+            ),
             (&[key.as_str()], "needs its id: set GITHUB_APP_ID"),
             (&["--github-app-installation-id=5"], "needs its id"),
             (
-                &["--github-app-id=1", key.as_str(), "--github-app-installation-id=five"],
+                &[
+                    "--github-app-id=1",
+                    key.as_str(),
+                    "--github-app-installation-id=five",
+                ],
                 "--github-app-installation-id: must be a positive number",
             ),
             (
-                &["--github-app-id=1", "--github-app-private-key=-----BEGIN RSA PRIVATE KEY-----\nhunter2\n"],
+                &[
+                    "--github-app-id=1",
+                    "--github-app-private-key=-----BEGIN RSA PRIVATE KEY-----\nhunter2\n",
+                ],
                 "--github-app-private-key: the GitHub App private key is not an RSA private key",
             ),
         ] {
             let got = target_problems(args);
             assert!(got.contains(want), "{args:?}: {got}");
-            assert!(!got.contains("ghp_x") && !got.contains("hunter2") && !got.contains("MII"), "{got}");
+            assert!(
+                !got.contains("ghp_x") && !got.contains("hunter2") && !got.contains("MII"),
+                "{got}"
+            );
         }
         assert_eq!(
-            target_problems(&["--github-app-id=1", key.as_str(), "--github-app-installation-id=5"]),
+            target_problems(&[
+                "--github-app-id=1",
+                key.as_str(),
+                "--github-app-installation-id=5"
+            ]),
             ""
         );
     }

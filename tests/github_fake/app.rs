@@ -199,7 +199,8 @@ impl Responder {
         .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &decode(sig)?)
         .map_err(|_| UNDECODABLE)?;
         let claims: Value = serde_json::from_slice(&decode(claims)?).map_err(|_| UNDECODABLE)?;
-        let iss_ok = claims["iss"].as_str() == Some(APP_ID) || claims["iss"].to_string() == APP_ID;
+        let iss_ok = claims["iss"].as_str() == Some(APP_ID)
+            || claims["iss"].as_u64().map(|n| n.to_string()).as_deref() == Some(APP_ID);
         if !iss_ok {
             return Err("Integration not found");
         }
@@ -234,14 +235,18 @@ impl Responder {
             .query_pairs()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        let body: Option<Value> = (!req.body.is_empty()).then(|| serde_json::from_slice(&req.body).unwrap_or(Value::Null));
+        let body: Option<Value> =
+            (!req.body.is_empty()).then(|| serde_json::from_slice(&req.body).unwrap_or(Value::Null));
         if let Err(e) = self
             .spec
             .operation(req.method.as_str(), &path)
             .and_then(|op| op.validate(&query, body.as_ref()))
         {
             s.violations.push(format!("{} {path}: {e}", req.method));
-            return (422, json!({"message": "Validation Failed", "errors": [{"message": e}]}));
+            return (
+                422,
+                json!({"message": "Validation Failed", "errors": [{"message": e}]}),
+            );
         }
         let credential = bearer(req).unwrap_or_default();
         if !credential.is_empty() && !s.secrets.contains(&credential) {
@@ -250,7 +255,10 @@ impl Responder {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let refuse = |s: &mut State, message: &str| {
             s.refusals.push(format!("{} {path}: {message}", req.method));
-            (401, json!({"message": message, "documentation_url": "https://docs.github.com/rest"}))
+            (
+                401,
+                json!({"message": message, "documentation_url": "https://docs.github.com/rest"}),
+            )
         };
         // The App's own endpoints take its JWT; the repository's, an installation token.
         match (req.method.as_str(), parts.as_slice()) {
@@ -264,7 +272,13 @@ impl Responder {
                 s.mints += 1;
                 let token = format!("ghs_{}", fastrand_token());
                 let expires = now + s.lifetime.as_secs();
-                s.tokens.insert(token.clone(), Token { installation: id, expires });
+                s.tokens.insert(
+                    token.clone(),
+                    Token {
+                        installation: id,
+                        expires,
+                    },
+                );
                 s.secrets.push(token.clone());
                 (
                     201,
@@ -296,7 +310,10 @@ impl Responder {
             ("GET" | "POST", ["repos", owner, repo, rest @ ..]) => {
                 let full = format!("{owner}/{repo}");
                 let valid = s.tokens.get(&credential).is_some_and(|t| {
-                    t.expires > now && s.installations.get(&t.installation).is_some_and(|r| r.contains(&full))
+                    t.expires > now
+                        && s.installations
+                            .get(&t.installation)
+                            .is_some_and(|r| r.contains(&full))
                 });
                 if !valid {
                     return refuse(&mut s, "Bad credentials");
@@ -311,8 +328,11 @@ impl Responder {
                             body: body.clone(),
                         });
                         let id = s.statuses.len();
-                        (201, json!({"id": id, "state": body["state"], "context": body["context"],
-                                     "description": body["description"]}))
+                        (
+                            201,
+                            json!({"id": id, "state": body["state"], "context": body["context"],
+                                     "description": body["description"]}),
+                        )
                     }
                     ("GET", ["commits", sha, "statuses"]) => {
                         let list: Vec<Value> = s

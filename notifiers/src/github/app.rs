@@ -94,7 +94,11 @@ impl App {
             iss: &self.id,
         };
         let claims = serde_json::to_vec(&claims).map_err(|_| ring::error::Unspecified)?;
-        let mut jwt = format!("{}.{}", URL_SAFE_NO_PAD.encode(JWT_HEADER), URL_SAFE_NO_PAD.encode(claims));
+        let mut jwt = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(JWT_HEADER),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
         let mut signature = vec![0; self.key.public().modulus_len()];
         self.key
             .sign(&RSA_PKCS1_SHA256, &self.rng, jwt.as_bytes(), &mut signature)?;
@@ -109,7 +113,10 @@ const JWT_HEADER: &[u8] = br#"{"alg":"RS256","typ":"JWT"}"#;
 /// An RSA key from PEM: PKCS#1 (`BEGIN RSA PRIVATE KEY`, as GitHub hands it out) or
 /// PKCS#8 (`BEGIN PRIVATE KEY`).
 fn rsa_key(pem: &str) -> Option<RsaKeyPair> {
-    let mut lines = pem.lines().map(str::trim).skip_while(|l| !l.starts_with("-----BEGIN "));
+    let mut lines = pem
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("-----BEGIN "));
     let label = lines.next()?.strip_prefix("-----BEGIN ")?.strip_suffix("-----")?;
     let body: String = lines.take_while(|l| !l.starts_with("-----END ")).collect();
     let der = STANDARD.decode(body).ok()?;
@@ -159,7 +166,14 @@ mod tests {
         assert_eq!(c["iat"], 1_700_000_000 - 60);
         assert_eq!(c["exp"], 1_700_000_000 + 540);
         assert_eq!(c["iss"], "12345");
-        let header = app.jwt(now).unwrap().expose_secret().split('.').next().unwrap().to_string();
+        let header = app
+            .jwt(now)
+            .unwrap()
+            .expose_secret()
+            .split('.')
+            .next()
+            .unwrap()
+            .to_string();
         assert_eq!(URL_SAFE_NO_PAD.decode(header).unwrap(), JWT_HEADER);
     }
 
@@ -176,7 +190,10 @@ mod tests {
             let e = App::new(id, &SecretString::from(pem)).unwrap_err();
             assert_eq!(e, want);
             let text = format!("{e} {e:?}");
-            assert!(!text.contains("MII") && !text.contains("XYZ") && !text.contains("not a key"), "{text}");
+            assert!(
+                !text.contains("MII") && !text.contains("XYZ") && !text.contains("not a key"),
+                "{text}"
+            );
         }
         let app = App::new("1", &SecretString::from(KEY)).unwrap();
         let shown = format!("{app:?}");

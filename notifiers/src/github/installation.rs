@@ -92,9 +92,15 @@ impl InstallationTokens {
             .map(|c| c.token.clone())
     }
 
-    fn request(&self, req: reqwest::RequestBuilder, jwt: &SecretString) -> Result<reqwest::RequestBuilder, NotifyError> {
+    fn request(
+        &self,
+        req: reqwest::RequestBuilder,
+        jwt: &SecretString,
+    ) -> Result<reqwest::RequestBuilder, NotifyError> {
         let bearer = sensitive_header(&format!("Bearer {}", jwt.expose_secret()))?;
-        Ok(super::with_api_headers(req.header(reqwest::header::AUTHORIZATION, bearer)))
+        Ok(super::with_api_headers(
+            req.header(reqwest::header::AUTHORIZATION, bearer),
+        ))
     }
 
     async fn installation(&self) -> Result<u64, NotifyError> {
@@ -210,8 +216,7 @@ impl CredentialSource for InstallationTokens {
 
     fn refused(&self, token: &SecretString) -> bool {
         let mut s = self.state();
-        if s
-            .token
+        if s.token
             .as_ref()
             .is_some_and(|c| c.token.expose_secret() == token.expose_secret())
         {
@@ -270,7 +275,9 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
-    u64::try_from(secs).ok().map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    u64::try_from(secs)
+        .ok()
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
 }
 
 #[cfg(test)]
@@ -284,7 +291,13 @@ mod tests {
         assert_eq!(at("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(at("2024-02-29T12:00:00.123Z"), Some(1_709_208_000));
         assert_eq!(at("2016-07-11T23:14:10+01:00"), Some(1_468_275_250));
-        for bad in ["", "2016-07-11", "2016-13-11T22:14:10Z", "yesterday", "2016-07-11T22:14:10"] {
+        for bad in [
+            "",
+            "2016-07-11",
+            "2016-13-11T22:14:10Z",
+            "yesterday",
+            "2016-07-11T22:14:10",
+        ] {
             assert_eq!(at(bad), None, "{bad}");
         }
     }
