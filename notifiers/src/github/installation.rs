@@ -111,7 +111,7 @@ impl InstallationTokens {
         let url = format!("{}/installation", self.repo_url);
         let resp = http::send(NAME, self.request(self.client.get(&url), &jwt)?).await?;
         if !resp.is_success() {
-            return Err(self.refused("looking up the App's installation", &resp));
+            return Err(self.failed("looking up the App's installation", &resp));
         }
         let found: Installation = resp.json(NAME)?;
         tracing::info!(repo = %self.repo, installation = found.id, "found the GitHub App's installation");
@@ -125,9 +125,13 @@ impl InstallationTokens {
         let url = format!("{}/app/installations/{installation}/access_tokens", self.api);
         let resp = http::send(NAME, self.request(self.client.post(&url), &jwt)?).await?;
         if !resp.is_success() {
-            return Err(self.refused("minting an installation token", &resp));
+            return Err(self.failed("minting an installation token", &resp));
         }
-        let minted: Minted = resp.json(NAME)?;
+        // serde's message could quote the body, and the body holds the token.
+        let minted: Minted = resp.json(NAME).map_err(|mut e| {
+            e.message = "the installation token answer is not the expected JSON".to_string();
+            e
+        })?;
         let now = Instant::now();
         let lifetime = parse_rfc3339(&minted.expires_at)
             .and_then(|at| at.duration_since(SystemTime::now()).ok())
@@ -143,7 +147,7 @@ impl InstallationTokens {
 
     /// A failed mint or lookup, classified as any GitHub answer, with a message that
     /// says what to check; a JWT refused for its times gets a log line about clocks.
-    fn refused(&self, doing: &str, resp: &HttpResponse) -> NotifyError {
+    fn failed(&self, doing: &str, resp: &HttpResponse) -> NotifyError {
         let mut e = http::classify(NAME, resp);
         let installation = self.state().installation;
         let check = match e.reason {
