@@ -41,6 +41,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         file_env: "FLUX_STATUS_AZDO_PAT_FILE",
         forms: "a personal access token with the Code (status) scope, or a pipeline's System.AccessToken",
     },
+    app: None,
     limits: TextLimits {
         description: DESCRIPTION_LIMIT,
         context: None,

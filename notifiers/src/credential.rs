@@ -6,9 +6,24 @@
 //! notifier tries once more if the source says it has a different token; otherwise
 //! the refusal stands, as it always has for a fixed token.
 
+use crate::github::app::AppCredential;
 use crate::{NotifyError, Reason};
 use secrecy::SecretString;
 use std::future::Future;
+
+/// A repository's credential as configured: a token, or an App that mints them
+/// (only providers whose spec has an [`AppSpec`](crate::provider::AppSpec)).
+#[derive(Clone, Debug)]
+pub enum Credential {
+    Token(SecretString),
+    App(AppCredential),
+}
+
+impl From<SecretString> for Credential {
+    fn from(token: SecretString) -> Self {
+        Credential::Token(token)
+    }
+}
 
 #[async_trait::async_trait]
 pub trait CredentialSource: Send + Sync {

@@ -58,6 +58,8 @@ pub enum GitUrlError {
     InvalidPort(String),
     #[error("git URL has no repository path")]
     MissingPath,
+    #[error("{0} has no App authentication: give it a token")]
+    NoApps(&'static str),
     #[error("{provider} repository path must look like {expected}, got {got:?}")]
     UnexpectedPath {
         provider: &'static str,

@@ -1,12 +1,16 @@
 //! GitHub and GitHub Enterprise Server commit statuses.
 //!
 //! `POST /repos/{owner}/{repo}/statuses/{sha}`; descriptions are cut to 140
-//! characters (GitHub answers 422 past that).
+//! characters (GitHub answers 422 past that). Authenticates with a token, or as a
+//! GitHub App installation ([`app`], [`installation`]).
+
+pub mod app;
+pub mod installation;
 
 use crate::credential::{CredentialSource, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, sensitive_header};
-use crate::provider::{CredentialSpec, ProviderSpec, TextLimits, WriteBudget};
+use crate::provider::{AppSpec, CredentialSpec, ProviderSpec, TextLimits, WriteBudget};
 use crate::{
     Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Receipt, Sha, State, text,
 };
@@ -33,6 +37,24 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         forms: "a classic (ghp_…) or fine-grained (github_pat_…) personal access token, or a GitHub App \
                 installation token (ghs_…), with commit statuses read and write",
     },
+    app: Some(AppSpec {
+        what: "GitHub App",
+        id_flag: "github-app-id",
+        id_env: "GITHUB_APP_ID",
+        key_flag: "github-app-private-key",
+        key_env: "GITHUB_APP_PRIVATE_KEY",
+        key_file_flag: "github-app-private-key-file",
+        key_file_env: "GITHUB_APP_PRIVATE_KEY_FILE",
+        installation_flag: "github-app-installation-id",
+        installation_env: "GITHUB_APP_INSTALLATION_ID",
+        permissions: "Checks, Commit statuses and Deployments: read and write; Metadata: read",
+        source: |c| {
+            let (api, repo_url, repo) = endpoints(c.git_url, c.api_url)?;
+            Ok(Arc::new(installation::InstallationTokens::new(
+                c.client, &api, &repo_url, &repo, c.app,
+            )))
+        },
+    }),
     // The context has no documented limit.
     limits: TextLimits {
         description: DESCRIPTION_LIMIT,
@@ -134,16 +156,8 @@ impl GitHub {
         api_url: Option<&str>,
         credential: Arc<dyn CredentialSource>,
     ) -> Result<Self, GitUrlError> {
+        let (api, repo_url, _) = endpoints(url, api_url)?;
         let (owner, repo) = repo_path(url)?;
-        let api = api_url
-            .map(str::to_string)
-            .unwrap_or_else(|| default_api_url(url));
-        let api = api.trim_end_matches('/').to_string();
-        let repo_url = format!(
-            "{api}/repos/{}/{}",
-            utf8_percent_encode(&owner, NON_ALPHANUMERIC),
-            utf8_percent_encode(&repo, NON_ALPHANUMERIC),
-        );
         Ok(GitHub {
             client,
             api,
@@ -158,11 +172,32 @@ impl GitHub {
         token: &SecretString,
     ) -> Result<reqwest::RequestBuilder, NotifyError> {
         let bearer = sensitive_header(&format!("Bearer {}", token.expose_secret()))?;
-        Ok(req
-            .header(reqwest::header::AUTHORIZATION, bearer)
-            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", API_VERSION))
+        Ok(with_api_headers(
+            req.header(reqwest::header::AUTHORIZATION, bearer),
+        ))
     }
+}
+
+/// The headers every GitHub API request carries besides its credential.
+fn with_api_headers(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    req.header(reqwest::header::ACCEPT, "application/vnd.github+json")
+        .header("X-GitHub-Api-Version", API_VERSION)
+}
+
+/// The API base (`--api-url` or derived from the URL), `{api}/repos/{owner}/{repo}`
+/// and `owner/repo`.
+fn endpoints(url: &GitUrl, api_url: Option<&str>) -> Result<(String, String, String), GitUrlError> {
+    let (owner, repo) = repo_path(url)?;
+    let api = api_url
+        .map(str::to_string)
+        .unwrap_or_else(|| default_api_url(url));
+    let api = api.trim_end_matches('/').to_string();
+    let repo_url = format!(
+        "{api}/repos/{}/{}",
+        utf8_percent_encode(&owner, NON_ALPHANUMERIC),
+        utf8_percent_encode(&repo, NON_ALPHANUMERIC),
+    );
+    Ok((api, repo_url, format!("{owner}/{repo}")))
 }
 
 #[async_trait::async_trait]

@@ -36,6 +36,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         file_env: "FLUX_STATUS_GITLAB_TOKEN_FILE",
         forms: "a personal, project or group access token (glpat-…) with the api scope",
     },
+    app: None,
     limits: TextLimits {
         description: DESCRIPTION_LIMIT,
         context: Some(255),

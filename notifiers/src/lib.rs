@@ -19,9 +19,10 @@ pub mod provider;
 pub mod status;
 pub mod text;
 
-pub use credential::{CredentialSource, StaticToken};
+pub use credential::{Credential, CredentialSource, StaticToken};
 pub use error::{NotifyError, Reason, Retry};
 pub use git_url::{GitUrl, GitUrlError};
+pub use github::app::{App, AppCredential, AppError};
 pub use notifier::{Budget, Handle, Notifier, Receipt};
 pub use provider::{Provider, ProviderSpec};
 pub use status::{Check, CommitStatus, ReadStatus, Sha, ShaError, State, newest_first};

@@ -7,8 +7,7 @@
 //! daemon's flags, `--help`, `--config` and the CLI iterate over.
 
 use crate::git_url::{GitUrl, GitUrlError};
-use crate::{CredentialSource, Notifier, PROVIDERS, StaticToken};
-use secrecy::SecretString;
+use crate::{AppCredential, Credential, CredentialSource, Notifier, PROVIDERS, StaticToken};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -26,6 +25,8 @@ pub struct ProviderSpec {
     /// What `--api-url` defaults to, in words for `--help`.
     pub api_url_help: &'static str,
     pub credential: CredentialSpec,
+    /// App authentication, for providers whose Apps mint short-lived tokens.
+    pub app: Option<AppSpec>,
     pub limits: TextLimits,
     /// Client-side write budget when no flag sets one.
     pub budget: WriteBudget,
@@ -50,6 +51,34 @@ pub struct CredentialSpec {
     pub file_env: &'static str,
     /// The tokens the provider takes, for `--help`.
     pub forms: &'static str,
+}
+
+/// How an App credential is given (each flag also from its env variable), and the
+/// token source it becomes for one repository.
+pub struct AppSpec {
+    /// In messages: `GitHub App`.
+    pub what: &'static str,
+    pub id_flag: &'static str,
+    pub id_env: &'static str,
+    /// The private key itself (PEM); the file flag is the one to prefer.
+    pub key_flag: &'static str,
+    pub key_env: &'static str,
+    pub key_file_flag: &'static str,
+    pub key_file_env: &'static str,
+    /// Optional: found from the repository when not given.
+    pub installation_flag: &'static str,
+    pub installation_env: &'static str,
+    /// The permissions the App needs, for `--help`.
+    pub permissions: &'static str,
+    pub source: fn(AppConnect<'_>) -> Result<Arc<dyn CredentialSource>, GitUrlError>,
+}
+
+/// What making an App's token source for one repository takes.
+pub struct AppConnect<'a> {
+    pub client: reqwest::Client,
+    pub git_url: &'a GitUrl,
+    pub api_url: Option<&'a str>,
+    pub app: AppCredential,
 }
 
 /// Lengths past which the provider refuses a field (or we cut it), in characters.
@@ -145,7 +174,13 @@ impl Provider {
     /// Where this provider's credential is given, for messages.
     pub fn credential_flag(self) -> String {
         let c = &self.0.credential;
-        format!("{} or --{}", c.env, c.file_flag)
+        match &self.0.app {
+            Some(a) => format!(
+                "{} or --{}, or {} with {} or --{}",
+                c.env, c.file_flag, a.id_env, a.key_env, a.key_file_flag
+            ),
+            None => format!("{} or --{}", c.env, c.file_flag),
+        }
     }
 
     /// How long a description may be before the provider refuses it (or we cut it).
@@ -173,20 +208,32 @@ impl Provider {
         (self.0.repo_key)(url).map(|k| k.to_ascii_lowercase())
     }
 
-    /// The notifier for `url` on this provider with a fixed token; `api_url`
-    /// overrides the API base derived from the URL.
+    /// The notifier for `url` on this provider with a fixed token or an App;
+    /// `api_url` overrides the API base derived from the URL.
     pub fn notifier(
         self,
         client: reqwest::Client,
         url: &GitUrl,
         api_url: Option<&str>,
-        credential: SecretString,
+        credential: impl Into<Credential>,
     ) -> Result<Arc<dyn Notifier>, GitUrlError> {
+        let credential: Arc<dyn CredentialSource> = match credential.into() {
+            Credential::Token(token) => Arc::new(StaticToken::new(token)),
+            Credential::App(app) => {
+                let spec = self.0.app.as_ref().ok_or(GitUrlError::NoApps(self.0.title))?;
+                (spec.source)(AppConnect {
+                    client: client.clone(),
+                    git_url: url,
+                    api_url,
+                    app,
+                })?
+            }
+        };
         self.connect(Connect {
             client,
             git_url: url,
             api_url,
-            credential: Arc::new(StaticToken::new(credential)),
+            credential,
         })
     }
 
@@ -323,6 +370,19 @@ mod tests {
             assert!(s.limits.description > 1, "{}", s.name);
             assert_eq!(c.file_flag, format!("{}-file", c.flag), "{}", s.name);
             flags.extend([c.flag, c.file_flag, c.env, c.file_env]);
+            if let Some(a) = &s.app {
+                assert_eq!(a.key_file_flag, format!("{}-file", a.key_flag), "{}", s.name);
+                flags.extend([
+                    a.id_flag,
+                    a.id_env,
+                    a.key_flag,
+                    a.key_env,
+                    a.key_file_flag,
+                    a.key_file_env,
+                    a.installation_flag,
+                    a.installation_env,
+                ]);
+            }
         }
         let n = flags.len();
         flags.sort();

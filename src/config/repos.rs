@@ -115,6 +115,8 @@ impl File {
                 choice,
                 api_url: r.api_url,
             };
+            // A repository's own token goes before the shared credentials, an App included.
+            let own = own.map(notifiers::Credential::Token);
             if let Some(target) = repo.resolve(|p| own.or_else(|| shared.get(p)), dry_run, problems) {
                 rules.push(Rule {
                     target,

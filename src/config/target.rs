@@ -6,8 +6,7 @@ use super::credentials::{CredentialArgs, Credentials};
 use super::usage::parse_duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use notifiers::http::HttpConfig;
-use notifiers::{GitUrl, Provider};
-use secrecy::SecretString;
+use notifiers::{Credential, GitUrl, Provider};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -93,7 +92,7 @@ pub enum Target {
         provider: Provider,
         git_url: GitUrl,
         api_url: Option<String>,
-        credential: SecretString,
+        credential: Credential,
     },
 }
 
@@ -178,7 +177,7 @@ impl Repo<'_> {
     /// URL, provider (chosen or detected), API base and credential.
     pub fn resolve(
         self,
-        credential_for: impl FnOnce(Provider) -> Option<SecretString>,
+        credential_for: impl FnOnce(Provider) -> Option<Credential>,
         dry_run: bool,
         problems: &mut Problems,
     ) -> Option<Target> {

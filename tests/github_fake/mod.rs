@@ -5,6 +5,8 @@
 //! first, as GitHub does.
 #![allow(dead_code)]
 
+pub mod app;
+
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;

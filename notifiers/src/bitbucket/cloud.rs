@@ -36,6 +36,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         forms: "a repository, project or workspace access token (sent as Bearer), or <email>:<API token> \
                 (sent as Basic), with Repositories: Read",
     },
+    app: None,
     limits: TextLimits {
         description: DESCRIPTION_LIMIT,
         context: Some(NAME_LIMIT),

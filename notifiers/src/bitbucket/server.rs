@@ -41,6 +41,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         forms: "an HTTP access token (personal, project or repository; sent as Bearer) with repository \
                 read, or <user>:<password or token> (sent as Basic)",
     },
+    app: None,
     limits: TextLimits {
         description: DESCRIPTION_LIMIT,
         context: Some(NAME_LIMIT),
