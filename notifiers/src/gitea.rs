@@ -275,9 +275,10 @@ impl Notifier for Gitea {
         read_state(state(s)).unwrap_or(s)
     }
 
-    /// Reads the repository. A token the server does not know is not refused there:
-    /// the read goes through as an anonymous one on a public repository, and shows
-    /// no push permission, as it does for a user who may only read.
+    /// Reads the repository, and wants push permission: writing a status needs write
+    /// access to the code, so without it every write would be refused. Current
+    /// servers answer a token they do not know with 401; older ones read a public
+    /// repository anonymously for it, which shows as no push permission too.
     async fn check_credentials(&self) -> Result<(), NotifyError> {
         let resp = self.get(&self.repo_url).await?;
         match resp.json::<Repository>(self.name)?.permissions {
@@ -287,7 +288,7 @@ impl Notifier for Gitea {
                 reason: Reason::Forbidden,
                 status: Some(resp.status.as_u16()),
                 message: "the token cannot write to this repository (no push permission): \
-                          a token the server does not know, or a user who may only read"
+                          a user who may only read, or a token the server does not know"
                     .into(),
                 retry_after: None,
             }),
