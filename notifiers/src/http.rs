@@ -230,7 +230,7 @@ pub fn has_next_page(headers: &HeaderMap, read_so_far: usize) -> bool {
 }
 
 /// An API base from a server origin with any context path (`--api-url`): `prefix`
-/// (`/api/v4`) appended unless it is already there.
+/// (`/api/v4`, `/rest`) appended unless it is already there.
 pub fn with_api_prefix(base: &str, prefix: &str) -> String {
     let base = base.trim_end_matches('/');
     if base.ends_with(prefix) {

@@ -57,7 +57,7 @@ struct Case {
     accepted: &'static str,
 }
 
-const CASES: [Case; 5] = [
+const CASES: [Case; 7] = [
     Case {
         name: "github",
         git_url: "https://github.com/o/r",
@@ -76,6 +76,19 @@ const CASES: [Case; 5] = [
         header: "authorization",
         // Basic, empty user: base64(":new").
         accepted: "Basic Om5ldw==",
+    },
+    // A bare Bitbucket token is sent as Bearer.
+    Case {
+        name: "bitbucket",
+        git_url: "https://bitbucket.org/o/r",
+        header: "authorization",
+        accepted: "Bearer new",
+    },
+    Case {
+        name: "bitbucket-server",
+        git_url: "https://git.example.com/scm/PROJ/r.git",
+        header: "authorization",
+        accepted: "Bearer new",
     },
     Case {
         name: "gitea",
