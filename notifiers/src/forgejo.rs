@@ -21,6 +21,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         file_env: "FLUX_STATUS_FORGEJO_TOKEN_FILE",
         forms: "a Forgejo access token with the write:repository scope",
     },
+    app: None,
     limits: gitea::LIMITS,
     budget: gitea::BUDGET,
     repo_key: |url| gitea::repo_key(&SPEC, url),

@@ -45,6 +45,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         file_env: "FLUX_STATUS_GITEA_TOKEN_FILE",
         forms: "a Gitea access token with the write:repository scope",
     },
+    app: None,
     limits: LIMITS,
     budget: BUDGET,
     repo_key: |url| repo_key(&SPEC, url),
