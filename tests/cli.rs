@@ -18,11 +18,21 @@ enum P {
     Azure,
     Bitbucket,
     BitbucketServer,
+    Gitea,
+    Forgejo,
 }
 
 impl P {
-    fn all() -> [P; 5] {
-        [P::GitHub, P::GitLab, P::Azure, P::Bitbucket, P::BitbucketServer]
+    fn all() -> [P; 7] {
+        [
+            P::GitHub,
+            P::GitLab,
+            P::Azure,
+            P::Bitbucket,
+            P::BitbucketServer,
+            P::Gitea,
+            P::Forgejo,
+        ]
     }
 
     /// Bitbucket keeps one status per key: a new state of a check replaces the old.
@@ -40,6 +50,9 @@ impl P {
             ),
             P::Bitbucket => ("https://jdoe@bitbucket.org/acme/app.git", api.to_string()),
             P::BitbucketServer => ("ssh://git@git.example.com:7999/proj/app.git", api.to_string()),
+            // A self-hosted Gitea needs --provider; the fake stands in for its origin.
+            P::Gitea => ("git@git.example.com:acme/app.git", api.to_string()),
+            P::Forgejo => ("https://codeberg.org/acme/app.git", api.to_string()),
         };
         let mut args = vec![
             "--git-url".into(),
@@ -52,6 +65,9 @@ impl P {
         if self == P::BitbucketServer {
             args.extend(["--provider".into(), "bitbucket-server".into()]);
         }
+        if self == P::Gitea {
+            args.extend(["--provider".into(), "gitea".into()]);
+        }
         args
     }
 
@@ -62,6 +78,8 @@ impl P {
             P::Azure => ("AZDO_PAT", "azdo_cli_secret"),
             P::Bitbucket => ("BITBUCKET_TOKEN", "bb_cli_secret"),
             P::BitbucketServer => ("BITBUCKET_SERVER_TOKEN", "jdoe:bbs_cli_secret"),
+            P::Gitea => ("GITEA_TOKEN", "gitea_cli_secret"),
+            P::Forgejo => ("FORGEJO_TOKEN", "forgejo_cli_secret"),
         }
     }
 
@@ -72,13 +90,15 @@ impl P {
             P::Azure => "azuredevops",
             P::Bitbucket => "bitbucket",
             P::BitbucketServer => "bitbucket-datacenter",
+            P::Gitea => "gitea",
+            P::Forgejo => "forgejo",
         })
     }
 
     /// One status as this provider lists it; `state` is ours, given in its words.
     fn entry(self, id: i64, check: &str, state: &str) -> Value {
         let word = |gh: &str, gl: &str, az: &str, bb: &str, bbs: &str| match self {
-            P::GitHub => gh.to_string(),
+            P::GitHub | P::Gitea | P::Forgejo => gh.to_string(),
             P::GitLab => gl.to_string(),
             P::Azure => az.to_string(),
             P::Bitbucket => bb.to_string(),
@@ -117,6 +137,10 @@ impl P {
             P::BitbucketServer => json!({"key": check, "name": check, "state": st, "description": "d",
                 "url": "https://ci.example.com/1", "createdDate": 1_795_000_000_000_i64 + id,
                 "updatedDate": 1_795_000_000_000_i64 + id}),
+            // The state comes back as `status`.
+            P::Gitea | P::Forgejo => json!({"id": id, "status": st, "context": check, "description": "d",
+                "target_url": "", "url": "https://git.example.com/api/v1/repos/acme/app/statuses/x",
+                "created_at": at, "updated_at": at}),
         }
     }
 }
@@ -147,7 +171,7 @@ impl Respond for Listing {
         };
         let num = |k: &str, d: usize| q(k).and_then(|v| v.parse().ok()).unwrap_or(d);
         let first = match self.p {
-            P::GitHub | P::GitLab | P::Bitbucket => num("page", 1) == 1,
+            P::GitHub | P::GitLab | P::Bitbucket | P::Gitea | P::Forgejo => num("page", 1) == 1,
             P::Azure => num("skip", 0) == 0,
             P::BitbucketServer => num("start", 0) == 0,
         };
@@ -174,6 +198,7 @@ impl Respond for Listing {
             P::GitHub => all.reverse(),
             P::GitLab if q("sort").as_deref() == Some("desc") => all.reverse(),
             P::Bitbucket if q("sort").as_deref() == Some("-updated_on") => all.reverse(),
+            P::Gitea | P::Forgejo if q("sort").as_deref() == Some("highestindex") => all.reverse(),
             _ => {}
         }
         let (start, size) = match self.p {
@@ -187,6 +212,11 @@ impl Respond for Listing {
                 ((num("page", 1) - 1) * size, size)
             }
             P::BitbucketServer => (num("start", 0), num("limit", 25).min(1000)),
+            // The server gives at most MAX_RESPONSE_ITEMS (50) whatever `limit` asks.
+            P::Gitea | P::Forgejo => {
+                let size = num("limit", 30).clamp(1, 50);
+                ((num("page", 1).max(1) - 1) * size, size)
+            }
         };
         let page: Vec<Value> = all.iter().skip(start).take(size).cloned().collect();
         let more = start + size < all.len();
@@ -248,6 +278,24 @@ impl Respond for Listing {
                     body["nextPageStart"] = json!(start + size);
                 }
                 resp.set_body_json(body)
+            }
+            P::Gitea | P::Forgejo => {
+                // Links name the server by its ROOT_URL, which need not be the
+                // address the client used (a proxy, a cluster-internal service).
+                let link = |page: usize, rel: &str| {
+                    format!(
+                        "<https://git.example.com/api/v1{}?limit={size}&page={page}>; rel=\"{rel}\"",
+                        req.url.path().trim_start_matches("/api/v1")
+                    )
+                };
+                let last = all.len().div_ceil(size).max(1);
+                let mut links = vec![link(1, "first"), link(last, "last")];
+                if more {
+                    links.insert(0, link(next_page, "next"));
+                }
+                resp.insert_header("link", links.join(", ").as_str())
+                    .insert_header("x-total-count", all.len().to_string().as_str())
+                    .set_body_json(page)
             }
         }
     }
@@ -362,12 +410,14 @@ async fn reads_the_newest_status_of_exactly_the_asked_check_across_all_pages() {
             P::Azure => format!("/acme/Platform/_apis/git/repositories/gitops/commits/{SHA}/statuses"),
             P::Bitbucket => format!("/2.0/repositories/acme/app/commit/{SHA}/statuses"),
             P::BitbucketServer => format!("/rest/build-status/latest/commits/{SHA}"),
+            P::Gitea | P::Forgejo => format!("/api/v1/repos/acme/app/commits/{SHA}/statuses"),
         };
         spec.operation("GET", &list_path)
             .unwrap()
             .validate_response(200, &body)
             .unwrap();
 
+        let total = commit.len();
         let (code, out, err, reqs) = run(p, vec![commit], &["--instance", "dev"]).await;
         assert_eq!(
             (code, out.as_str()),
@@ -382,6 +432,22 @@ async fn reads_the_newest_status_of_exactly_the_asked_check_across_all_pages() {
             "{p:?}: all pages read, got {} requests",
             reqs.len()
         );
+        if matches!(p, P::Gitea | P::Forgejo) {
+            // Page by page, 50 at a time, to the last: no status is left unread.
+            let query = |r: &Request, k: &str| {
+                r.url
+                    .query_pairs()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.into_owned())
+            };
+            let pages: Vec<Option<String>> = reqs.iter().map(|r| query(r, "page")).collect();
+            let want: Vec<Option<String>> = (1..=total.div_ceil(50)).map(|n| Some(n.to_string())).collect();
+            assert_eq!(pages, want, "{p:?}");
+            assert!(
+                reqs.iter().all(|r| query(r, "limit").as_deref() == Some("50")),
+                "{p:?}"
+            );
+        }
         for r in &reqs {
             let op = support::check_against_spec(&spec, r);
             assert!(

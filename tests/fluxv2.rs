@@ -22,7 +22,7 @@ struct P {
     provider: &'static [&'static str],
 }
 
-const PROVIDERS: [P; 5] = [
+const PROVIDERS: [P; 7] = [
     P {
         name: "github",
         git_url: "https://github.com/my-org/fleet",
@@ -62,6 +62,22 @@ const PROVIDERS: [P; 5] = [
         spec: "bitbucket-datacenter",
         api_suffix: "",
         provider: &["--provider", "bitbucket-server"],
+    },
+    P {
+        name: "gitea",
+        git_url: "https://git.example.com/my-org/fleet.git",
+        env: ("GITEA_TOKEN", "t"),
+        spec: "gitea",
+        api_suffix: "",
+        provider: &["--provider", "gitea"],
+    },
+    P {
+        name: "forgejo",
+        git_url: "git@codeberg.org:my-org/fleet.git",
+        env: ("FORGEJO_TOKEN", "t"),
+        spec: "forgejo",
+        api_suffix: "",
+        provider: &[],
     },
 ];
 
@@ -107,9 +123,13 @@ const WRITES: [(&str, &str, &str); 4] = [
 fn provider_state(p: &P, body: &Value) -> String {
     let s = body["state"].as_str().unwrap_or("");
     let ours = match (p.name, s) {
-        ("github", "success") | ("gitlab", "success") | ("azure-devops", "succeeded") => "succeeded",
-        ("github", "failure") | (_, "failed") => "failed",
-        ("github", "pending") | ("gitlab", "running") | ("azure-devops", "pending") => "pending",
+        ("github" | "gitea" | "forgejo", "success")
+        | ("gitlab", "success")
+        | ("azure-devops", "succeeded") => "succeeded",
+        ("github" | "gitea" | "forgejo", "failure") | (_, "failed") => "failed",
+        ("github" | "gitea" | "forgejo", "pending") | ("gitlab", "running") | ("azure-devops", "pending") => {
+            "pending"
+        }
         (_, "SUCCESSFUL") => "succeeded",
         (_, "FAILED") => "failed",
         (_, "INPROGRESS") => "pending",
@@ -506,6 +526,76 @@ repos:
         !logs.contains("bbs-http-access-token") && !logs.contains("api-token"),
         "a credential in the logs"
     );
+}
+
+/// Self-hosted Gitea under a sub-path and Forgejo on an ssh port, each from a
+/// `--config` entry with its own credential.
+#[tokio::test]
+async fn a_config_file_routes_objects_to_self_hosted_gitea_and_forgejo() {
+    let answer =
+        || ResponseTemplate::new(201).set_body_json(serde_json::json!({"id": 1, "status": "success"}));
+    let gitea = Fake::start(answer(), vec![]).await;
+    let forgejo = Fake::start(answer(), vec![]).await;
+    let dir = support::temp_dir("config-gitea");
+    std::fs::write(dir.join("gitea-token"), "gitea-config-token\n").unwrap();
+    let config = format!(
+        r#"
+repos:
+  - gitUrl: https://git.example.com/forge/platform/apps.git
+    provider: gitea
+    apiUrl: {gitea}/forge
+    tokenFile: {token}
+    objects:
+      - {{ kind: Kustomization }}
+  - gitUrl: ssh://git@forge.example.com:2222/platform/charts.git
+    provider: forgejo
+    apiUrl: {forgejo}
+    tokenEnv: CHARTS_FORGEJO
+    objects:
+      - kind: helmrelease
+"#,
+        gitea = gitea.uri(),
+        forgejo = forgejo.uri(),
+        token = dir.join("gitea-token").display()
+    );
+    let d = start_with_config(
+        &dir,
+        &config,
+        &[("CHARTS_FORGEJO", "forgejo-config-token")],
+        &["gitea", "forgejo"],
+    )
+    .await;
+    forward_a_kustomization_and_a_helmrelease(&d).await;
+    // (fake, provider, sub-path, repository, token)
+    for (fake, spec, sub, repo, token) in [
+        (&gitea, "gitea", "/forge", "platform/apps", "gitea-config-token"),
+        (&forgejo, "forgejo", "", "platform/charts", "forgejo-config-token"),
+    ] {
+        let reqs = fake.expect_exactly(1, Duration::from_millis(300)).await;
+        let path = reqs[0].url.path();
+        assert!(
+            path.starts_with(&format!("{sub}/api/v1/repos/{repo}/statuses/")),
+            "{spec}: {path}"
+        );
+        assert_eq!(
+            reqs[0].headers.get("authorization").unwrap(),
+            format!("token {token}").as_str()
+        );
+        // The spec's paths start at the server's /api/v1.
+        let mut at_spec_root = reqs[0].clone();
+        at_spec_root.url.set_path(path.trim_start_matches(sub));
+        check_against_spec(&Spec::load(spec), &at_spec_root);
+        let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+        assert_eq!(body["state"], "success", "{spec}: {body}");
+    }
+    let ready = support::http()
+        .get(format!("http://{}/readyz", d.ops))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let logs = serde_json::to_string(&d.logs()).unwrap();
+    assert!(!logs.contains("config-token"), "a credential in the logs");
 }
 
 #[test]

@@ -27,7 +27,7 @@ struct Setup {
     create_op: &'static str,
 }
 
-const PROVIDERS: [Setup; 5] = [
+const PROVIDERS: [Setup; 7] = [
     Setup {
         provider: &notifiers::github::SPEC,
         git_url: "git@github.com:acme/app.git",
@@ -75,6 +75,25 @@ const PROVIDERS: [Setup; 5] = [
         api_suffix: "",
         create_path: "/rest/api/latest/projects/PROJ/repos/app/commits/",
         create_op: "add",
+    },
+    // Self-hosted: --provider gitea; the fake stands in for the server's origin.
+    Setup {
+        provider: &notifiers::gitea::SPEC,
+        git_url: "https://git.example.com/acme/app.git",
+        spec: "gitea",
+        credential: "gitea-token-value",
+        api_suffix: "",
+        create_path: "/api/v1/repos/acme/app/statuses/",
+        create_op: "repoCreateStatus",
+    },
+    Setup {
+        provider: &notifiers::forgejo::SPEC,
+        git_url: "git@codeberg.org:acme/app.git",
+        spec: "forgejo",
+        credential: "forgejo-token-value",
+        api_suffix: "",
+        create_path: "/api/v1/repos/acme/app/statuses/",
+        create_op: "repoCreateStatus",
     },
 ];
 
@@ -146,6 +165,7 @@ fn created(s: &Setup) -> ResponseTemplate {
                    "updatedDate": "2026-11-22T10:00:00Z", "createdBy": {"id": "a", "displayName": "Flux"}}),
         ),
         "bitbucket" => (201, bitbucket_cloud_status("flux-status/dev/sync", "SUCCESSFUL")),
+        "gitea" | "forgejo" => (201, gitea_status(93, "success", "flux-status/dev/sync")),
         other => panic!("{other}: no answer written for it here"),
     };
     let op = spec
@@ -169,6 +189,20 @@ fn bitbucket_cloud_status(name: &str, state: &str) -> Value {
            "url": TARGET, "created_on": at, "updated_on": at,
            "uuid": "{2d7d9a3e-8a7a-4a51-9d1e-1c6a4f0c9b11}",
            "links": {"self": {"href": format!("{api}/statuses/build/{name}")}, "commit": {"href": api}}})
+}
+
+/// A status as Gitea and Forgejo answer it: the state comes back as `status`.
+fn gitea_status(id: i64, state: &str, context: &str) -> Value {
+    json!({"id": id, "status": state, "context": context, "description": "Sync succeeded",
+           "target_url": TARGET, "url": format!("https://git.example.com/api/v1/repos/acme/app/statuses/{SHA}"),
+           "creator": {"id": 3, "login": "flux", "full_name": "", "email": "flux@noreply.example.com",
+                       "avatar_url": "https://git.example.com/avatars/3", "html_url": "https://git.example.com/flux"},
+           "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z"})
+}
+
+/// Gitea's and Forgejo's error body.
+fn gitea_error(message: &str) -> Value {
+    json!({"message": message, "url": "https://git.example.com/api/swagger"})
 }
 
 /// What follows the commit in the path of a write.
@@ -266,6 +300,14 @@ async fn each_provider_sends_exactly_its_documented_request() {
                     json!({"key": "flux-status/dev/sync", "state": st, "url": TARGET,
                            "name": "flux-status/dev/sync", "description": desc(255)})
                 }
+                "gitea" | "forgejo" => {
+                    assert_eq!(header(req, "authorization"), format!("token {}", s.credential));
+                    // pending is written too; canceled is `error`, never `warning`.
+                    let st = ["pending", "success", "failure", "error"][state as usize];
+                    // The description fits whole: their limit is far above it.
+                    json!({"state": st, "context": "flux-status/dev/sync",
+                           "description": status(state).description, "target_url": TARGET})
+                }
                 other => panic!("{other}: no request written for it here"),
             };
             assert_eq!(body, want, "{} {state}", s.provider.name);
@@ -299,6 +341,12 @@ async fn every_error_answer_is_classified() {
         (Some("gitlab"), ResponseTemplate::new(400).set_body_json(json_err("Cannot transition status via :run from :running")), Ok(())),
         (Some("gitlab"), ResponseTemplate::new(400).set_body_json(json_err("Cannot transition status via :enqueue from :pending")), Ok(())),
         (Some("gitlab"), ResponseTemplate::new(429).insert_header("RateLimit-Remaining", "0").insert_header("RateLimit-Reset", "1"), Err(LIMITED)),
+        (Some("gitea"), ResponseTemplate::new(403).set_body_json(gitea_error("token does not have at least one of required scope(s): [write:repository]")), Err((Permanent, Forbidden))),
+        (Some("forgejo"), ResponseTemplate::new(403).set_body_json(gitea_error("token does not have at least one of required scope(s): [write:repository]")), Err((Permanent, Forbidden))),
+        (Some("gitea"), ResponseTemplate::new(401).set_body_json(gitea_error("user does not exist [uid: 0, name: ]")), Err((Permanent, Unauthorized))),
+        (Some("forgejo"), ResponseTemplate::new(404).set_body_json(gitea_error("The target couldn't be found.")), Err((Permanent, NotFound))),
+        (Some("forgejo"), ResponseTemplate::new(429).insert_header("retry-after", "5").set_body_string("Too Many Requests"), Err(LIMITED)),
+        (Some("gitea"), ResponseTemplate::new(500).set_body_json(gitea_error("GetCommit: database is locked")), Err((Transient, ServerError))),
         (Some("azure-devops"), ResponseTemplate::new(203).set_body_raw("<html>Sign in</html>", "text/html"), Err((Permanent, Unauthorized))),
         (Some("azure-devops"), ResponseTemplate::new(404).set_body_json(json!({"$id":"1","message":"TF401019: The Git repository with name or identifier gitops does not exist","typeKey":"GitRepositoryNotFoundException","errorCode":0})), Err((Permanent, NotFound))),
         (Some("bitbucket"), ResponseTemplate::new(400).set_body_json(json!({"type":"error","error":{"message":"key: Ensure this value has at most 40 characters (it has 48).","fields":{"key":["Ensure this value has at most 40 characters (it has 48)."]}}})), Err((Permanent, Invalid))),
@@ -391,7 +439,7 @@ async fn timeouts_and_refused_connections_are_transient() {
 #[tokio::test]
 async fn the_daemon_writes_through_each_provider_with_its_own_credential() {
     // (setup, extra args)
-    let runs: [(&Setup, &[&str]); 5] = [
+    let runs: [(&Setup, &[&str]); 7] = [
         (&PROVIDERS[0], &[]),
         // Self-managed GitLab: the host says nothing, so --provider decides.
         (&PROVIDERS[1], &["--provider", "gitlab"]),
@@ -399,6 +447,9 @@ async fn the_daemon_writes_through_each_provider_with_its_own_credential() {
         (&PROVIDERS[3], &[]),
         // Bitbucket Server is self-hosted only.
         (&PROVIDERS[4], &["--provider", "bitbucket-server"]),
+        (&PROVIDERS[5], &["--provider", "gitea"]),
+        // codeberg.org is Forgejo's.
+        (&PROVIDERS[6], &[]),
     ];
     for (s, extra) in runs {
         let env = s.provider.credential.env;
@@ -688,5 +739,103 @@ fn bitbucket_limits_are_the_documented_ones() {
     for spec in [&cloud::SPEC, &server::SPEC] {
         assert_eq!(spec.limits.description, DESCRIPTION_LIMIT, "{}", spec.name);
         assert_eq!(spec.limits.context, Some(NAME_LIMIT), "{}", spec.name);
+    }
+}
+
+/// Gitea and Forgejo live under a sub-path on many servers: the API base comes from
+/// the git URL with the sub-path kept, and `--api-url` takes the origin with it.
+#[tokio::test]
+async fn gitea_and_forgejo_find_their_api_under_the_servers_sub_path() {
+    for s in PROVIDERS
+        .iter()
+        .filter(|s| s.spec == "gitea" || s.spec == "forgejo")
+    {
+        let spec = Spec::load(s.spec);
+        let fake = Fake::start(created(s), vec![]).await;
+        let git_url = format!("{}/forge/acme/app.git", fake.uri());
+        let client = notifiers::http::client(&HttpConfig::default()).unwrap();
+        let token = || SecretString::from(s.credential.to_string());
+        let base = format!("{}/forge", fake.uri());
+        let api_v1 = format!("{base}/api/v1/");
+        for api_url in [None, Some(base.as_str()), Some(api_v1.as_str())] {
+            let url = GitUrl::parse(&git_url).unwrap();
+            let n = s
+                .provider
+                .provider()
+                .notifier(client.clone(), &url, api_url, token())
+                .unwrap();
+            n.write(&status(State::Pending), None).await.unwrap();
+        }
+        let reqs = fake.expect_exactly(3, Duration::from_millis(50)).await;
+        for req in &reqs {
+            let path = req.url.path();
+            assert_eq!(
+                path,
+                format!("/forge/api/v1/repos/acme/app/statuses/{SHA}"),
+                "{}",
+                s.spec
+            );
+            let op = spec
+                .operation("POST", path.strip_prefix("/forge").unwrap())
+                .unwrap();
+            assert_eq!(op.id, "repoCreateStatus");
+        }
+    }
+}
+
+/// The start-up check reads the repository with the token, and wants push
+/// permission: a read-only user (or, on older servers, an unknown token reading a
+/// public repository anonymously) is refused as well as a 401.
+#[tokio::test]
+async fn gitea_and_forgejo_credential_checks_want_push_permission() {
+    use wiremock::matchers::{header as has_header, method, path};
+    let repo = |push: bool| {
+        json!({"id": 7, "name": "app", "full_name": "acme/app", "private": false,
+               "permissions": {"admin": false, "push": push, "pull": true}})
+    };
+    let cases: Vec<(ResponseTemplate, Expect)> = vec![
+        (ResponseTemplate::new(200).set_body_json(repo(true)), Ok(())),
+        (
+            ResponseTemplate::new(200).set_body_json(repo(false)),
+            Err((Retry::Permanent, Reason::Forbidden)),
+        ),
+        (
+            ResponseTemplate::new(401).set_body_json(gitea_error("invalid username, password or token")),
+            Err((Retry::Permanent, Reason::Unauthorized)),
+        ),
+        (
+            ResponseTemplate::new(404).set_body_json(gitea_error("The target couldn't be found.")),
+            Err((Retry::Permanent, Reason::NotFound)),
+        ),
+        (
+            ResponseTemplate::new(503),
+            Err((Retry::Transient, Reason::ServerError)),
+        ),
+    ];
+    for s in PROVIDERS
+        .iter()
+        .filter(|s| s.spec == "gitea" || s.spec == "forgejo")
+    {
+        for (answer, want) in &cases {
+            let server = wiremock::MockServer::start().await;
+            wiremock::Mock::given(method("GET"))
+                .and(path("/api/v1/repos/acme/app"))
+                .and(has_header(
+                    "authorization",
+                    format!("token {}", s.credential).as_str(),
+                ))
+                .respond_with(answer.clone())
+                .expect(1)
+                .mount(&server)
+                .await;
+            let got = notifier(s, &server.uri(), Duration::from_secs(5))
+                .check_credentials()
+                .await;
+            if let Err(e) = &got {
+                assert!(!e.to_string().contains(s.credential), "credential in error: {e}");
+            }
+            assert_eq!(&got.map_err(|e| (e.retry, e.reason)), want, "{}", s.spec);
+            server.verify().await;
+        }
     }
 }

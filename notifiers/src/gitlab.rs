@@ -149,12 +149,7 @@ impl GitLab {
         let base = api_url
             .map(str::to_string)
             .unwrap_or_else(|| default_api_url(url));
-        let base = base.trim_end_matches('/');
-        let api = if base.ends_with("/api/v4") {
-            base.to_string()
-        } else {
-            format!("{base}/api/v4")
-        };
+        let api = http::with_api_prefix(&base, "/api/v4");
         Ok(GitLab {
             client,
             project_url: format!("{api}/projects/{}", utf8_percent_encode(&project, PROJECT_ID)),

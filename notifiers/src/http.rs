@@ -197,6 +197,13 @@ pub async fn read(provider: &'static str, req: RequestBuilder) -> Result<HttpRes
 /// The `rel="next"` URL of a `Link` header, only if it stays under `origin`: a
 /// response must not be able to send our credential to another host.
 pub fn next_link(headers: &HeaderMap, origin: &str) -> Option<String> {
+    link_rel_next(headers)
+        .filter(|url| same_origin(url, origin))
+        .map(str::to_string)
+}
+
+/// The `rel="next"` URL of a `Link` header, wherever it points.
+fn link_rel_next(headers: &HeaderMap) -> Option<&str> {
     let link = header_str(headers, "link")?;
     link.split(',').find_map(|part| {
         let (url, params) = part.split_once(';')?;
@@ -205,8 +212,32 @@ pub fn next_link(headers: &HeaderMap, origin: &str) -> Option<String> {
             p == "rel=\"next\"" || p == "rel=next"
         });
         let url = url.trim().strip_prefix('<')?.strip_suffix('>')?;
-        (is_next && same_origin(url, origin)).then(|| url.to_string())
+        is_next.then_some(url)
     })
+}
+
+/// Whether a page-numbered listing has another page after the one answered, from
+/// its `Link: rel="next"` or, failing that, `X-Total-Count` against the items read
+/// so far. Only whether: the next URL is built by the caller, because a server
+/// behind a proxy names itself by an origin we may not be using.
+pub fn has_next_page(headers: &HeaderMap, read_so_far: usize) -> bool {
+    if headers.contains_key("link") {
+        return link_rel_next(headers).is_some();
+    }
+    header_str(headers, "x-total-count")
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|total| read_so_far < total)
+}
+
+/// An API base from a server origin with any context path (`--api-url`): `prefix`
+/// (`/api/v4`, `/rest`) appended unless it is already there.
+pub fn with_api_prefix(base: &str, prefix: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if base.ends_with(prefix) {
+        base.to_string()
+    } else {
+        format!("{base}{prefix}")
+    }
 }
 
 /// Whether `url` has the scheme and host (port included) of `origin`.
@@ -499,6 +530,38 @@ mod tests {
             None
         );
         assert_eq!(next_link(&h("garbage"), api), None);
+    }
+
+    #[test]
+    fn a_next_page_is_told_by_link_then_total_count() {
+        let h = |pairs: &[(&str, &str)]| resp(200, pairs, "").headers;
+        let next = r#"<https://git.example.com/api/v1/x?limit=50&page=2>; rel="next", <https://git.example.com/api/v1/x?limit=50&page=3>; rel="last""#;
+        // A Link naming another origin (a proxy's) still says there is a next page.
+        assert!(has_next_page(&h(&[("link", next)]), 50));
+        let last = r#"<https://git.example.com/api/v1/x?limit=50&page=1>; rel="first""#;
+        assert!(!has_next_page(
+            &h(&[("link", last), ("x-total-count", "120")]),
+            100
+        ));
+        assert!(has_next_page(&h(&[("x-total-count", "120")]), 100));
+        assert!(!has_next_page(&h(&[("x-total-count", "120")]), 120));
+        assert!(!has_next_page(&h(&[("x-total-count", "many")]), 0));
+        assert!(!has_next_page(&h(&[]), 50));
+    }
+
+    #[test]
+    fn api_prefix_is_appended_once() {
+        for (base, want) in [
+            ("https://git.example.com", "https://git.example.com/api/v1"),
+            ("https://git.example.com/", "https://git.example.com/api/v1"),
+            ("https://h.example/gitea", "https://h.example/gitea/api/v1"),
+            (
+                "https://h.example/gitea/api/v1/",
+                "https://h.example/gitea/api/v1",
+            ),
+        ] {
+            assert_eq!(with_api_prefix(base, "/api/v1"), want, "{base}");
+        }
     }
 
     #[test]

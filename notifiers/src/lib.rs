@@ -10,7 +10,9 @@ pub mod bitbucket;
 pub mod credential;
 pub mod dry_run;
 pub mod error;
+pub mod forgejo;
 pub mod git_url;
+pub mod gitea;
 pub mod github;
 pub mod gitlab;
 pub mod http;
@@ -35,6 +37,8 @@ pub static PROVIDERS: &[&ProviderSpec] = &[
     &azure_devops::SPEC,
     &bitbucket::cloud::SPEC,
     &bitbucket::server::SPEC,
+    &gitea::SPEC,
+    &forgejo::SPEC,
 ];
 
 /// Bound on pages read for one commit: a runaway pagination must not loop forever.

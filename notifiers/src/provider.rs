@@ -311,6 +311,8 @@ mod tests {
             ("bitbucket-server", Some("bitbucket-server")),
             ("BitbucketServer", Some("bitbucket-server")),
             ("bitbucket-datacenter", Some("bitbucket-server")),
+            ("gitea", Some("gitea")),
+            ("Forgejo", Some("forgejo")),
             ("auto", None),
             ("sourcehut", None),
             ("", None),
@@ -345,6 +347,9 @@ mod tests {
             ("altssh.bitbucket.org", Some("bitbucket")),
             // Bitbucket Server is self-hosted only: no host names it.
             ("bitbucket.example.com", None),
+            ("gitea.com", Some("gitea")),
+            ("codeberg.org", Some("forgejo")),
+            ("gitea.example.com", None),
             ("visualstudio.com", None),
             ("github.example.com", None),
             ("notgithub.com", None),
@@ -419,6 +424,15 @@ mod tests {
             &[
                 "https://user@bitbucket.org/acme/app.git",
                 "git@bitbucket.org:Acme/App.git",
+            ],
+            &[
+                "https://gitea.com/acme/app.git",
+                "git@gitea.com:Acme/App.git",
+                "ssh://git@gitea.com:22/acme/app",
+            ],
+            &[
+                "https://codeberg.org/acme/app.git",
+                "git@codeberg.org:acme/app.git",
             ],
         ] {
             for u in same {

@@ -4,8 +4,8 @@
 
 use notifiers::http::HttpConfig;
 use notifiers::{
-    Check, CommitStatus, CredentialSource, GitUrl, Notifier, NotifyError, Reason, Retry, Sha, State,
-    StaticToken, azure_devops, github, gitlab,
+    Check, CommitStatus, CredentialSource, GitUrl, Notifier, NotifyError, Provider, Reason, Retry, Sha,
+    State, StaticToken,
 };
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,7 +57,7 @@ struct Case {
     accepted: &'static str,
 }
 
-const CASES: [Case; 3] = [
+const CASES: [Case; 7] = [
     Case {
         name: "github",
         git_url: "https://github.com/o/r",
@@ -77,17 +77,45 @@ const CASES: [Case; 3] = [
         // Basic, empty user: base64(":new").
         accepted: "Basic Om5ldw==",
     },
+    // A bare Bitbucket token is sent as Bearer.
+    Case {
+        name: "bitbucket",
+        git_url: "https://bitbucket.org/o/r",
+        header: "authorization",
+        accepted: "Bearer new",
+    },
+    Case {
+        name: "bitbucket-server",
+        git_url: "https://git.example.com/scm/PROJ/r.git",
+        header: "authorization",
+        accepted: "Bearer new",
+    },
+    Case {
+        name: "gitea",
+        git_url: "https://git.example.com/o/r",
+        header: "authorization",
+        accepted: "token new",
+    },
+    Case {
+        name: "forgejo",
+        git_url: "https://codeberg.org/o/r",
+        header: "authorization",
+        accepted: "token new",
+    },
 ];
 
 fn notifier(case: &Case, api: &str, credential: Arc<dyn CredentialSource>) -> Arc<dyn Notifier> {
     let client = notifiers::http::client(&HttpConfig::default()).unwrap();
     let url = GitUrl::parse(case.git_url).unwrap();
-    let api = Some(api);
-    match case.name {
-        "github" => Arc::new(github::GitHub::with_credential(client, &url, api, credential).unwrap()),
-        "gitlab" => Arc::new(gitlab::GitLab::with_credential(client, &url, api, credential).unwrap()),
-        _ => Arc::new(azure_devops::AzureDevOps::with_credential(client, &url, api, credential).unwrap()),
-    }
+    Provider::named(case.name)
+        .unwrap()
+        .connect(notifiers::provider::Connect {
+            client,
+            git_url: &url,
+            api_url: Some(api),
+            credential,
+        })
+        .unwrap()
 }
 
 /// A provider that takes only the token `new` and refuses any other with 401.
@@ -182,4 +210,14 @@ async fn a_refusal_with_no_fresher_token_is_final_after_one_more_try_at_most() {
             case.name
         );
     }
+}
+
+/// A provider added to the registry rotates its credential too.
+#[test]
+fn every_registered_provider_has_its_case() {
+    let mut registered: Vec<&str> = notifiers::PROVIDERS.iter().map(|p| p.name).collect();
+    let mut tested: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+    registered.sort();
+    tested.sort();
+    assert_eq!(registered, tested);
 }

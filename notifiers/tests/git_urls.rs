@@ -2,7 +2,7 @@
 //! API base, which repository. Invalid ones fail with a clear error.
 
 use notifiers::bitbucket::{cloud, server};
-use notifiers::{GitUrl, Provider, azure_devops, github, gitlab};
+use notifiers::{GitUrl, Provider, azure_devops, forgejo, gitea, github, gitlab};
 
 /// What a URL resolves to, as one comparable line: `provider api-base repository`.
 fn resolve(input: &str, explicit: Option<Provider>) -> Result<String, String> {
@@ -38,18 +38,30 @@ fn resolve(input: &str, explicit: Option<Provider>) -> Result<String, String> {
                 r.slug
             )
         }
+        "gitea" => {
+            let r = gitea::repo_path(&url).map_err(e)?;
+            let api = gitea::default_api_url(&url).map_err(e)?;
+            format!("gitea {api} {}/{}", r.owner, r.repo)
+        }
+        "forgejo" => {
+            let r = forgejo::repo_path(&url).map_err(e)?;
+            let api = forgejo::default_api_url(&url).map_err(e)?;
+            format!("forgejo {api} {}/{}", r.owner, r.repo)
+        }
         other => return Err(format!("{other}: not in this table")),
     })
 }
 
 #[test]
 fn real_world_git_urls() {
-    let (github, gitlab, azure, bitbucket, bbs) = (
+    let (github, gitlab, azure, bitbucket, bbs, gitea, forgejo) = (
         Some(github::SPEC.provider()),
         Some(gitlab::SPEC.provider()),
         Some(azure_devops::SPEC.provider()),
         Some(cloud::SPEC.provider()),
         Some(server::SPEC.provider()),
+        Some(gitea::SPEC.provider()),
+        Some(forgejo::SPEC.provider()),
     );
     let bb = |r: &str| format!("bitbucket https://api.bitbucket.org/2.0 {r}");
     let gh = |r: &str| format!("github https://api.github.com {r}");
@@ -321,6 +333,78 @@ fn real_world_git_urls() {
             bbs,
             "bitbucket-server https://git.example.com/rest ~jdoe/dotfiles".into(),
         ),
+        // Gitea: gitea.com, self-hosted at the root or under a sub-path, ssh on its own port.
+        (
+            "https://gitea.com/acme/app.git",
+            None,
+            "gitea https://gitea.com/api/v1 acme/app".into(),
+        ),
+        (
+            "https://git.example.com/acme/app.git",
+            gitea,
+            "gitea https://git.example.com/api/v1 acme/app".into(),
+        ),
+        (
+            "https://git.example.com/sub/path/acme/app.git",
+            gitea,
+            "gitea https://git.example.com/sub/path/api/v1 acme/app".into(),
+        ),
+        (
+            "http://gitea.internal:3000/acme/app.git",
+            gitea,
+            "gitea http://gitea.internal:3000/api/v1 acme/app".into(),
+        ),
+        (
+            "https://flux:secret-token@git.example.com/acme/my.app.git",
+            gitea,
+            "gitea https://git.example.com/api/v1 acme/my.app".into(),
+        ),
+        (
+            "git@git.example.com:acme/app.git",
+            gitea,
+            "gitea https://git.example.com/api/v1 acme/app".into(),
+        ),
+        (
+            "ssh://git@git.example.com:2222/acme/app.git",
+            gitea,
+            "gitea https://git.example.com/api/v1 acme/app".into(),
+        ),
+        // Forgejo: codeberg.org detected, self-hosted by --provider.
+        (
+            "https://codeberg.org/acme/app.git",
+            None,
+            "forgejo https://codeberg.org/api/v1 acme/app".into(),
+        ),
+        (
+            "git@codeberg.org:acme/app.git",
+            None,
+            "forgejo https://codeberg.org/api/v1 acme/app".into(),
+        ),
+        (
+            "ssh://git@codeberg.org/acme/app.git",
+            None,
+            "forgejo https://codeberg.org/api/v1 acme/app".into(),
+        ),
+        (
+            "https://forge.example.com/acme/app.git",
+            forgejo,
+            "forgejo https://forge.example.com/api/v1 acme/app".into(),
+        ),
+        (
+            "https://forge.example.com/sub/path/acme/app.git",
+            forgejo,
+            "forgejo https://forge.example.com/sub/path/api/v1 acme/app".into(),
+        ),
+        (
+            "git@forge.example.com:acme/app.git",
+            forgejo,
+            "forgejo https://forge.example.com/api/v1 acme/app".into(),
+        ),
+        (
+            "ssh://git@forge.example.com:2222/acme/app.git",
+            forgejo,
+            "forgejo https://forge.example.com/api/v1 acme/app".into(),
+        ),
     ];
     let err: Vec<(&str, Option<Provider>, &str)> = vec![
         ("", None, "git URL is empty"),
@@ -408,6 +492,33 @@ fn real_world_git_urls() {
             bbs,
             "port \"79999\"",
         ),
+        (
+            "https://git.example.com/acme",
+            gitea,
+            "Gitea repository path must look like [<sub-path>/]<owner>/<repo>",
+        ),
+        (
+            "git@git.example.com:sub/acme/app.git",
+            gitea,
+            "Gitea repository path must look like",
+        ),
+        (
+            "https://codeberg.org/acme/app/src/branch/main",
+            None,
+            "Forgejo repository path must look like",
+        ),
+        (
+            "https://codeberg.org/acme/app/commit/9f2c1bbd5e1dd2c0d2c5bfe1f6a0cbb0a3a9c6e1",
+            None,
+            "Forgejo repository path must look like",
+        ),
+        (
+            "ssh://git@forge.example.com:2222/acme",
+            forgejo,
+            "Forgejo repository path must look like",
+        ),
+        ("git@codeberg.org:", None, "no repository path"),
+        ("https://codeberg.org:70000/acme/app", None, "port \"70000\""),
     ];
     assert!(ok.len() + err.len() >= 40, "at least 40 forms");
     for (input, explicit, want) in ok {
@@ -426,6 +537,7 @@ fn user_info_never_survives_into_anything_printable() {
         "https://oauth2:glpat-secret@gitlab.com/acme/app.git",
         "https://acme:pat-secret@dev.azure.com/acme/Platform/_git/gitops",
         "https://x-token-auth:bb-secret@bitbucket.org/acme/gitops.git",
+        "https://flux:secret@codeberg.org/acme/app.git",
     ] {
         let url = GitUrl::parse(input).unwrap();
         let printed = format!("{url} {url:?} {}", resolve(input, None).unwrap());
@@ -442,6 +554,8 @@ proptest::proptest! {
             let _ = azure_devops::repo_path(&url);
             let _ = cloud::repo_path(&url);
             let _ = server::repo_path(&url);
+            let _ = gitea::default_api_url(&url);
+            let _ = forgejo::default_api_url(&url);
         }
     }
 

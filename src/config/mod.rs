@@ -330,7 +330,15 @@ mod tests {
     fn usage_errors_never_show_a_secret() {
         let eq = |flag: &str| format!("{flag}={SECRET}");
         let mut cases: Vec<Vec<String>> = Vec::new();
-        for flag in ["--token", "--github-token", "--gitlab-token", "--azdo-pat"] {
+        // Every provider's credential flag, a new one included.
+        let credentials = notifiers::PROVIDERS
+            .iter()
+            .map(|p| format!("--{}", p.credential.flag));
+        let flags: Vec<String> = std::iter::once("--token".to_string())
+            .chain(credentials)
+            .collect();
+        for flag in &flags {
+            let flag = flag.as_str();
             cases.extend([
                 vec![flag.into(), SECRET.into()],
                 vec![flag.into(), SECRET.into(), flag.into(), SECRET.into()],
@@ -359,7 +367,8 @@ mod tests {
             errors += usize::from(!out.is_empty());
             assert!(!out.contains('%') && !out.contains("s3cr3t"), "{case:?}:\n{out}");
         }
-        assert!(errors >= cases.len() - 4, "most cases are usage errors");
+        // All but a flag given its value alone.
+        assert!(errors >= cases.len() - flags.len(), "most cases are usage errors");
         // What the secret does not touch is still said.
         let out = shown(&["--listen=nowhere"]);
         assert!(out.contains("nowhere"), "{out}");
@@ -370,7 +379,8 @@ mod tests {
     #[test]
     fn secret_flags_are_marked() {
         let cmd = Args::command();
-        for long in ["token", "github-token", "gitlab-token", "azdo-pat", "git-url"] {
+        let credentials = notifiers::PROVIDERS.iter().map(|p| p.credential.flag);
+        for long in ["token", "git-url"].into_iter().chain(credentials) {
             let arg = cmd.get_arguments().find(|a| a.get_long() == Some(long)).unwrap();
             assert!(arg.is_hide_env_values_set(), "{long}");
         }

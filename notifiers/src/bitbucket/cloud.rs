@@ -75,12 +75,7 @@ pub fn repo_path(url: &GitUrl) -> Result<(String, String), GitUrlError> {
 
 /// `--api-url` or `https://api.bitbucket.org`, with `/2.0` appended once.
 pub fn api_base(api_url: Option<&str>) -> String {
-    let base = api_url.unwrap_or(DEFAULT_API).trim_end_matches('/');
-    if base.ends_with("/2.0") {
-        base.to_string()
-    } else {
-        format!("{base}/2.0")
-    }
+    http::with_api_prefix(api_url.unwrap_or(DEFAULT_API), "/2.0")
 }
 
 pub fn state(s: State) -> &'static str {

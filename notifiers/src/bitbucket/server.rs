@@ -114,9 +114,7 @@ pub fn repo_path(url: &GitUrl) -> Result<ServerRepo, GitUrlError> {
 
 /// `--api-url` or the server from the URL, with `/rest` appended once.
 pub fn rest_base(api_url: Option<&str>, repo: &ServerRepo) -> String {
-    let base = api_url.unwrap_or(&repo.base).trim_end_matches('/');
-    let base = base.strip_suffix("/rest").unwrap_or(base);
-    format!("{base}/rest")
+    http::with_api_prefix(api_url.unwrap_or(&repo.base), "/rest")
 }
 
 pub fn state(s: State) -> &'static str {
