@@ -3,7 +3,7 @@
 //! workload lists change over time, and writes `flux-status/dev/workload` into a
 //! GitHub fake whose every request is checked against GitHub's OpenAPI description.
 
-mod support;
+use crate::support;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 //! chart-values/flux-v2 ships), fluxd's routes are refused, not open; with `--token`
 //! every route needs it. The start-up log says how each route is authenticated.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use support::{Daemon, compact, connect_fluxd, fixture, post_as_fluxd};

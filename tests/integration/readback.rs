@@ -3,8 +3,8 @@
 //! settles, the newest accepted state is on top of every check, and no state was
 //! written twice; after an outage and a restart, one listing per commit.
 
-mod github_fake;
-mod support;
+use crate::github_fake;
+use crate::support;
 
 use github_fake::{Fault, GitHub};
 use serde_json::json;

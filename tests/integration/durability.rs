@@ -2,7 +2,7 @@
 //! outage, a burst far over GitHub's content-creation limit, metrics and readiness.
 //! The GitHub fake keeps the statuses it is sent and lists them back, as GitHub does.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use std::collections::HashMap;

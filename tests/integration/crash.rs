@@ -6,8 +6,8 @@
 //! Seeded: a failure prints its seed, and `CRASH_SEED=<seed>` replays the same choices
 //! (timing on a loaded machine may still differ).
 
-mod github_fake;
-mod support;
+use crate::github_fake;
+use crate::support;
 
 use github_fake::{Fault, GitHub};
 use serde_json::json;

@@ -3,7 +3,7 @@
 //! kept within the store's record limit, and survive a `kill -9` together with every
 //! event after them, and the log keeps compacting); a damaged record loses only itself.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use std::collections::HashMap;

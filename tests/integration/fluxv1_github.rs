@@ -2,7 +2,7 @@
 //! fluxd sends them) against the real daemon, writing into a GitHub fake whose every
 //! request is checked against GitHub's official OpenAPI description.
 
-mod support;
+use crate::support;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 //! events, signed) and controllers' --events-addr (raw events) into each provider's
 //! fake, every request checked against the provider's spec.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use std::time::Duration;
