@@ -141,7 +141,8 @@ async fn kill_minus_nine_mid_write_loses_nothing_and_writes_nothing_twice() {
     let (github, server) = GitHub::default().start().await;
     github.delay_ms.store(400, Ordering::Relaxed);
     let state = support::temp_dir("kill9");
-    let mut first = daemon(state.clone(), &server, &["--concurrency", "4"]).await;
+    let mut first =
+        Daemon::spawn_for_github(state.clone(), &server.uri(), TOKEN, &["--concurrency", "4"], &[]).await;
     let n = 30;
     for i in 0..n {
         let (code, _) = post_as_fluxd(&first.url("/v6/events"), sync_event(&sha(i), false), None).await;

@@ -328,7 +328,8 @@ async fn start_with_config(
     providers: &[&str],
 ) -> Daemon {
     std::fs::write(dir.join("repos.yaml"), config).unwrap();
-    let d = Daemon::start(
+    // `tokenEnv` reads the process environment: a child has one of its own.
+    let d = Daemon::spawn(
         &[
             "--config",
             dir.join("repos.yaml").to_str().unwrap(),

@@ -105,7 +105,7 @@ async fn large_events_and_every_event_after_them_survive_kill_minus_nine() {
     // Down while the events come in: every status is still pending at the kill.
     github.down.store(true, Ordering::Relaxed);
     let state = support::temp_dir("large-events");
-    let mut first = daemon(state.clone(), &server).await;
+    let mut first = Daemon::spawn_for_github(state.clone(), &server.uri(), TOKEN, &[], &[]).await;
 
     let huge = "e".repeat(HUGE);
     let (code, body) = post_as_fluxd(&first.url("/v6/events"), v1_sync(&sha(0), Some(&huge)), None).await;
@@ -200,7 +200,7 @@ async fn a_damaged_record_loses_only_itself() {
     let (github, server) = serve(GitHub::default()).await;
     github.down.store(true, Ordering::Relaxed);
     let state = support::temp_dir("damaged-log");
-    let mut first = daemon(state.clone(), &server).await;
+    let mut first = Daemon::spawn_for_github(state.clone(), &server.uri(), TOKEN, &[], &[]).await;
     let n = 50;
     for i in 0..n {
         let (code, _) = post_as_fluxd(&first.url("/v6/events"), v1_sync(&sha(i), None), None).await;

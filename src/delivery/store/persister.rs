@@ -186,9 +186,7 @@ impl Persister {
         let logs = tracing::dispatcher::get_default(|d| d.clone());
         std::thread::Builder::new()
             .name("outbox-store".into())
-            .spawn(move || {
-                tracing::dispatcher::with_default(&logs, || persist(store, &thread, on_event))
-            })
+            .spawn(move || tracing::dispatcher::with_default(&logs, || persist(store, &thread, on_event)))
             .map_err(StoreError::io(&path, "starting the persister thread"))?;
         Ok(Persister {
             owner: Some(Arc::new(Owner(shared))),
@@ -425,9 +423,8 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
             let spawned = std::thread::Builder::new()
                 .name("outbox-compact".into())
                 .spawn(move || {
-                    let result = tracing::dispatcher::with_default(&logs, || {
-                        compact_prefix(&dir, end.len, &space)
-                    });
+                    let result =
+                        tracing::dispatcher::with_default(&logs, || compact_prefix(&dir, end.len, &space));
                     let mut queue = helper.queue();
                     queue.compacted = Some((end, result));
                     helper.wake(&queue);
