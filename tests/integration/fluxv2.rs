@@ -66,16 +66,7 @@ const PROVIDERS: [P; 5] = [
 ];
 
 fn hmac_key_file() -> std::path::PathBuf {
-    let sigs: Value = serde_json::from_slice(&fixture("v2/forwarded/signatures.json")).unwrap();
-    let dir = support::temp_dir("hmac");
-    let path = dir.join("key");
-    std::fs::write(&path, sigs["hmacKey"].as_str().unwrap()).unwrap();
-    path
-}
-
-fn signature(file: &str) -> String {
-    let sigs: Value = serde_json::from_slice(&fixture("v2/forwarded/signatures.json")).unwrap();
-    sigs["files"][file]["X-Signature"].as_str().unwrap().to_string()
+    support::secret_file("key", &support::v2_hmac_key()).into()
 }
 
 /// POSTs as notification-controller's generic-hmac forwarder does.
@@ -146,7 +137,7 @@ async fn signed_forwarded_events_become_statuses_on_every_provider() {
             let (code, _) = forward(
                 &url,
                 fixture(&format!("v2/forwarded/{file}")),
-                Some(&signature(file)),
+                Some(&support::v2_signature(file)),
             )
             .await;
             assert_eq!(code, 202, "{}: {file}", p.name);
@@ -162,7 +153,7 @@ async fn signed_forwarded_events_become_statuses_on_every_provider() {
             let (code, _) = forward(
                 &url,
                 fixture(&format!("v2/forwarded/{file}")),
-                Some(&signature(file)),
+                Some(&support::v2_signature(file)),
             )
             .await;
             assert_eq!(code, 202, "{file}");
@@ -172,7 +163,7 @@ async fn signed_forwarded_events_become_statuses_on_every_provider() {
         forward(
             &url,
             fixture(&format!("v2/forwarded/{again}")),
-            Some(&signature(again)),
+            Some(&support::v2_signature(again)),
         )
         .await;
         let reqs = fake
@@ -243,7 +234,9 @@ async fn unsigned_oversized_and_malformed_events_get_their_answers() {
     let mut tampered = body.clone();
     tampered.extend_from_slice(b" ");
     assert_eq!(
-        forward(&url, tampered, Some(&signature(file))).await.0,
+        forward(&url, tampered, Some(&support::v2_signature(file)))
+            .await
+            .0,
         401,
         "body changed after signing"
     );
@@ -266,7 +259,10 @@ async fn unsigned_oversized_and_malformed_events_get_their_answers() {
         forward(&url, garbage, Some(&format!("sha256={sig}"))).await.0,
         400
     );
-    assert_eq!(forward(&url, body, Some(&signature(file))).await.0, 202);
+    assert_eq!(
+        forward(&url, body, Some(&support::v2_signature(file))).await.0,
+        202
+    );
     fake.expect_exactly(1, Duration::from_millis(300)).await;
 }
 

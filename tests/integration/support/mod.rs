@@ -20,6 +20,25 @@ pub fn fixture(rel: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// A file holding `contents`, as `--token-file` and `--hmac-key-file` read one.
+pub fn secret_file(name: &str, contents: &str) -> String {
+    let path = temp_dir("secret").join(name);
+    std::fs::write(&path, contents).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// notification-controller's `X-Signature` of a forwarded fixture, and the key it
+/// signed with.
+pub fn v2_signature(file: &str) -> String {
+    let sigs: serde_json::Value = serde_json::from_slice(&fixture("v2/forwarded/signatures.json")).unwrap();
+    sigs["files"][file]["X-Signature"].as_str().unwrap().to_string()
+}
+
+pub fn v2_hmac_key() -> String {
+    let sigs: serde_json::Value = serde_json::from_slice(&fixture("v2/forwarded/signatures.json")).unwrap();
+    sigs["hmacKey"].as_str().unwrap().to_string()
+}
+
 /// A fixture as fluxd sends it: compact JSON, no trailing newline.
 pub fn compact(rel: &str) -> Vec<u8> {
     let v: serde_json::Value = serde_json::from_slice(&fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
