@@ -10,6 +10,7 @@ mod fluxv1_github;
 mod fluxv2;
 mod github_app;
 mod github_fake;
+mod harness;
 mod hostile_input;
 mod layers;
 mod outbox_faults;

@@ -422,10 +422,11 @@ fn parse(mut argv: Vec<String>, env: &[(String, String)]) -> Args {
         let long = arg
             .get_long()
             .expect("a flag read from the environment has a long name");
-        if arg.get_action().takes_values() {
-            argv.push(format!("--{long}={value}"));
-        } else if matches!(value.as_str(), "true" | "1" | "yes" | "on") {
-            argv.push(format!("--{long}"));
+        match value.as_str() {
+            _ if arg.get_action().takes_values() => argv.push(format!("--{long}={value}")),
+            "true" | "1" | "yes" | "on" => argv.push(format!("--{long}")),
+            "false" | "0" | "no" | "off" | "" => {}
+            _ => panic!("{var}={value}: not a boolean"),
         }
     }
     let matches = command

@@ -1,0 +1,49 @@
+//! The in-process harness itself: what a test gives a daemon reaches it, and what a
+//! daemon logs stays its own.
+
+use crate::support::Daemon;
+
+#[tokio::test]
+async fn the_environment_reaches_the_daemon_as_the_flags_that_read_it() {
+    let d = Daemon::start(
+        &["--dry-run", "--git-url", "https://github.com/acme/app"],
+        &[
+            ("FLUX_STATUS_INSTANCE", "from-env"),
+            ("FLUX_STATUS_NO_PERSISTENCE", "true"),
+        ],
+    )
+    .await;
+    let line = d.wait_log(|l| l["message"] == "using notifier").await;
+    assert_eq!(line["instance"], "from-env", "{line}");
+    assert!(
+        d.find_log(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("running without persistence")))
+            .is_some(),
+        "a boolean variable sets its flag"
+    );
+}
+
+async fn dry_run(instance: &str) -> Daemon {
+    let args = [
+        "--dry-run",
+        "--git-url",
+        "https://github.com/acme/app",
+        "--instance",
+        instance,
+    ];
+    Daemon::start(&args, &[]).await
+}
+
+#[tokio::test]
+async fn each_daemon_keeps_its_own_logs() {
+    let (a, b) = (dry_run("alpha-one").await, dry_run("bravo-two").await);
+    for (d, own, other) in [(&a, "alpha-one", "bravo-two"), (&b, "bravo-two", "alpha-one")] {
+        let line = d.wait_log(|l| l["message"] == "using notifier").await;
+        assert_eq!(line["instance"], own, "{line}");
+        let logs = serde_json::to_string(&d.logs()).unwrap();
+        assert!(!logs.contains(other), "{own} has {other}'s lines: {logs}");
+    }
+    let ports = [a.addr, a.ops, b.addr, b.ops];
+    assert!(ports.iter().all(|p| p.port() != 0), "{ports:?}");
+}
