@@ -47,3 +47,15 @@ async fn each_daemon_keeps_its_own_logs() {
     let ports = [a.addr, a.ops, b.addr, b.ops];
     assert!(ports.iter().all(|p| p.port() != 0), "{ports:?}");
 }
+
+/// `stop()` drains and closes the outbox as SIGTERM does: a daemon started again
+/// on the same directory opens it (a store still held would refuse).
+#[tokio::test]
+async fn a_restart_reopens_the_same_state_directory() {
+    let first = dry_run("restarted").await;
+    let dir = first.state_dir.clone();
+    let second = first.restart().await;
+    assert_eq!(second.state_dir, dir);
+    let line = second.wait_log(|l| l["message"] == "durable outbox opened").await;
+    assert_eq!(line["path"], dir.display().to_string(), "{line}");
+}
