@@ -59,3 +59,16 @@ async fn a_restart_reopens_the_same_state_directory() {
     let line = second.wait_log(|l| l["message"] == "durable outbox opened").await;
     assert_eq!(line["path"], dir.display().to_string(), "{line}");
 }
+
+/// Dropped, a daemon stops at once and lets go of its directory, as a killed
+/// process would: the next daemon there starts.
+#[tokio::test]
+async fn a_dropped_daemon_lets_go_of_its_state_directory() {
+    let first = dry_run("dropped").await;
+    let dir = first.state_dir.clone();
+    drop(first);
+    let args = ["--dry-run", "--git-url", "https://github.com/acme/app"];
+    let second = Daemon::start_in(dir.clone(), &args, &[]).await;
+    let line = second.wait_log(|l| l["message"] == "durable outbox opened").await;
+    assert_eq!(line["path"], dir.display().to_string(), "{line}");
+}

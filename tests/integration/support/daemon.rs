@@ -331,6 +331,7 @@ impl Drop for Daemon {
                 if let Some(thread) = p.thread.take() {
                     let _ = thread.join();
                 }
+                wait_unlocked(&self.state_dir);
             }
             Running::Child(child) => {
                 let _ = child.kill();
@@ -555,4 +556,17 @@ fn log_panics() {
             shown(info);
         }));
     });
+}
+
+/// Until the outbox's lock is free. A killed process's lock goes with it; an aborted
+/// daemon's persister thread still writes what it was given, then lets go: a test
+/// that starts another daemon on the directory must not find it held.
+fn wait_unlocked(state_dir: &std::path::Path) {
+    let Ok(lock) = std::fs::File::open(state_dir.join("outbox.lock")) else {
+        return;
+    };
+    let deadline = Instant::now() + WAIT;
+    while lock.try_lock().is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
