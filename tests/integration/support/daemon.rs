@@ -109,6 +109,13 @@ impl Daemon {
         .map(String::from)
         .into();
         argv.push(state_dir.to_str().expect("a UTF-8 path").into());
+        // Sync-status tests count provider writes: workload statuses would add to
+        // them. A test turns polling on with `--poll-workloads`.
+        let polling_set = args.iter().any(|a| a.starts_with("--poll-workloads"))
+            || env.iter().any(|(k, _)| k == "FLUX_STATUS_POLL_WORKLOADS");
+        if !polling_set {
+            argv.push("--poll-workloads=false".into());
+        }
         argv.extend(args.iter().cloned());
         let logs = Logs::default();
         let (running, addr, ops) = match how {
@@ -373,10 +380,6 @@ fn for_github(
     (args, env)
 }
 
-/// Sync-status tests count provider writes: workload statuses would add to them.
-/// A test turns polling on with `--poll-workloads`.
-const NO_WORKLOAD_POLLS: (&str, &str) = ("FLUX_STATUS_POLL_WORKLOADS", "false");
-
 fn child(
     argv: Vec<String>,
     env: &[(String, String)],
@@ -391,7 +394,6 @@ fn child(
     for var in credentials.chain(["RUST_LOG"]) {
         cmd.env_remove(var);
     }
-    cmd.env(NO_WORKLOAD_POLLS.0, NO_WORKLOAD_POLLS.1);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -411,11 +413,7 @@ fn child(
 /// and must not set its environment, nor see the developer's `GITHUB_TOKEN`.
 fn parse(mut argv: Vec<String>, env: &[(String, String)]) -> Args {
     let command = Args::command();
-    let sets_polling = argv.iter().any(|a| a.starts_with("--poll-workloads"))
-        || env.iter().any(|(k, _)| k == NO_WORKLOAD_POLLS.0);
-    let defaults =
-        (!sets_polling).then(|| (NO_WORKLOAD_POLLS.0.to_string(), NO_WORKLOAD_POLLS.1.to_string()));
-    for (var, value) in env.iter().chain(&defaults) {
+    for (var, value) in env {
         let arg = command
             .get_arguments()
             .find(|a| a.get_env().is_some_and(|e| e == var.as_str()))
