@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod daemon;
+mod in_process;
 mod logs;
 pub mod openapi;
 
