@@ -1,5 +1,5 @@
 //! GitHub App authentication against a fake GitHub that enforces the App rules
-//! (tests/github_fake/app.rs): the notifier's tokens, the daemon and the CLI.
+//! (github_fake/app.rs): the notifier's tokens, the daemon and the CLI.
 
 use crate::github_fake;
 use crate::support;
