@@ -77,9 +77,39 @@ pub fn build_notifier(
     }
 }
 
-/// Runs the daemon until `shutdown` completes, then drains deliveries for at most
-/// `--shutdown-timeout`.
+/// The sockets the daemon serves on. Bound apart from [`serve`] so that whoever binds
+/// knows the addresses: the tests bind `127.0.0.1:0` and read the ports from here.
+pub struct Listeners {
+    pub ingest: TcpListener,
+    /// `None` with `--ops-listen off`.
+    pub ops: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `--listen` and `--ops-listen`.
+    pub async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
+        let ingest = bind(config.listen).await?;
+        let ops = match config.ops_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners { ingest, ops })
+    }
+}
+
+/// Binds the configured addresses and serves them until `shutdown` completes, then
+/// drains deliveries for at most `--shutdown-timeout`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let listeners = Listeners::bind(&config).await?;
+    serve(config, listeners, shutdown).await
+}
+
+/// [`run`] on listeners already bound.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new());
     let mut routes = HashMap::new();
     let mut notifiers = Vec::new();
@@ -247,12 +277,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         refusal_log: Throttle::new(),
     });
 
-    let ingest_listener = bind(config.listen).await?;
+    let Listeners {
+        ingest: ingest_listener,
+        ops: ops_listener,
+    } = listeners;
     let ingest_addr = ingest_listener.local_addr().unwrap_or(config.listen);
-    let ops_listener = match config.ops_listen {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
 
     let stop_delivery = CancellationToken::new();
     let delivery_task = tokio::spawn(

@@ -5,7 +5,7 @@
 //! ```
 //! Ingest never calls a provider; mapping does no I/O; notifiers know nothing of Flux.
 //! The layers and the rule that no module imports upwards: docs/architecture.md;
-//! tests/layers.rs enforces it.
+//! tests/integration/layers.rs enforces it.
 
 pub mod auth;
 pub mod cli;

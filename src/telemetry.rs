@@ -1,27 +1,43 @@
 //! Logging: JSON (default, for log pipelines) or text, to stderr.
 
-use crate::config::LogFormat;
+use crate::config::{Args, LogFormat};
 use std::fmt;
 use std::io::IsTerminal;
-use tracing::Subscriber;
+use tracing::{Dispatch, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// The level `--log-level` and `--debug` ask for.
+pub fn level(args: &Args) -> &str {
+    if args.debug { "debug" } else { &args.log_level }
+}
+
 /// `RUST_LOG` wins over `level` when set, for per-module debugging.
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
-        _ => EnvFilter::try_new(level),
-    }
-    .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => v,
+        _ => level.to_string(),
+    };
+    let filter = EnvFilter::try_new(directives).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
     // Colour only for a person at a terminal, never into a log file or pipeline.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     subscriber(format, filter, ansi, std::io::stderr)
         .try_init()
         .map_err(|e| e.to_string())
+}
+
+/// The subscriber [`init`] installs, writing to `writer` at `level` (no `RUST_LOG`,
+/// no colour), for a caller that installs it per thread: the tests run several
+/// daemons in one process, each with logs of its own.
+pub fn to_writer<W>(format: LogFormat, level: &str, writer: W) -> Result<Dispatch, String>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    Ok(Dispatch::new(subscriber(format, filter, false, writer)))
 }
 
 fn subscriber<W>(

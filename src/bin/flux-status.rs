@@ -4,12 +4,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Args = config::parse_args();
-    let level = if args.debug {
-        "debug".to_string()
-    } else {
-        args.log_level.clone()
-    };
-    if let Err(e) = telemetry::init(args.log_format, &level) {
+    if let Err(e) = telemetry::init(args.log_format, telemetry::level(&args)) {
         eprintln!("flux-status: {e}");
         return ExitCode::from(2);
     }

@@ -277,7 +277,7 @@ mod tests {
     use notifiers::{PROVIDERS, Provider};
 
     /// Each provider's flags and variables come from its spec; the token flag is
-    /// secret. (tests/cli.rs checks the CLI's.)
+    /// secret. (tests/integration/cli.rs checks the CLI's.)
     #[test]
     fn every_provider_s_flags_derive_from_the_registry() {
         for cmd in [Args::command()] {

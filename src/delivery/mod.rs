@@ -248,6 +248,12 @@ impl Delivery {
         lock(&self.outbox).len()
     }
 
+    /// What the outbox holds, for handlers' tests to check what an event became.
+    #[cfg(test)]
+    pub(crate) fn pending_updates(&self) -> Vec<StatusUpdate> {
+        lock(&self.outbox).pending().cloned().collect()
+    }
+
     /// Saves the workload poll under way (`None`: finished) in the same store, in
     /// order with the statuses it posted.
     pub async fn save_poll(&self, poll: Option<Vec<u8>>) {

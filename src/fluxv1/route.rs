@@ -152,6 +152,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_syncs_statuses_are_its_commits_under_the_sync_check_of_the_repository() {
+        let i = intake(None, None, 100);
+        let out = send(&i, fixture("v1/event-sync.json"), &[]).await;
+        assert!(matches!(&out, Outcome::Accepted { statuses: 2, .. }), "{out:?}");
+        let mut shas: Vec<String> = i
+            .delivery
+            .pending_updates()
+            .into_iter()
+            .map(|u| {
+                assert_eq!(u.repo, "github.com/o/r".into());
+                assert_eq!(u.status.check.as_str(), "flux-status/dev/sync");
+                assert_eq!(u.status.state, notifiers::State::Succeeded);
+                u.status.sha.as_str().to_string()
+            })
+            .collect();
+        shas.sort();
+        assert_eq!(
+            shas,
+            [
+                "2b6bf5d1a0f6f0c3c4c1f6f2c1bb0f4b9b2f7e3a",
+                "9f2c1bbd5e1dd2c0d2c5bfe1f6a0cbb0a3a9c6e1"
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn an_event_with_no_status_is_skipped_not_refused() {
         let i = intake(None, None, 100);
         let out = send(&i, fixture("v1/event-commit-policy.json"), &[]).await;

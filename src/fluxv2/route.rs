@@ -196,4 +196,67 @@ mod tests {
         }
         assert_eq!(i.delivery.pending(), 0);
     }
+
+    #[tokio::test]
+    async fn an_accepted_event_leaves_its_status_for_the_repository_its_rule_names() {
+        let i = intake(None, None, 100);
+        let mut routed = ctx();
+        let kustomizations: crate::fluxv2::map::ObjectMatch =
+            std::sync::Arc::new(|o| o.kind == "Kustomization");
+        let helm: crate::fluxv2::map::ObjectMatch = std::sync::Arc::new(|o| o.kind == "HelmRelease");
+        routed.rules = vec![
+            (helm, "gitlab.com/g/helm".into()),
+            (kustomizations, "gitlab.com/g/apps".into()),
+        ];
+        let out = handle(&i, &routed, post(succeeded(), &[])).await;
+        assert!(matches!(&out, Outcome::Accepted { statuses: 1, .. }), "{out:?}");
+        let updates = i.delivery.pending_updates();
+        let [u] = updates.as_slice() else {
+            panic!("{updates:?}")
+        };
+        assert_eq!(u.repo, "gitlab.com/g/apps".into());
+        assert_eq!(u.status.sha.as_str(), "731f7eaddfb6af01cb2173e18f0f75b0ba780ef1");
+        assert_eq!(u.status.state, notifiers::State::Succeeded);
+        assert_eq!(
+            u.status.check.as_str(),
+            "flux-status/prod/kustomization/flux-system/apps"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_object_no_rule_matches_goes_to_the_fallback_or_nowhere() {
+        let i = intake(None, None, 100);
+        let helm: crate::fluxv2::map::ObjectMatch = std::sync::Arc::new(|o| o.kind == "HelmRelease");
+        let mut routed = ctx();
+        routed.rules = vec![(helm, "gitlab.com/g/helm".into())];
+        let out = handle(&i, &routed, post(succeeded(), &[])).await;
+        assert!(matches!(&out, Outcome::Accepted { .. }), "{out:?}");
+        assert_eq!(i.delivery.pending_updates()[0].repo, "github.com/o/r".into());
+        routed.fallback = None;
+        let other = intake(None, None, 100);
+        let out = handle(&other, &routed, post(succeeded(), &[])).await;
+        assert!(
+            matches!(&out, Outcome::Skipped { kind: "kustomization", skips } if skips == &[Skip::NoRepo]),
+            "{out:?}"
+        );
+        assert_eq!(other.delivery.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kind_is_counted_as_other_and_a_full_outbox_refuses_the_event() {
+        let i = intake(None, None, 0);
+        let mut ev: serde_json::Value = serde_json::from_slice(&succeeded()).expect("JSON");
+        ev["involvedObject"]["kind"] = "ImagePolicy".into();
+        let body = serde_json::to_vec(&ev).expect("JSON");
+        let out = handle(&i, &ctx(), post(body, &[])).await;
+        let Outcome::Rejected(rejection) = out else {
+            panic!("{out:?}")
+        };
+        assert!(
+            matches!(&rejection, Rejection::NotStored { kind: "other", .. }),
+            "{rejection:?}"
+        );
+        assert_eq!(rejection.label(), "queue_full");
+        assert_eq!(rejection.status().as_u16(), 503, "the controller retries");
+    }
 }

@@ -77,7 +77,7 @@ mod tests {
     use serde_json::Value;
 
     fn fixture(rel: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/tests/fixtures/v2/{rel}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        crate::mapping::fixture(&format!("v2/{rel}"))
     }
 
     #[test]

@@ -181,9 +181,12 @@ impl Persister {
         });
         let thread = shared.clone();
         let path = store.path.clone();
+        // The thread logs where its daemon does: a process running several daemons
+        // (the tests) gives each its own dispatcher, and a new thread has none.
+        let logs = tracing::dispatcher::get_default(|d| d.clone());
         std::thread::Builder::new()
             .name("outbox-store".into())
-            .spawn(move || persist(store, &thread, on_event))
+            .spawn(move || tracing::dispatcher::with_default(&logs, || persist(store, &thread, on_event)))
             .map_err(StoreError::io(&path, "starting the persister thread"))?;
         Ok(Persister {
             owner: Some(Arc::new(Owner(shared))),
@@ -416,10 +419,12 @@ fn persist(mut store: Store, shared: &Arc<Shared>, on_event: impl Fn(StoreEvent<
             }
             let _ = space.found_full();
             let helper = shared.clone();
+            let logs = tracing::dispatcher::get_default(|d| d.clone());
             let spawned = std::thread::Builder::new()
                 .name("outbox-compact".into())
                 .spawn(move || {
-                    let result = compact_prefix(&dir, end.len, &space);
+                    let result =
+                        tracing::dispatcher::with_default(&logs, || compact_prefix(&dir, end.len, &space));
                     let mut queue = helper.queue();
                     queue.compacted = Some((end, result));
                     helper.wake(&queue);

@@ -3,7 +3,7 @@
 //! real daemon process. Every request must be answered with a sensible status, and
 //! the process must stay up and keep working.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::{Daemon, compact};

@@ -22,8 +22,7 @@ pub fn key_pem() -> String {
 }
 
 fn read(name: &str) -> String {
-    let path = format!("{}/tests/fixtures/github-app/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    String::from_utf8(crate::support::fixture(&format!("github-app/{name}"))).expect("a PEM file")
 }
 
 #[derive(Clone, Debug)]

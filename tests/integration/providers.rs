@@ -2,7 +2,7 @@
 //! (checked against the official OpenAPI / Swagger description), and how every kind
 //! of error answer is classified for delivery.
 
-mod support;
+use crate::support;
 
 use notifiers::http::HttpConfig;
 use notifiers::{Check, CommitStatus, GitUrl, Notifier, ProviderSpec, Reason, Retry, Sha, State};

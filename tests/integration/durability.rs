@@ -2,120 +2,26 @@
 //! outage, a burst far over GitHub's content-creation limit, metrics and readiness.
 //! The GitHub fake keeps the statuses it is sent and lists them back, as GitHub does.
 
-mod support;
+use crate::github_fake::{Fault, GitHub};
+use crate::support;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{Daemon, post_as_fluxd};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
 
 const TOKEN: &str = "ghp_durability";
 
-#[derive(Clone, Debug)]
-struct Written {
-    sha: String,
-    state: String,
-    at: Instant,
+/// The newest state per sha (every check here is the sync check).
+fn current(github: &GitHub) -> HashMap<String, String> {
+    github.applied().into_iter().map(|s| (s.sha, s.state)).collect()
 }
 
-/// A GitHub that remembers: POST appends a status, GET lists them newest first.
-#[derive(Clone, Default)]
-struct GitHub {
-    writes: Arc<Mutex<Vec<Written>>>,
-    /// Milliseconds each write takes to answer.
-    delay_ms: Arc<AtomicU64>,
-    /// Answer writes with 503 until this instant.
-    down_until: Arc<Mutex<Option<Instant>>>,
-    /// Credential the fake accepts.
-    token: Arc<Mutex<String>>,
-}
-
-impl Respond for GitHub {
-    fn respond(&self, req: &Request) -> ResponseTemplate {
-        let auth = req
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if auth != format!("Bearer {}", self.token.lock().unwrap()) {
-            return ResponseTemplate::new(401).set_body_json(json!({"message": "Bad credentials"}));
-        }
-        let path = req.url.path().to_string();
-        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match (req.method.as_str(), parts.as_slice()) {
-            ("POST", ["repos", _, _, "statuses", sha]) => {
-                if self
-                    .down_until
-                    .lock()
-                    .unwrap()
-                    .is_some_and(|t| Instant::now() < t)
-                {
-                    return ResponseTemplate::new(503).set_body_string("upstream unavailable");
-                }
-                let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
-                let state = body["state"].as_str().unwrap_or("").to_string();
-                self.writes.lock().unwrap().push(Written {
-                    sha: sha.to_string(),
-                    state,
-                    at: Instant::now(),
-                });
-                let id = self.writes.lock().unwrap().len();
-                ResponseTemplate::new(201)
-                    .insert_header("x-ratelimit-remaining", "4321")
-                    .insert_header("x-ratelimit-reset", "1999999999")
-                    .set_body_json(json!({"id": id, "state": body["state"], "context": body["context"], "description": body["description"]}))
-                    .set_delay(Duration::from_millis(self.delay_ms.load(Ordering::Relaxed)))
-            }
-            ("GET", ["repos", _, _, "commits", sha, "statuses"]) => {
-                let writes = self.writes.lock().unwrap();
-                let list: Vec<Value> = writes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, w)| w.sha == *sha)
-                    .rev()
-                    .map(|(i, w)| json!({"id": i + 1, "state": w.state, "context": "flux-status/dev/sync", "description": "x"}))
-                    .collect();
-                ResponseTemplate::new(200).set_body_json(list)
-            }
-            ("GET", ["repos", _, _]) => {
-                ResponseTemplate::new(200).set_body_json(json!({"id": 1, "full_name": "acme/app"}))
-            }
-            _ => ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found"})),
-        }
-    }
-}
-
-impl GitHub {
-    async fn start(self) -> (Self, MockServer) {
-        *self.token.lock().unwrap() = TOKEN.into();
-        let server = MockServer::start().await;
-        Mock::given(any()).respond_with(self.clone()).mount(&server).await;
-        (self, server)
-    }
-
-    fn writes(&self) -> Vec<Written> {
-        self.writes.lock().unwrap().clone()
-    }
-
-    /// Newest state per sha.
-    fn current(&self) -> HashMap<String, String> {
-        self.writes().into_iter().map(|w| (w.sha, w.state)).collect()
-    }
-
-    async fn wait_until(&self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !done(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; writes: {}",
-                self.writes().len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+/// A GitHub that takes only [`TOKEN`].
+async fn github() -> GitHub {
+    let github = GitHub::start().await;
+    github.require_token(TOKEN);
+    github
 }
 
 fn sha(i: usize) -> String {
@@ -132,16 +38,17 @@ fn sync_event(sha: &str, failed: bool) -> Vec<u8> {
         .into_bytes()
 }
 
-async fn daemon(state_dir: std::path::PathBuf, github: &MockServer, extra: &[&str]) -> Daemon {
+async fn daemon(state_dir: std::path::PathBuf, github: &GitHub, extra: &[&str]) -> Daemon {
     Daemon::start_for_github(state_dir, &github.uri(), TOKEN, extra, &[]).await
 }
 
 #[tokio::test]
 async fn kill_minus_nine_mid_write_loses_nothing_and_writes_nothing_twice() {
-    let (github, server) = GitHub::default().start().await;
-    github.delay_ms.store(400, Ordering::Relaxed);
+    let github = github().await;
+    github.delay_writes(Duration::from_millis(400));
     let state = support::temp_dir("kill9");
-    let mut first = daemon(state.clone(), &server, &["--concurrency", "4"]).await;
+    let mut first =
+        Daemon::spawn_for_github(state.clone(), &github.uri(), TOKEN, &["--concurrency", "4"], &[]).await;
     let n = 30;
     for i in 0..n {
         let (code, _) = post_as_fluxd(&first.url("/v6/events"), sync_event(&sha(i), false), None).await;
@@ -149,24 +56,24 @@ async fn kill_minus_nine_mid_write_loses_nothing_and_writes_nothing_twice() {
     }
     // Writes are under way (4 at a time, 400 ms each): kill without warning.
     github
-        .wait_until("some writes", Duration::from_secs(15), |g| g.writes().len() >= 6)
+        .wait_until("some writes", Duration::from_secs(15), |g| g.applied().len() >= 6)
         .await;
     first.signal("KILL");
     first.wait_exit().await;
-    let before_restart = github.writes().len();
+    let before_restart = github.applied().len();
     assert!(before_restart < n, "the kill came too late to test anything");
 
-    github.delay_ms.store(0, Ordering::Relaxed);
+    github.delay_writes(Duration::ZERO);
     // Writes cut off by the kill are read back once they can no longer land.
-    let second = daemon(state.clone(), &server, &["--settle-after", "1s"]).await;
+    let second = daemon(state.clone(), &github, &["--settle-after", "1s"]).await;
     github
         .wait_until("every accepted status", Duration::from_secs(30), |g| {
-            g.current().len() == n
+            current(g).len() == n
         })
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut per_sha: HashMap<String, usize> = HashMap::new();
-    for w in github.writes() {
+    for w in github.applied() {
         *per_sha.entry(w.sha).or_default() += 1;
     }
     let twice: Vec<_> = per_sha.iter().filter(|(_, n)| **n > 1).collect();
@@ -182,7 +89,7 @@ async fn kill_minus_nine_mid_write_loses_nothing_and_writes_nothing_twice() {
     assert_eq!(code, 202);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        github.writes().len(),
+        github.applied().len(),
         n,
         "a repeated state was written again after the restart"
     );
@@ -190,11 +97,16 @@ async fn kill_minus_nine_mid_write_loses_nothing_and_writes_nothing_twice() {
 
 #[tokio::test]
 async fn a_minute_long_outage_delays_but_loses_nothing() {
-    let (github, server) = GitHub::default().start().await;
-    *github.down_until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(60));
+    let github = github().await;
+    github.outage(Some(Fault::Unavailable));
+    let back = github.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        back.outage(None);
+    });
     let d = daemon(
         support::temp_dir("outage"),
-        &server,
+        &github,
         &[
             "--retry-initial",
             "200ms",
@@ -211,15 +123,15 @@ async fn a_minute_long_outage_delays_but_loses_nothing() {
     }
     github
         .wait_until("delivery after the outage", Duration::from_secs(100), |g| {
-            g.current().len() == 5
+            current(g).len() == 5
         })
         .await;
     let want: HashMap<String, String> = (0..5)
         .map(|i| (sha(i), if i % 2 == 1 { "failure" } else { "success" }.to_string()))
         .collect();
-    assert_eq!(github.current(), want);
+    assert_eq!(current(&github), want);
     assert_eq!(
-        github.writes().len(),
+        github.applied().len(),
         5,
         "one write per check once the provider is back"
     );
@@ -232,9 +144,9 @@ async fn a_minute_long_outage_delays_but_loses_nothing() {
 
 #[tokio::test]
 async fn a_burst_far_over_the_limit_costs_one_write_per_check() {
-    let (github, server) = GitHub::default().start().await;
+    let github = github().await;
     // GitHub's content-creation default: 80 writes a minute.
-    let d = daemon(support::temp_dir("burst"), &server, &["--queue-capacity", "1000"]).await;
+    let d = daemon(support::temp_dir("burst"), &github, &["--queue-capacity", "1000"]).await;
     let url = d.url("/v6/events");
     let checks = 100;
     let rounds = 100;
@@ -257,12 +169,12 @@ async fn a_burst_far_over_the_limit_costs_one_write_per_check() {
     // Round 99 is odd: every check ends failed.
     github
         .wait_until("every check's final state", Duration::from_secs(150), |g| {
-            let cur = g.current();
+            let cur = current(g);
             cur.len() == checks && cur.values().all(|s| s == "failure")
         })
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let writes = github.writes();
+    let writes = github.applied();
     let mut after: HashMap<String, usize> = HashMap::new();
     for w in writes.iter().filter(|w| w.at > burst_end) {
         *after.entry(w.sha.clone()).or_default() += 1;
@@ -285,9 +197,9 @@ async fn a_burst_far_over_the_limit_costs_one_write_per_check() {
 
 #[tokio::test]
 async fn metrics_and_readiness_tell_the_truth() {
-    let (github, server) = GitHub::default().start().await;
-    *github.token.lock().unwrap() = "something-else".into();
-    let d = daemon(support::temp_dir("ready"), &server, &[]).await;
+    let github = github().await;
+    github.require_token("something-else");
+    let d = daemon(support::temp_dir("ready"), &github, &[]).await;
     let http = support::http();
     let readyz = |ops| {
         let http = http.clone();
@@ -304,8 +216,8 @@ async fn metrics_and_readiness_tell_the_truth() {
     assert_eq!(body["checks"]["outbox_writable"], true);
     drop(d);
 
-    *github.token.lock().unwrap() = TOKEN.into();
-    let d = daemon(support::temp_dir("ready2"), &server, &[]).await;
+    github.require_token(TOKEN);
+    let d = daemon(support::temp_dir("ready2"), &github, &[]).await;
     d.wait_log(|l| l["message"] == "provider accepted the credential")
         .await;
     assert_eq!(readyz(d.ops).await.0, 200);
@@ -314,7 +226,9 @@ async fn metrics_and_readiness_tell_the_truth() {
     }
     post_as_fluxd(&d.url("/v6/events"), b"{oops".to_vec(), None).await;
     github
-        .wait_until("three writes", Duration::from_secs(10), |g| g.writes().len() == 3)
+        .wait_until("three writes", Duration::from_secs(10), |g| {
+            g.applied().len() == 3
+        })
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let m = |s: &'static str| d.metric(s);

@@ -2,7 +2,7 @@
 //! events, signed) and controllers' --events-addr (raw events) into each provider's
 //! fake, every request checked against the provider's spec.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use std::time::Duration;
@@ -82,16 +82,7 @@ const PROVIDERS: [P; 7] = [
 ];
 
 fn hmac_key_file() -> std::path::PathBuf {
-    let sigs: Value = serde_json::from_slice(&fixture("v2/forwarded/signatures.json")).unwrap();
-    let dir = support::temp_dir("hmac");
-    let path = dir.join("key");
-    std::fs::write(&path, sigs["hmacKey"].as_str().unwrap()).unwrap();
-    path
-}
-
-fn signature(file: &str) -> String {
-    let sigs: Value = serde_json::from_slice(&fixture("v2/forwarded/signatures.json")).unwrap();
-    sigs["files"][file]["X-Signature"].as_str().unwrap().to_string()
+    support::secret_file("key", &support::v2_hmac_key()).into()
 }
 
 /// POSTs as notification-controller's generic-hmac forwarder does.
@@ -166,7 +157,7 @@ async fn signed_forwarded_events_become_statuses_on_every_provider() {
             let (code, _) = forward(
                 &url,
                 fixture(&format!("v2/forwarded/{file}")),
-                Some(&signature(file)),
+                Some(&support::v2_signature(file)),
             )
             .await;
             assert_eq!(code, 202, "{}: {file}", p.name);
@@ -182,7 +173,7 @@ async fn signed_forwarded_events_become_statuses_on_every_provider() {
             let (code, _) = forward(
                 &url,
                 fixture(&format!("v2/forwarded/{file}")),
-                Some(&signature(file)),
+                Some(&support::v2_signature(file)),
             )
             .await;
             assert_eq!(code, 202, "{file}");
@@ -192,7 +183,7 @@ async fn signed_forwarded_events_become_statuses_on_every_provider() {
         forward(
             &url,
             fixture(&format!("v2/forwarded/{again}")),
-            Some(&signature(again)),
+            Some(&support::v2_signature(again)),
         )
         .await;
         let reqs = fake
@@ -263,7 +254,9 @@ async fn unsigned_oversized_and_malformed_events_get_their_answers() {
     let mut tampered = body.clone();
     tampered.extend_from_slice(b" ");
     assert_eq!(
-        forward(&url, tampered, Some(&signature(file))).await.0,
+        forward(&url, tampered, Some(&support::v2_signature(file)))
+            .await
+            .0,
         401,
         "body changed after signing"
     );
@@ -286,7 +279,10 @@ async fn unsigned_oversized_and_malformed_events_get_their_answers() {
         forward(&url, garbage, Some(&format!("sha256={sig}"))).await.0,
         400
     );
-    assert_eq!(forward(&url, body, Some(&signature(file))).await.0, 202);
+    assert_eq!(
+        forward(&url, body, Some(&support::v2_signature(file))).await.0,
+        202
+    );
     fake.expect_exactly(1, Duration::from_millis(300)).await;
 }
 
@@ -348,7 +344,8 @@ async fn start_with_config(
     providers: &[&str],
 ) -> Daemon {
     std::fs::write(dir.join("repos.yaml"), config).unwrap();
-    let d = Daemon::start(
+    // `tokenEnv` reads the process environment: a child has one of its own.
+    let d = Daemon::spawn(
         &[
             "--config",
             dir.join("repos.yaml").to_str().unwrap(),

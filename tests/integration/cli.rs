@@ -1,7 +1,7 @@
 //! flux-status-cli against provider fakes that page like the real APIs and hold
 //! hundreds of statuses from other tools and other instances.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! fluxd sends them) against the real daemon, writing into a GitHub fake whose every
 //! request is checked against GitHub's official OpenAPI description.
 
-mod support;
+use crate::support;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -17,7 +17,7 @@ use wiremock::ResponseTemplate;
 const TOKEN: &str = "ghp_test_token_do_not_log";
 const PVC_TEST: &str = "default:persistentvolumeclaim/test";
 
-async fn github_daemon(fake: &Fake, extra: &[&str]) -> Daemon {
+fn github_args(fake: &Fake, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "--git-url",
         "git@github.com:acme/app.git",
@@ -29,7 +29,20 @@ async fn github_daemon(fake: &Fake, extra: &[&str]) -> Daemon {
     args.extend_from_slice(extra);
     let api = fake.uri();
     args.extend_from_slice(&["--api-url", &api]);
+    args.into_iter().map(String::from).collect()
+}
+
+async fn github_daemon(fake: &Fake, extra: &[&str]) -> Daemon {
+    let args = github_args(fake, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Daemon::start(&args, &[("GITHUB_TOKEN", TOKEN)]).await
+}
+
+/// A child process, for the tests that send it SIGTERM.
+async fn github_child(fake: &Fake, extra: &[&str]) -> Daemon {
+    let args = github_args(fake, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::spawn(&args, &[("GITHUB_TOKEN", TOKEN)]).await
 }
 
 fn expected_status(state: &str, description: &str) -> Value {
@@ -370,7 +383,7 @@ async fn a_slow_provider_never_delays_fluxd() {
 #[tokio::test]
 async fn sigterm_drains_pending_statuses_before_exit() {
     let github = Fake::start(created().set_delay(Duration::from_millis(500)), vec![]).await;
-    let mut daemon = github_daemon(&github, &["--shutdown-timeout", "10s"]).await;
+    let mut daemon = github_child(&github, &["--shutdown-timeout", "10s"]).await;
     for name in [
         "v1/event-sync.json",
         "v1/fluxcloud-sync.json",
@@ -397,7 +410,7 @@ async fn sigterm_drains_pending_statuses_before_exit() {
 #[tokio::test]
 async fn sigterm_reports_what_could_not_be_delivered() {
     let github = Fake::start(ResponseTemplate::new(503), vec![]).await;
-    let mut daemon = github_daemon(&github, &["--shutdown-timeout", "300ms"]).await;
+    let mut daemon = github_child(&github, &["--shutdown-timeout", "300ms"]).await;
     let (status, _) = post_as_fluxd(&daemon.url("/v6/events"), compact("v1/event-sync.json"), None).await;
     assert_eq!(status, 202);
     github.wait_for(1).await;

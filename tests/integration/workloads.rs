@@ -3,7 +3,7 @@
 //! workload lists change over time, and writes `flux-status/dev/workload` into a
 //! GitHub fake whose every request is checked against GitHub's OpenAPI description.
 
-mod support;
+use crate::support;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -619,11 +619,11 @@ async fn a_poll_under_way_resumes_after_a_restart() {
     let github = Fake::start(github_created(), vec![]).await;
     let http = HttpApi::start(Answer::List(json!([workload(PODINFO, "updating")]))).await;
     let state = support::temp_dir("resume");
-    let mut first = daemon_in(state.clone(), &github, &http.flag(), &[]).await;
+    let first = daemon_in(state.clone(), &github, &http.flag(), &[]).await;
     post_sync(&first, A, &[PODINFO]).await;
     wait_workload(&github, A, st("pending", "waiting for 1 workload")).await;
-    first.signal("TERM");
-    assert!(first.wait_exit().await.success());
+    // What SIGTERM does; tests/integration/fluxv1_github.rs sends the signal itself.
+    first.stop().await.expect("a clean stop");
 
     http.script.set(Answer::List(json!([workload(PODINFO, "ready")])));
     let second = daemon_in(state, &github, &http.flag(), &[]).await;

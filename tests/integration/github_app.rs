@@ -1,8 +1,8 @@
 //! GitHub App authentication against a fake GitHub that enforces the App rules
-//! (tests/github_fake/app.rs): the notifier's tokens, the daemon and the CLI.
+//! (github_fake/app.rs): the notifier's tokens, the daemon and the CLI.
 
-mod github_fake;
-mod support;
+use crate::github_fake;
+use crate::support;
 
 use github_fake::app::{APP_ID, AppGitHub, INSTALLATION, key_pem};
 use notifiers::{

@@ -2,7 +2,7 @@
 //! closed at their deadlines, connections over the cap are refused at once, body
 //! bytes being read are bounded, and probes and events keep being answered.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 use support::{Daemon, compact};

@@ -3,50 +3,24 @@
 //! kept within the store's record limit, and survive a `kill -9` together with every
 //! event after them, and the log keeps compacting); a damaged record loses only itself.
 
-mod support;
+use crate::github_fake::{Fault, GitHub};
+use crate::support;
 
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{Daemon, post_as_fluxd};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
 
 const TOKEN: &str = "ghp_large_events";
 const HUGE: usize = 1_500_000;
 
-/// A GitHub that keeps the statuses it is sent (sha → description), or is down.
-#[derive(Clone, Default)]
-struct GitHub {
-    statuses: Arc<Mutex<HashMap<String, String>>>,
-    down: Arc<AtomicBool>,
-}
-
-impl Respond for GitHub {
-    fn respond(&self, req: &Request) -> ResponseTemplate {
-        let path = req.url.path().to_string();
-        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match (req.method.as_str(), parts.as_slice()) {
-            ("POST", ["repos", _, _, "statuses", sha]) => {
-                if self.down.load(Ordering::Relaxed) {
-                    return ResponseTemplate::new(503).set_body_string("upstream unavailable");
-                }
-                let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
-                let description = body["description"].as_str().unwrap_or("").to_string();
-                self.statuses.lock().unwrap().insert(sha.to_string(), description);
-                ResponseTemplate::new(201)
-                    .set_body_json(json!({"id": 1, "state": body["state"], "context": body["context"]}))
-            }
-            ("GET", ["repos", _, _, "commits", _, "statuses"]) => {
-                ResponseTemplate::new(200).set_body_json(json!([]))
-            }
-            ("GET", ["repos", _, _]) => {
-                ResponseTemplate::new(200).set_body_json(json!({"id": 1, "full_name": "acme/app"}))
-            }
-            _ => ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found"})),
-        }
-    }
+/// The description of the last status applied to each commit.
+fn descriptions(github: &GitHub) -> HashMap<String, String> {
+    github
+        .applied()
+        .into_iter()
+        .map(|s| (s.sha, s.description))
+        .collect()
 }
 
 fn sha(i: usize) -> String {
@@ -77,7 +51,7 @@ fn v2_failed(sha: &str, message: &str) -> Vec<u8> {
     .unwrap()
 }
 
-async fn daemon(state: std::path::PathBuf, github: &MockServer) -> Daemon {
+async fn daemon(state: std::path::PathBuf, github: &GitHub) -> Daemon {
     Daemon::start_for_github(state, &github.uri(), TOKEN, &[], &[]).await
 }
 
@@ -89,23 +63,13 @@ async fn wait_for(what: impl Fn() -> String, timeout: Duration, mut done: impl F
     }
 }
 
-/// `github` answering every request on a server of its own.
-async fn serve(github: GitHub) -> (GitHub, MockServer) {
-    let server = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(github.clone())
-        .mount(&server)
-        .await;
-    (github, server)
-}
-
 #[tokio::test]
 async fn large_events_and_every_event_after_them_survive_kill_minus_nine() {
-    let (github, server) = serve(GitHub::default()).await;
+    let github = GitHub::start().await;
     // Down while the events come in: every status is still pending at the kill.
-    github.down.store(true, Ordering::Relaxed);
+    github.outage(Some(Fault::Unavailable));
     let state = support::temp_dir("large-events");
-    let mut first = daemon(state.clone(), &server).await;
+    let mut first = Daemon::spawn_for_github(state.clone(), &github.uri(), TOKEN, &[], &[]).await;
 
     let huge = "e".repeat(HUGE);
     let (code, body) = post_as_fluxd(&first.url("/v6/events"), v1_sync(&sha(0), Some(&huge)), None).await;
@@ -125,22 +89,21 @@ async fn large_events_and_every_event_after_them_survive_kill_minus_nine() {
     first.signal("KILL");
     first.wait_exit().await;
 
-    github.down.store(false, Ordering::Relaxed);
-    let second = daemon(state.clone(), &server).await;
-    let statuses = github.statuses.clone();
+    github.outage(None);
+    let second = daemon(state.clone(), &github).await;
     wait_for(
         || {
-            let n = github.statuses.lock().unwrap().len();
+            let n = descriptions(&github).len();
             format!("a status for every acknowledged event: {n} of 22 delivered")
         },
         Duration::from_secs(60),
-        || statuses.lock().unwrap().len() == 22,
+        || descriptions(&github).len() == 22,
     )
     .await;
     assert!(
-        github.statuses.lock().unwrap()[&sha(0)].starts_with("Sync failed for 1 resource"),
+        descriptions(&github)[&sha(0)].starts_with("Sync failed for 1 resource"),
         "{:?}",
-        &github.statuses.lock().unwrap()[&sha(0)]
+        &descriptions(&github)[&sha(0)]
     );
     assert!(
         second
@@ -197,10 +160,10 @@ fn record_starts(log: &[u8]) -> Vec<usize> {
 
 #[tokio::test]
 async fn a_damaged_record_loses_only_itself() {
-    let (github, server) = serve(GitHub::default()).await;
-    github.down.store(true, Ordering::Relaxed);
+    let github = GitHub::start().await;
+    github.outage(Some(Fault::Unavailable));
     let state = support::temp_dir("damaged-log");
-    let mut first = daemon(state.clone(), &server).await;
+    let mut first = Daemon::spawn_for_github(state.clone(), &github.uri(), TOKEN, &[], &[]).await;
     let n = 50;
     for i in 0..n {
         let (code, _) = post_as_fluxd(&first.url("/v6/events"), v1_sync(&sha(i), None), None).await;
@@ -217,16 +180,15 @@ async fn a_damaged_record_loses_only_itself() {
     log[starts[3] + 8 + 10] ^= 0x01;
     std::fs::write(&path, &log).unwrap();
 
-    github.down.store(false, Ordering::Relaxed);
-    let second = daemon(state.clone(), &server).await;
-    let statuses = github.statuses.clone();
+    github.outage(None);
+    let second = daemon(state.clone(), &github).await;
     wait_for(
         || {
-            let got = github.statuses.lock().unwrap().len();
+            let got = descriptions(&github).len();
             format!("the events the damage did not touch: {got} of {n} delivered")
         },
         Duration::from_secs(60),
-        || statuses.lock().unwrap().len() >= n - 1,
+        || descriptions(&github).len() >= n - 1,
     )
     .await;
     let line = second
@@ -253,8 +215,8 @@ async fn a_damaged_record_loses_only_itself() {
 
 #[tokio::test]
 async fn a_status_that_cannot_be_stored_even_cut_is_refused_not_acknowledged() {
-    let (_, server) = serve(GitHub::default()).await;
-    let d = daemon(support::temp_dir("too-large"), &server).await;
+    let github = GitHub::start().await;
+    let d = daemon(support::temp_dir("too-large"), &github).await;
     // The object's name becomes the check's: 2 KiB of it cannot be cut without
     // merging distinct checks.
     let mut event: Value = serde_json::from_slice(&v2_failed(&sha(7), "boom")).unwrap();
@@ -279,8 +241,7 @@ async fn a_status_that_cannot_be_stored_even_cut_is_refused_not_acknowledged() {
         0.0,
         "nothing queued"
     );
-    // The line is read from the child's stderr by another task: wait for it rather
-    // than look once, right after the answer.
+    // The line may be written after the answer: wait for it rather than look once.
     d.wait_log(|l| l["message"] == "status update refused: too large to store")
         .await;
 }

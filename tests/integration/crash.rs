@@ -6,8 +6,8 @@
 //! Seeded: a failure prints its seed, and `CRASH_SEED=<seed>` replays the same choices
 //! (timing on a loaded machine may still differ).
 
-mod github_fake;
-mod support;
+use crate::github_fake;
+use crate::support;
 
 use github_fake::{Fault, GitHub};
 use serde_json::json;
@@ -58,19 +58,25 @@ fn v2_event(c: usize, k: usize, state: &str) -> Vec<u8> {
     .unwrap()
 }
 
+const FAST: [&str; 8] = [
+    "--http-timeout",
+    "1s",
+    "--retry-initial",
+    "100ms",
+    "--retry-max",
+    "1s",
+    "--writes-per-minute",
+    "0",
+];
+const ENV: [(&str, &str); 1] = [("FLUX_STATUS_SETTLE_AFTER", "2s")];
+
 async fn daemon(state_dir: std::path::PathBuf, gh: &GitHub) -> Daemon {
-    let fast = [
-        "--http-timeout",
-        "1s",
-        "--retry-initial",
-        "100ms",
-        "--retry-max",
-        "1s",
-        "--writes-per-minute",
-        "0",
-    ];
-    let env = [("FLUX_STATUS_SETTLE_AFTER", "2s")];
-    Daemon::start_for_github(state_dir, &gh.uri(), TOKEN, &fast, &env).await
+    Daemon::start_for_github(state_dir, &gh.uri(), TOKEN, &FAST, &ENV).await
+}
+
+/// A child process, to be killed with SIGKILL.
+async fn killable(state_dir: std::path::PathBuf, gh: &GitHub) -> Daemon {
+    Daemon::spawn_for_github(state_dir, &gh.uri(), TOKEN, &FAST, &ENV).await
 }
 
 /// One event posted: its check, its state, and whether it was acknowledged (`None`:
@@ -97,7 +103,7 @@ async fn ten_kill_nine_cycles_leave_every_acknowledged_state_written_once() {
         Fault::ApplyLate(Duration::from_millis(700)),
     ];
     for cycle in 0..10 {
-        let mut d = daemon(state.clone(), &gh).await;
+        let mut d = killable(state.clone(), &gh).await;
         let outage = rng.bool().then(|| faults[rng.usize(..faults.len())]);
         gh.outage(outage);
         let events: Vec<((usize, usize), &'static str)> = (0..rng.usize(10..40))

@@ -2,24 +2,12 @@
 //! chart-values/flux-v2 ships), fluxd's routes are refused, not open; with `--token`
 //! every route needs it. The start-up log says how each route is authenticated.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
-use support::{Daemon, compact, connect_fluxd, fixture, post_as_fluxd};
+use support::{Daemon, compact, connect_fluxd, fixture, post_as_fluxd, secret_file, v2_signature};
 
 const HMAC_KEY: &str = "flux-fixture-hmac-key";
-
-fn secret_file(name: &str, contents: &str) -> String {
-    let dir = support::temp_dir("auth");
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
-fn signature(file: &str) -> String {
-    let sigs: Value = serde_json::from_slice(&fixture("v2/forwarded/signatures.json")).unwrap();
-    sigs["files"][file]["X-Signature"].as_str().unwrap().to_string()
-}
 
 const V2_EVENT: &str = "kustomization-reconciliation-succeeded.json";
 
@@ -88,7 +76,7 @@ async fn an_hmac_key_alone_refuses_fluxds_routes_instead_of_leaving_them_open() 
 
     // Flux v2's own route still works, with its signature only.
     assert_eq!(forward(&d, None, None).await, 401);
-    assert_eq!(forward(&d, Some(&signature(V2_EVENT)), None).await, 202);
+    assert_eq!(forward(&d, Some(&v2_signature(V2_EVENT)), None).await, 202);
 
     let line = listening(&d);
     assert!(
@@ -141,7 +129,7 @@ async fn with_a_token_every_route_needs_it_and_the_log_says_so() {
             .is_ok()
     );
 
-    let sig = signature(V2_EVENT);
+    let sig = v2_signature(V2_EVENT);
     assert_eq!(
         forward(&d, Some(&sig), None).await,
         401,

@@ -3,8 +3,8 @@
 //! settles, the newest accepted state is on top of every check, and no state was
 //! written twice; after an outage and a restart, one listing per commit.
 
-mod github_fake;
-mod support;
+use crate::github_fake;
+use crate::support;
 
 use github_fake::{Fault, GitHub};
 use serde_json::json;
@@ -59,18 +59,19 @@ async fn daemon(state_dir: std::path::PathBuf, gh: &GitHub, settle: &str) -> Dae
     daemon_with(state_dir, gh, &[("FLUX_STATUS_SETTLE_AFTER", settle)]).await
 }
 
+const FAST: [&str; 8] = [
+    "--http-timeout",
+    "1s",
+    "--retry-initial",
+    "200ms",
+    "--retry-max",
+    "1s",
+    "--writes-per-minute",
+    "0",
+];
+
 async fn daemon_with(state_dir: std::path::PathBuf, gh: &GitHub, env: &[(&str, &str)]) -> Daemon {
-    let fast = [
-        "--http-timeout",
-        "1s",
-        "--retry-initial",
-        "200ms",
-        "--retry-max",
-        "1s",
-        "--writes-per-minute",
-        "0",
-    ];
-    Daemon::start_for_github(state_dir, &gh.uri(), TOKEN, &fast, env).await
+    Daemon::start_for_github(state_dir, &gh.uri(), TOKEN, &FAST, env).await
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
@@ -230,7 +231,7 @@ async fn after_an_outage_and_a_restart_one_listing_per_commit() {
         ("FLUX_STATUS_SETTLE_AFTER", "2s"),
         ("FLUX_STATUS_REQUESTS_PER_HOUR", "0"),
     ];
-    let mut first = daemon_with(state.clone(), &gh, &env).await;
+    let mut first = Daemon::spawn_for_github(state.clone(), &gh.uri(), TOKEN, &FAST, &env).await;
     let body = |c: usize, k: usize| v2_event(&sha(c), &format!("app-{k}"), "succeeded");
     for c in 0..commits {
         for k in 0..checks {

@@ -2,7 +2,7 @@
 //! status and then hangs, resets the connection or answers 5xx, or applies it only
 //! after the client gave up. Hand-written over TCP, since a reset and a late apply
 //! are beyond wiremock. It keeps every status it applied and lists them back newest
-//! first, as GitHub does.
+//! first, as GitHub does. It can also insist on a token, or take its time to answer.
 #![allow(dead_code)]
 
 pub mod app;
@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -40,6 +40,8 @@ pub struct Status {
     /// GitHub's word: pending, success, failure, error.
     pub state: String,
     pub description: String,
+    /// When it was applied.
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -53,6 +55,10 @@ struct Shared {
     listings: AtomicUsize,
     /// Every (sha, context) a write was received for.
     attempted: Mutex<HashSet<(String, String)>>,
+    /// The only token accepted, when set: any other gets 401.
+    token: Mutex<Option<String>>,
+    /// How long a write that applies waits before its answer.
+    write_delay: Mutex<Duration>,
 }
 
 #[derive(Clone)]
@@ -88,6 +94,29 @@ impl GitHub {
         *self.shared.outage.lock().unwrap() = fault;
     }
 
+    /// Every request must carry `Authorization: Bearer <token>` from now on.
+    pub fn require_token(&self, token: &str) {
+        *self.shared.token.lock().unwrap() = Some(token.to_string());
+    }
+
+    /// Writes are applied at once and answered `delay` later.
+    pub fn delay_writes(&self, delay: Duration) {
+        *self.shared.write_delay.lock().unwrap() = delay;
+    }
+
+    /// Waits until `done` holds; panics after `timeout`.
+    pub async fn wait_until(&self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; applied: {}",
+                self.applied().len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every status applied, oldest first.
     pub fn applied(&self) -> Vec<Status> {
         self.shared.applied.lock().unwrap().clone()
@@ -117,14 +146,27 @@ impl GitHub {
     }
 }
 
-/// Reads one request: method, path and body; `None` once the client is gone.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, String, Vec<u8>)> {
+struct Received {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Reads one request; `None` once the client is gone.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         if let Ok(httparse::Status::Complete(head)) = req.parse(buf) {
             let method = req.method?.to_string();
             let path = req.path?.to_string();
+            let authorization = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .map(str::to_string);
             let len = req
                 .headers
                 .iter()
@@ -141,7 +183,12 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Stri
             }
             let body = buf[head..head + len].to_vec();
             buf.drain(..head + len);
-            return Some((method, path, body));
+            return Some(Received {
+                method,
+                path,
+                authorization,
+                body,
+            });
         }
         let mut chunk = [0u8; 8192];
         let n = stream.read(&mut chunk).await.ok()?;
@@ -156,7 +203,7 @@ async fn answer(stream: &mut TcpStream, code: u16, body: &Value) -> std::io::Res
     let body = body.to_string();
     let head = format!(
         "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         X-RateLimit-Remaining: 4000\r\nX-RateLimit-Reset: 1999999999\r\n\r\n",
+         X-RateLimit-Remaining: 4321\r\nX-RateLimit-Reset: 1999999999\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -174,7 +221,25 @@ async fn hang(mut stream: TcpStream) {
 
 async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     let mut buf = Vec::new();
-    while let Some((method, path, body)) = read_request(&mut stream, &mut buf).await {
+    while let Some(Received {
+        method,
+        path,
+        authorization,
+        body,
+    }) = read_request(&mut stream, &mut buf).await
+    {
+        let token = shared.token.lock().unwrap().clone();
+        if let Some(token) = token
+            && authorization.as_deref() != Some(&format!("Bearer {token}"))
+        {
+            if answer(&mut stream, 401, &json!({"message": "Bad credentials"}))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         let path = path.split('?').next().unwrap_or("").to_string();
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let outage = *shared.outage.lock().unwrap();
@@ -187,6 +252,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                     context: body["context"].as_str().unwrap_or("").to_string(),
                     state: body["state"].as_str().unwrap_or("").to_string(),
                     description: body["description"].as_str().unwrap_or("").to_string(),
+                    at: Instant::now(),
                 };
                 shared
                     .attempted
@@ -194,7 +260,8 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                     .unwrap()
                     .insert((status.sha.clone(), status.context.clone()));
                 let fault = outage.or_else(|| shared.script.lock().unwrap().pop_front());
-                let apply = |s: &Arc<Shared>, status: Status| {
+                let apply = |s: &Arc<Shared>, mut status: Status| {
+                    status.at = Instant::now();
                     let mut applied = s.applied.lock().unwrap();
                     applied.push(status);
                     applied.len()
@@ -202,6 +269,8 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                 match fault {
                     None => {
                         let id = apply(&shared, status.clone());
+                        let delay = *shared.write_delay.lock().unwrap();
+                        tokio::time::sleep(delay).await;
                         answer(
                             &mut stream,
                             201,

@@ -1,13 +1,15 @@
-//! Shared test harness: the real daemon as a child process, a scriptable provider
-//! fake that records what it was sent, a fake fluxd, and fixture loading.
+//! Shared test harness: the daemon (in-process, or a child where a test signals it), a
+//! scriptable provider fake that records what it was sent, fluxd's side of the
+//! websocket, and fixture loading.
 #![allow(dead_code)]
 
+mod daemon;
+mod in_process;
+mod logs;
 pub mod openapi;
 
+pub use daemon::Daemon;
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
@@ -19,20 +21,29 @@ pub fn fixture(rel: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// A file holding `contents`, as `--token-file` and `--hmac-key-file` read one.
+pub fn secret_file(name: &str, contents: &str) -> String {
+    let path = temp_dir("secret").join(name);
+    std::fs::write(&path, contents).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// notification-controller's `X-Signature` of a forwarded fixture, and the key it
+/// signed with.
+pub fn v2_signature(file: &str) -> String {
+    let sigs: serde_json::Value = serde_json::from_slice(&fixture("v2/forwarded/signatures.json")).unwrap();
+    sigs["files"][file]["X-Signature"].as_str().unwrap().to_string()
+}
+
+pub fn v2_hmac_key() -> String {
+    let sigs: serde_json::Value = serde_json::from_slice(&fixture("v2/forwarded/signatures.json")).unwrap();
+    sigs["hmacKey"].as_str().unwrap().to_string()
+}
+
 /// A fixture as fluxd sends it: compact JSON, no trailing newline.
 pub fn compact(rel: &str) -> Vec<u8> {
     let v: serde_json::Value = serde_json::from_slice(&fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
     serde_json::to_vec(&v).unwrap()
-}
-
-/// The daemon binary, started with ephemeral ports and JSON logs captured.
-pub struct Daemon {
-    child: Child,
-    pub addr: SocketAddr,
-    pub ops: SocketAddr,
-    logs: Arc<Mutex<Vec<serde_json::Value>>>,
-    /// The durable outbox, kept across restarts of the same test.
-    pub state_dir: std::path::PathBuf,
 }
 
 /// A fresh directory for one daemon's state.
@@ -43,182 +54,6 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-impl Daemon {
-    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        Self::start_in(temp_dir("state"), args, env).await
-    }
-
-    /// The daemon for `https://github.com/acme/app` (instance `dev`) with its API at
-    /// `api` and `token` as `GITHUB_TOKEN`: what the durability tests share.
-    pub async fn start_for_github(
-        state_dir: std::path::PathBuf,
-        api: &str,
-        token: &str,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Daemon {
-        let mut args = vec![
-            "--git-url",
-            "https://github.com/acme/app",
-            "--instance",
-            "dev",
-            "--api-url",
-            api,
-        ];
-        args.extend_from_slice(extra);
-        let mut env = env.to_vec();
-        env.push(("GITHUB_TOKEN", token));
-        Self::start_in(state_dir, &args, &env).await
-    }
-
-    /// Starts with the given state directory (unless `args` disables persistence).
-    pub async fn start_in(state_dir: std::path::PathBuf, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flux-status"));
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-        ])
-        .args(["--state-dir", state_dir.to_str().unwrap()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        let credentials = notifiers::PROVIDERS.iter().map(|p| p.credential.env);
-        for var in credentials.chain(["RUST_LOG"]) {
-            cmd.env_remove(var);
-        }
-        // Sync-status tests count provider writes: workload statuses would add to
-        // them. tests/workloads.rs turns polling on with `--poll-workloads`.
-        cmd.env("FLUX_STATUS_POLL_WORKLOADS", "false");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn flux-status");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
-                sink.lock().unwrap().push(v);
-            }
-        });
-        let mut d = Daemon {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            ops: "0.0.0.0:0".parse().unwrap(),
-            logs,
-            state_dir,
-        };
-        let listen = |msg: &str, d: &Daemon| {
-            d.find_log(|l| l["message"] == msg)
-                .and_then(|l| l["addr"].as_str().and_then(|a| a.parse().ok()))
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let (Some(a), Some(o)) = (listen("ingest listening", &d), listen("ops listening", &d)) {
-                d.addr = a;
-                d.ops = o;
-                return d;
-            }
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("flux-status exited with {status}; logs: {:#?}", d.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "flux-status did not start; logs: {:#?}",
-                d.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub fn logs(&self) -> Vec<serde_json::Value> {
-        self.logs.lock().unwrap().clone()
-    }
-
-    pub fn find_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
-        self.logs.lock().unwrap().iter().find(|l| pred(l)).cloned()
-    }
-
-    pub async fn wait_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(l) = self.find_log(&pred) {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "log line not seen; logs: {:#?}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status();
-        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{sig} failed");
-    }
-
-    /// Waits for exit after a signal; panics if it does not come.
-    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "flux-status did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The whole /metrics exposition.
-    pub async fn metrics_text(&self) -> String {
-        http()
-            .get(format!("http://{}/metrics", self.ops))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    /// One sample from /metrics, e.g. `flux_status_statuses_total{provider="github",state="succeeded",result="written"}`.
-    pub async fn metric(&self, series: &str) -> f64 {
-        self.metrics_text()
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A plain HTTP client for tests, from the same builder the notifiers use.
