@@ -1,9 +1,6 @@
-//! The ingest edge: the listener fluxd and Flux v2 talk to. It routes each request
-//! to its Flux slice's handler and turns the handler's typed outcome into the HTTP
-//! answer, the metric and the log line ([`Rejection`] says which).
-//!
-//! Routing is by path suffix so that a path prefix in fluxd's `--connect`
-//! (`ws://host:3000/flux` → `/flux/v11/daemon`, `/flux/v6/events`) just works.
+//! The ingest edge: the listener fluxd and Flux v2 talk to. Its router sends each
+//! request to its Flux slice's handler and turns the handler's typed outcome into the
+//! HTTP answer, the metric and the log line ([`Rejection`] says which).
 
 use crate::fluxv1;
 use crate::fluxv1::daemon::Websocket;
@@ -13,11 +10,16 @@ use crate::fluxv2::map::V2Context;
 use crate::intake::{At, Intake, Outcome, Rejection, drain};
 use crate::listener::throttle::Throttle;
 use crate::metrics::listener::ReasonLabel;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 pub struct Ingest {
     /// What every event route shares: metrics, the outbox, credentials, body bounds.
@@ -31,17 +33,6 @@ pub struct Ingest {
 }
 
 /// Serves the ingest routes until `stop`, with the limits of [`crate::listener`].
-/// Two choices there are for the cost of an event:
-/// - half-close is allowed. Without it, hyper polls the socket for an early EOF
-///   while a request is in flight; every event waits for an fsync, and each of those
-///   reads found the read buffer still shared with the request, so it allocated a
-///   new one (8 KiB per event) for a read that then found nothing. A sender that goes
-///   away mid-request is noticed when its answer is written instead; its event is
-///   kept either way.
-/// - no axum `Router`: every path goes to [`route`] anyway, and the router boxed
-///   each request's future (1.7 KiB, past the size glibc serves from its per-thread
-///   cache) and added a tenth of the instructions of an event. hyper keeps the
-///   future of a plain service in one allocation per connection.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<Ingest>,
@@ -49,46 +40,93 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let metrics = state.intake.metrics.clone();
-    crate::listener::serve("ingest", listener, limits, metrics, stop, move |req| {
-        route(state.clone(), req)
-    })
-    .await;
+    let service = router(state).map_request(strip_prefix::<hyper::body::Incoming>);
+    crate::listener::serve("ingest", listener, limits, metrics, stop, service).await;
 }
 
-async fn route(st: Arc<Ingest>, req: Request<Body>) -> Response {
+/// The routes, as the path of fluxd's `--connect` URL is stripped from them (see
+/// [`strip_prefix`]). Any other method on an event route is a 405, any other path a 404.
+pub fn router(state: Arc<Ingest>) -> Router {
+    Router::new()
+        .route("/v6/events", post(v1_events).fallback(use_post))
+        .route("/v2/events", post(v2_events).fallback(use_post))
+        .route("/", post(v2_events).fallback(use_post))
+        .route("/{version}/daemon", any(daemon))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// fluxd puts the path of its `--connect` URL before its routes (`ws://host:3000/flux`
+/// → `/flux/v11/daemon`, `/flux/v6/events`), so an event or daemon path is routed by
+/// its last two segments. The path as sent stays in [`OriginalUri`].
+fn strip_prefix<B>(mut req: Request<B>) -> Request<B> {
     let path = req.uri().path();
-    let v1_events = fluxv1::route::is_events_path(path);
-    let v2_events = fluxv2::route::is_events_path(path);
-    if fluxv1::daemon::is_daemon_path(path) {
-        let path = path.to_string();
-        return match fluxv1::daemon::handle(&st.intake, &st.websocket, req).await {
-            Ok(answer) => answer,
-            Err(rejection) => reject(&st, At::Websocket(&path), rejection),
-        };
+    let routed = fluxv1::route::is_events_path(path)
+        || fluxv1::daemon::is_daemon_path(path)
+        || (path != "/" && fluxv2::route::is_events_path(path));
+    let trimmed = path.trim_end_matches('/');
+    let route = trimmed
+        .rmatch_indices('/')
+        .nth(1)
+        .map_or(trimmed, |(at, _)| &trimmed[at..]);
+    if !routed || route == path {
+        return req;
     }
-    if (v1_events || v2_events) && req.method() == Method::POST {
-        return if v1_events {
-            let outcome = fluxv1::route::handle(&st.intake, &st.v1, req).await;
-            // fluxd parses a non-empty answer as JSON: the body stays empty.
-            answer(&st, fluxv1::route::SOURCE, outcome, || {
-                (StatusCode::ACCEPTED, "").into_response()
-            })
-        } else {
-            let outcome = fluxv2::route::handle(&st.intake, &st.v2, req).await;
-            answer(&st, fluxv2::route::SOURCE, outcome, || {
-                StatusCode::ACCEPTED.into_response()
-            })
-        };
+    if let Ok(uri) = Uri::try_from(route) {
+        let sent = std::mem::replace(req.uri_mut(), uri);
+        req.extensions_mut().insert(OriginalUri(sent));
     }
+    req
+}
+
+async fn v1_events(State(st): State<Arc<Ingest>>, req: Request) -> Response {
+    let outcome = fluxv1::route::handle(&st.intake, &st.v1, req).await;
+    // fluxd parses a non-empty answer as JSON: the body stays empty.
+    answer(&st, fluxv1::route::SOURCE, outcome, || {
+        (StatusCode::ACCEPTED, "").into_response()
+    })
+}
+
+async fn v2_events(State(st): State<Arc<Ingest>>, req: Request) -> Response {
+    let outcome = fluxv2::route::handle(&st.intake, &st.v2, req).await;
+    answer(&st, fluxv2::route::SOURCE, outcome, || {
+        StatusCode::ACCEPTED.into_response()
+    })
+}
+
+/// `…/v<N>/daemon`; the route takes any first segment, the version is checked here.
+async fn daemon(
+    State(st): State<Arc<Ingest>>,
+    OriginalUri(sent): OriginalUri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: Request,
+) -> Response {
+    if !fluxv1::daemon::is_daemon_path(req.uri().path()) {
+        return refuse(&st, req, Rejection::NotFound).await;
+    }
+    let path = sent.path();
+    match fluxv1::daemon::handle(&st.intake, &st.websocket, path, upgrade, req).await {
+        Ok(answer) => answer,
+        Err(rejection) => reject(&st, At::Websocket(path), rejection),
+    }
+}
+
+async fn use_post(State(st): State<Arc<Ingest>>, req: Request) -> Response {
+    let rejection = Rejection::MethodNotAllowed {
+        allow: Some("POST"),
+        message: "use POST",
+    };
+    refuse(&st, req, rejection).await
+}
+
+async fn not_found(State(st): State<Arc<Ingest>>, req: Request) -> Response {
+    refuse(&st, req, Rejection::NotFound).await
+}
+
+/// A request that is no route's: its body is drained so the client reads the answer.
+async fn refuse(st: &Ingest, req: Request, rejection: Rejection) -> Response {
     drain(req.into_body()).await;
-    if v1_events || v2_events {
-        let rejection = Rejection::MethodNotAllowed {
-            allow: Some("POST"),
-            message: "use POST",
-        };
-        return reject(&st, At::Nowhere, rejection);
-    }
-    reject(&st, At::Nowhere, Rejection::NotFound)
+    reject(st, At::Nowhere, rejection)
 }
 
 /// An event route's outcome as HTTP, counted by `source` and the event's kind.
@@ -137,4 +175,102 @@ fn reject(st: &Ingest, at: At<'_>, rejection: Rejection) -> Response {
         rejection.log(at, suppressed);
     }
     rejection.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fluxv1::map::{V1Context, sync_check};
+    use crate::fluxv1::rpc::FluxdLink;
+    use crate::intake::testing::{fixture, intake};
+    use axum::body::Body;
+    use axum::http::header;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    fn ingest() -> Arc<Ingest> {
+        let intake = intake(None, None, 100);
+        let websocket = Arc::new(Websocket {
+            metrics: intake.metrics.clone(),
+            idle: Duration::from_secs(90),
+            sessions: AtomicUsize::new(0),
+            shutdown: CancellationToken::new(),
+            link: Arc::new(FluxdLink::default()),
+        });
+        Arc::new(Ingest {
+            intake,
+            v1: V1Events {
+                ctx: V1Context {
+                    repo: "github.com/o/r".into(),
+                    check: sync_check("dev"),
+                    status_range: 3,
+                    target_url: None,
+                },
+                max_event_bytes: 1024 * 1024,
+                poller: None,
+            },
+            v2: V2Context {
+                rules: Vec::new(),
+                fallback: Some("github.com/o/r".into()),
+                instance: "prod".into(),
+                check_template: fluxv2::map::DEFAULT_CHECK_TEMPLATE.into(),
+                target_url: None,
+            },
+            websocket,
+            refusal_log: Throttle::new(),
+        })
+    }
+
+    async fn send(method: &str, path: &str, body: Vec<u8>) -> Response {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::from(body))
+            .expect("a request");
+        let service = router(ingest()).map_request(strip_prefix::<Body>);
+        match service.oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_under_any_prefix_and_refusals_off_them() {
+        let sync = fixture("v1/event-sync.json");
+        for path in ["/v6/events", "/flux/v6/events", "/a/b/v6/events"] {
+            let resp = send("POST", path, sync.clone()).await;
+            assert_eq!(resp.status(), StatusCode::ACCEPTED, "{path}");
+        }
+        // The method decides on an event route; POST is named in `Allow`.
+        for path in ["/v6/events", "/x/v6/events", "/v2/events", "/x/v2/events/", "/"] {
+            for method in ["GET", "HEAD", "PUT"] {
+                let resp = send(method, path, Vec::new()).await;
+                assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                assert_eq!(resp.headers()[header::ALLOW], "POST", "{method} {path}");
+            }
+        }
+        // fluxd's websocket: its own refusals (405 with no `Allow`), axum's answer to a
+        // GET that is no handshake.
+        for path in ["/v11/daemon", "/flux/v11/daemon", "/api/flux/v10/daemon/"] {
+            let resp = send("POST", path, Vec::new()).await;
+            assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert!(!resp.headers().contains_key(header::ALLOW), "{path}");
+            let resp = send("GET", path, Vec::new()).await;
+            assert!(resp.status().is_client_error(), "{path}");
+            assert_ne!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+        for path in [
+            "/nope",
+            "/v6/events/",
+            "/vX/daemon",
+            "/daemon",
+            "/v11/daemons",
+            "/x/v6/events/y",
+        ] {
+            for method in ["GET", "POST"] {
+                let resp = send(method, path, Vec::new()).await;
+                assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {path}");
+            }
+        }
+    }
 }

@@ -2,9 +2,11 @@
 //! network policy can expose ingest to Flux only.
 
 use crate::metrics::Metrics;
-use axum::body::Body;
-use axum::http::{HeaderValue, Method, Request, StatusCode, header};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -43,33 +45,20 @@ pub async fn serve(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let metrics = state.metrics.clone();
-    crate::listener::serve("ops", listener, limits, metrics, stop, move |req| {
-        handle(state.clone(), req)
-    })
-    .await;
+    crate::listener::serve("ops", listener, limits, metrics, stop, router(state)).await;
 }
 
-/// Request bodies are never read here: hyper closes a connection whose body is left.
-pub async fn handle(ops: Arc<Ops>, req: Request<Body>) -> Response {
-    let path = req.uri().path();
-    let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
-    if !known {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
-        return resp;
-    }
-    match path {
-        "/metrics" => metrics(&ops),
-        "/healthz" => "ok\n".into_response(),
-        _ => readyz(&ops),
-    }
+/// GET (and HEAD) only; request bodies are never read here: hyper closes a connection
+/// whose body is left.
+pub fn router(ops: Arc<Ops>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(async || "ok\n"))
+        .route("/readyz", get(readyz))
+        .with_state(ops)
 }
 
-fn metrics(ops: &Ops) -> Response {
+async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -80,7 +69,7 @@ fn metrics(ops: &Ops) -> Response {
         .into_response()
 }
 
-fn readyz(ops: &Ops) -> Response {
+async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
     let h = &ops.health;
     let checks = [
         ("listening", h.listening.load(Ordering::Relaxed)),
@@ -102,4 +91,45 @@ fn readyz(ops: &Ops) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn probes_answer_get_and_head_only() {
+        let ops = Arc::new(Ops {
+            metrics: Arc::new(Metrics::new()),
+            health: Health::default(),
+        });
+        let send = async |method: &str, path: &str| {
+            let req = Request::builder().method(method).uri(path).body(Body::empty());
+            match router(ops.clone()).oneshot(req.expect("a request")).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        };
+        for path in ["/metrics", "/healthz"] {
+            for method in ["GET", "HEAD"] {
+                assert_eq!(
+                    send(method, path).await.status(),
+                    StatusCode::OK,
+                    "{method} {path}"
+                );
+            }
+            let resp = send("POST", path).await;
+            assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert_eq!(resp.headers()[header::ALLOW], "GET,HEAD", "{path}");
+        }
+        assert_eq!(
+            send("GET", "/readyz").await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(send("GET", "/nope").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(send("GET", "/metrics/").await.status(), StatusCode::NOT_FOUND);
+    }
 }

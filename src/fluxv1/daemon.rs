@@ -6,8 +6,8 @@
 use super::rpc::{Calls, FluxdLink, Incoming};
 use crate::intake::{Intake, Rejection, drain};
 use crate::metrics::Metrics;
-use axum::extract::FromRequestParts;
 use axum::extract::Request;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -59,9 +59,16 @@ impl Drop for Session {
 }
 
 /// The upgrade (101), axum's own 400/426 for a request that is no websocket
-/// handshake (never 410: fluxd exits on 410), or why it is refused.
-pub async fn handle(intake: &Intake, ws: &Arc<Websocket>, req: Request) -> Result<Response, Rejection> {
-    let (mut parts, body) = req.into_parts();
+/// handshake (never 410: fluxd exits on 410), or why it is refused. `path` is the
+/// path as fluxd sent it; our refusals come before axum's.
+pub async fn handle(
+    intake: &Intake,
+    ws: &Arc<Websocket>,
+    path: &str,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: Request,
+) -> Result<Response, Rejection> {
+    let (parts, body) = req.into_parts();
     if parts.method != axum::http::Method::GET {
         drain(body).await;
         return Err(Rejection::MethodNotAllowed {
@@ -79,29 +86,28 @@ pub async fn handle(intake: &Intake, ws: &Arc<Websocket>, req: Request) -> Resul
         return Err(Rejection::TooManySessions { max: MAX_SESSIONS });
     }
     let slot = Session(ws.clone());
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            drain(body).await;
+            return Ok(rejection.into_response());
+        }
+    };
     let user_agent = parts
         .headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let path = parts.uri.path().to_string();
+    let path = path.to_string();
     let st = ws.clone();
-    Ok(
-        match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-            Ok(upgrade) => upgrade
-                .max_message_size(MAX_MESSAGE_BYTES)
-                .max_frame_size(MAX_FRAME_BYTES)
-                .on_upgrade(move |socket| async move {
-                    session(socket, st, user_agent, path).await;
-                    drop(slot);
-                }),
-            Err(rejection) => {
-                drain(body).await;
-                rejection.into_response()
-            }
-        },
-    )
+    Ok(upgrade
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            session(socket, st, user_agent, path).await;
+            drop(slot);
+        }))
 }
 
 async fn session(mut socket: WebSocket, st: Arc<Websocket>, user_agent: String, path: String) {
@@ -173,6 +179,21 @@ fn receive(calls: &mut Calls, frame: &[u8]) {
 mod tests {
     use super::*;
     use crate::intake::testing::{intake, post};
+    use axum::extract::FromRequestParts;
+
+    /// As the router calls it: the upgrade extracted from the request.
+    async fn call(intake: &Intake, ws: &Arc<Websocket>, req: Request) -> Result<Response, Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await;
+        handle(
+            intake,
+            ws,
+            "/v11/daemon",
+            upgrade,
+            Request::from_parts(parts, body),
+        )
+        .await
+    }
 
     #[test]
     fn daemon_paths_of_every_version_and_prefix() {
@@ -210,18 +231,18 @@ mod tests {
     async fn refusals_come_before_the_upgrade_and_free_their_slot() {
         let i = intake(Some("t"), None, 10);
         let ws = websocket(0);
-        let out = handle(&i, &ws, post("", &[("authorization", "Scope-Probe token=t")])).await;
+        let out = call(&i, &ws, post("", &[("authorization", "Scope-Probe token=t")])).await;
         assert!(
             matches!(out, Err(Rejection::MethodNotAllowed { allow: None, .. })),
             "{out:?}"
         );
-        let out = handle(&i, &ws, get(&[("authorization", "Scope-Probe token=u")])).await;
+        let out = call(&i, &ws, get(&[("authorization", "Scope-Probe token=u")])).await;
         assert!(
             matches!(&out, Err(Rejection::Unauthorized(r)) if r.label == "unauthorized"),
             "{out:?}"
         );
         let full = websocket(MAX_SESSIONS);
-        let out = handle(&i, &full, get(&[("authorization", "Scope-Probe token=t")])).await;
+        let out = call(&i, &full, get(&[("authorization", "Scope-Probe token=t")])).await;
         assert!(
             matches!(out, Err(Rejection::TooManySessions { max: MAX_SESSIONS })),
             "{out:?}"
@@ -234,7 +255,7 @@ mod tests {
     async fn a_request_that_is_no_handshake_gets_axums_answer_never_410() {
         let i = intake(None, None, 10);
         let ws = websocket(0);
-        let answer = handle(&i, &ws, get(&[])).await.expect("not one of our refusals");
+        let answer = call(&i, &ws, get(&[])).await.expect("not one of our refusals");
         assert!(answer.status().is_client_error(), "{}", answer.status());
         assert_ne!(answer.status(), axum::http::StatusCode::GONE);
         assert_eq!(ws.sessions.load(Ordering::Relaxed), 0, "the slot is freed");

@@ -3,7 +3,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -57,7 +57,7 @@ impl BodyGate {
 /// A body read whole, holding its share of the body budget until dropped.
 pub struct HeldBody {
     bytes: Bytes,
-    _budget: Option<OwnedSemaphorePermit>,
+    _budget: OwnedSemaphorePermit,
 }
 
 impl std::ops::Deref for HeldBody {
@@ -74,61 +74,42 @@ pub fn announced_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-/// Reads a body up to `limit` bytes within the gate's deadline; an announced or actual
-/// overflow is `TooLarge`. Memory follows the bytes received, never the length a
-/// client announces.
+/// Reads a body up to `limit` bytes within the gate's deadline; an overflow is
+/// `TooLarge`. Its room under the budget is taken before it is read (its announced
+/// length, else its limit), so memory follows the budget, never what a client
+/// announces; room a body without a length did not use is given back.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     gate: &BodyGate,
 ) -> Result<HeldBody, BodyError> {
-    if announced_length(headers).is_some_and(|n| n > limit as u64) {
-        drain(body).await;
-        return Err(BodyError::TooLarge);
-    }
-    match tokio::time::timeout(gate.timeout, collect(body, limit, gate)).await {
+    let room = announced_length(headers)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(limit.min(gate.total))
+        .min(limit);
+    match tokio::time::timeout(gate.timeout, collect(body, limit, room, gate)).await {
         Ok(read) => read,
         Err(_) => Err(BodyError::TimedOut),
     }
 }
 
-async fn collect(mut body: Body, limit: usize, gate: &BodyGate) -> Result<HeldBody, BodyError> {
-    // A body that arrives in one piece (nearly every event) is used as it is, not copied.
-    let mut first: Option<Bytes> = None;
-    let mut buf = bytes::BytesMut::new();
-    let mut have = 0usize;
-    let mut held: Option<OwnedSemaphorePermit> = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
-        let Ok(data) = frame.into_data() else { continue };
-        if data.is_empty() {
-            continue;
-        }
-        if have + data.len() > limit {
+async fn collect(mut body: Body, limit: usize, room: usize, gate: &BodyGate) -> Result<HeldBody, BodyError> {
+    let mut held = gate.reserve(room).await.ok_or(BodyError::Busy)?;
+    let bytes = match Limited::new(&mut body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
             drain(body).await;
             return Err(BodyError::TooLarge);
         }
-        let room = gate.reserve(data.len()).await.ok_or(BodyError::Busy)?;
-        match held.as_mut() {
-            Some(h) => h.merge(room),
-            None => held = Some(room),
-        }
-        have += data.len();
-        if first.is_none() && buf.is_empty() {
-            first = Some(data);
-            continue;
-        }
-        if let Some(earlier) = first.take() {
-            buf.reserve(have);
-            buf.extend_from_slice(&earlier);
-        }
-        buf.extend_from_slice(&data);
+        Err(e) => return Err(BodyError::Unreadable(e.to_string())),
+    };
+    // Only where the budget is smaller than the limit (never with the daemon's flags).
+    if bytes.len() > room {
+        return Err(BodyError::Busy);
     }
-    Ok(HeldBody {
-        bytes: first.unwrap_or_else(|| buf.freeze()),
-        _budget: held,
-    })
+    drop(held.split(room - bytes.len()));
+    Ok(HeldBody { bytes, _budget: held })
 }
 
 /// Reads and discards what is left of a request body we answer without using, bounded

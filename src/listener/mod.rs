@@ -1,12 +1,15 @@
-//! What both listeners (ingest and ops) share against slow, idle and too many
-//! clients: a cap on open connections, a deadline for each request's headers, and
-//! one for keep-alive connections between requests.
+//! What both listeners (ingest and ops) share: each accepted connection is served by
+//! hyper's HTTP/1.1 server (with upgrades) driving the listener's axum router, under
+//! what neither axum nor hyper offers against slow, idle and too many clients: a cap
+//! on open connections, a deadline for each request's headers, and one for
+//! keep-alive connections between requests.
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection waits
-//! for its next request, so idle connections would be cut at the header timeout;
-//! both deadlines are kept here instead, by a watchdog per connection that knows
-//! which phase the connection is in. Request bodies have their own deadline where
-//! they are read (`ingest::read_body`).
+//! for its next request, so idle connections would be cut at the header timeout, and
+//! hyper has no idle timeout; both deadlines are kept here instead, by a watchdog per
+//! connection that knows which phase the connection is in (which eviction needs
+//! too). Request bodies have their own deadline where they are read
+//! (`intake::read_body`).
 //!
 //! At the cap, a new connection takes the slot of the one that has waited longest
 //! without a request in progress (idle, or still sending headers after a second):
@@ -15,11 +18,11 @@
 
 pub mod throttle;
 
-use axum::body::Body;
 use axum::http::Request;
 use axum::response::Response;
+use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
-use std::future::Future;
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
 use tracing::{debug, error, warn};
 
 use crate::metrics::Metrics;
@@ -278,19 +282,19 @@ struct Shared {
     evict_log: Throttle,
 }
 
-/// Serves `handler` over HTTP/1.1 (with upgrades) until `stop`; then accepts no more
+/// Serves `service` (a router) over HTTP/1.1 until `stop`; then accepts no more
 /// connections, lets each finish the request it is in, and returns once all are
-/// closed. Half-close is allowed: see `ingest::serve` for why.
-pub async fn serve<H, F>(
+/// closed.
+pub async fn serve<S>(
     name: &'static str,
     listener: TcpListener,
     limits: Limits,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-    handler: H,
+    service: S,
 ) where
-    H: Fn(Request<Body>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response> + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let shared = Arc::new(Shared {
@@ -351,7 +355,7 @@ pub async fn serve<H, F>(
             shared.clone(),
             io,
             activity,
-            handler.clone(),
+            service.clone(),
             stop.clone(),
         ));
     }
@@ -373,28 +377,30 @@ fn refuse_over_cap(shared: &Shared, stream: TcpStream) {
     }
 }
 
-async fn connection<H, F>(
+async fn connection<S>(
     shared: Arc<Shared>,
     io: Tracked,
     activity: Arc<Activity>,
-    handler: H,
+    service: S,
     stop: CancellationToken,
 ) where
-    H: Fn(Request<Body>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response> + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
 {
     let _done = Done(activity.clone());
     let in_service = activity.clone();
-    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let busy = InRequest::enter(&in_service);
-        let answer = handler(req.map(Body::new));
+        let answer = service.clone().oneshot(req);
         async move {
             let resp = answer.await;
             drop(busy);
-            Ok::<_, std::convert::Infallible>(resp)
+            resp
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        // A sender may shut down its side once its request is out and still read
+        // the answer; without this hyper would drop the request as the client left.
         .half_close(true)
         .header_read_timeout(None)
         // A connection's read buffer is not body bytes, so not under the body budget;
