@@ -119,6 +119,8 @@ pub struct Config {
     pub max_event_bytes: usize,
     pub delivery: DeliveryConfig,
     pub http: HttpConfig,
+    /// `--github-checks`: GitHub repositories get check runs, not commit statuses.
+    pub github_checks: bool,
     pub shutdown_timeout: Duration,
     /// `None`: `--poll-workloads=false`.
     pub workloads: Option<WorkloadPolling>,
@@ -267,6 +269,15 @@ impl Args {
                 .chain(rules.iter().map(|r| (r.at.as_str(), &r.target))),
             &mut problems,
         );
+        let checks = target.github_checks;
+        for (at, t) in target
+            .git_url
+            .iter()
+            .map(|t| ("--git-url", t))
+            .chain(rules.iter().map(|r| (r.at.as_str(), &r.target)))
+        {
+            target::check_runs_need_an_app(checks, at, t, &mut problems);
+        }
         let delivery = self.delivery.validate(target.http.timeout, &mut problems);
         let workloads = self.workloads.validate(&mut problems);
         problems.or_ok(Config {
@@ -285,6 +296,7 @@ impl Args {
             max_event_bytes: ingest.max_event_bytes,
             delivery: delivery.delivery,
             http: target.http,
+            github_checks: checks,
             shutdown_timeout: delivery.shutdown_timeout,
             workloads,
             log_format: self.log_format,
