@@ -31,6 +31,20 @@ pub fn inline(text: &str) -> String {
     out
 }
 
+/// `text` as a code span: Markdown is not read inside one, so nothing is escaped;
+/// backticks, which would end it, become quotes, and it stays on one line.
+pub fn code(text: &str) -> String {
+    let inner: String = text
+        .chars()
+        .map(|c| match c {
+            '`' => '\'',
+            '\r' | '\n' => ' ',
+            c => c,
+        })
+        .collect();
+    format!("`{}`", inner.trim())
+}
+
 /// `text` in a fenced block, whole: for a message that may span lines. The fence is
 /// longer than any run of backticks inside.
 pub fn block(text: &str) -> String {
@@ -88,6 +102,12 @@ mod tests {
         let mut s = String::new();
         table(&mut s, &["a", "b"], [vec!["1|2".into(), "x\ny".into()]]);
         assert_eq!(s, "| a | b |\n|---|---|\n| 1\\|2 | x<br>y |\n");
+    }
+
+    #[test]
+    fn a_code_span_is_not_escaped_and_cannot_be_ended_early() {
+        assert_eq!(code("my_ns/a*b"), "`my_ns/a*b`");
+        assert_eq!(code("a`b\nc"), "`a'b c`");
     }
 
     #[test]

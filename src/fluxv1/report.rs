@@ -3,7 +3,7 @@
 use super::event::SyncEvent;
 use super::judge;
 use super::workloads::Workload;
-use crate::report::{field, inline, table};
+use crate::report::{code, field, table};
 use notifiers::State;
 use std::fmt::Write;
 
@@ -23,7 +23,7 @@ pub fn sync_summary(instance: &str, sync: &SyncEvent, state: State) -> String {
         State::Succeeded => "succeeded",
         _ => "failed",
     };
-    let _ = writeln!(s, "### Flux sync {outcome} on `{}`\n", inline(instance));
+    let _ = writeln!(s, "### Flux sync {outcome} on {}\n", code(instance));
     field(&mut s, "Cluster (instance)", instance);
     field(&mut s, "Head commit", head);
     if let Some(at) = &sync.ended_at {
@@ -56,9 +56,9 @@ pub fn workload_summary(instance: &str, head: &str, description: &str, scope: &[
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "### Workloads of `{}` on `{}`\n",
-        short(head),
-        inline(instance)
+        "### Workloads of {} on {}\n",
+        code(short(head)),
+        code(instance)
     );
     field(&mut s, "Cluster (instance)", instance);
     field(&mut s, "Head commit", head);
@@ -126,6 +126,47 @@ mod tests {
                 "| default:configmap/pipes | manifests/cm.yaml | line one \\| with a pipe<br>line two |\n"
             ),
             "{md}"
+        );
+    }
+
+    fn workload(id: &str, status: &str, messages: &[&str]) -> Workload {
+        Workload {
+            id: id.into(),
+            status: status.into(),
+            rollout: crate::fluxv1::workloads::Rollout {
+                messages: messages.iter().map(|m| m.to_string()).collect(),
+            },
+            ..Workload::default()
+        }
+    }
+
+    #[test]
+    fn each_workload_in_scope_has_its_rollout_state_and_message() {
+        let ready = workload("default:deployment/web", "ready", &[]);
+        let stuck = workload(
+            "default:deployment/podinfo",
+            "updating",
+            &["Deployment \"podinfo\" exceeded its progress deadline"],
+        );
+        let md = workload_summary(
+            "dev",
+            "4997efcd4ac6255604d0d44eeb7085c5b0eb9d48",
+            "default:deployment/podinfo failed: Deployment \"podinfo\" exceeded its progress deadline",
+            &[&stuck, &ready],
+        );
+        assert!(md.starts_with("### Workloads of `4997efc` on `dev`\n"), "{md}");
+        assert!(
+            md.contains("#### Workloads (2)\n\n| workload | rollout | message |\n|---|---|---|\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| default:deployment/podinfo | updating | Deployment \"podinfo\" exceeded its progress deadline |\n"),
+            "{md}"
+        );
+        assert!(md.contains("| default:deployment/web | ready | — |\n"), "{md}");
+        assert!(
+            workload_summary("dev", "abc", "no workloads to wait for", &[])
+                .contains("No workload to wait for.")
         );
     }
 

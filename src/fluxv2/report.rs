@@ -1,7 +1,7 @@
 //! A Flux v2 object's event as a check run's summary (Markdown). Pure.
 
 use super::event::Event;
-use crate::report::{block, field, inline};
+use crate::report::{block, code, field, inline};
 use notifiers::State;
 use std::fmt::Write;
 
@@ -15,13 +15,8 @@ pub fn summary(ev: &Event, revision: &str, state: State) -> String {
         State::Canceled => "canceled",
     };
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "### {} `{}/{}` {outcome}\n",
-        inline(&o.kind),
-        inline(&o.namespace),
-        inline(&o.name)
-    );
+    let object = format!("{}/{}", o.namespace, o.name);
+    let _ = writeln!(s, "### {} {} {outcome}\n", inline(&o.kind), code(&object));
     field(&mut s, "Kind", &o.kind);
     field(&mut s, "Namespace", &o.namespace);
     field(&mut s, "Name", &o.name);
