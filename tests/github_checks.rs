@@ -194,6 +194,38 @@ async fn a_completed_run_never_goes_back_a_newer_state_makes_a_new_run() {
 }
 
 #[tokio::test]
+async fn a_run_completed_behind_our_back_is_followed_by_a_new_one() {
+    let gh = AppGitHub::start().await;
+    let ours: u64 = APP_ID.parse().unwrap();
+    // Completed by a write whose answer was lost: the handle kept still says open.
+    let done = gh.seed_run("acme/app", SHA, "flux-status/dev/sync", ours, true);
+    let n = runs_notifier(&gh, app());
+    let handle = Handle::new(done.to_string()).unwrap();
+    n.write(&status(State::Pending, None), Some(&handle))
+        .await
+        .unwrap();
+    let runs = gh.runs();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].conclusion.as_deref(), Some("success"), "left as it was");
+    assert_eq!(runs[1].status, "in_progress");
+}
+
+#[tokio::test]
+async fn with_no_id_kept_our_open_run_of_the_check_is_updated_not_doubled() {
+    let gh = AppGitHub::start().await;
+    let ours: u64 = APP_ID.parse().unwrap();
+    // GitHub made it, but the process died before the id was on disk.
+    let open = gh.seed_run("acme/app", SHA, "flux-status/dev/sync", ours, false);
+    let n = runs_notifier(&gh, app());
+    let r = n.write(&status(State::Failed, None), None).await.unwrap();
+    let runs = gh.runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].conclusion.as_deref(), Some("failure"));
+    assert_eq!(r.handle.unwrap().as_str(), format!("{open}:completed"));
+    assert_clean(&gh);
+}
+
+#[tokio::test]
 async fn a_conclusion_comes_exactly_with_completed() {
     let gh = AppGitHub::start().await;
     runs_notifier(&gh, app())

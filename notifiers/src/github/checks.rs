@@ -248,10 +248,15 @@ impl Notifier for CheckRuns {
                         handle: handle(id, status.state),
                     });
                 }
-                // The run is gone (deleted with its suite): make a new one.
-                Err(e) if e.reason == Reason::NotFound => {
+                // The run is gone (deleted with its suite), or completed by a write
+                // whose answer was lost (read back, so its handle was never kept):
+                // GitHub refuses to take it back to in_progress. A new run, then.
+                Err(e)
+                    if e.reason == Reason::NotFound
+                        || (e.reason == Reason::Invalid && status.state == State::Pending) =>
+                {
                     tracing::info!(repo = %self.repo, check = %status.check, run = id,
-                        "the check run is gone; creating a new one");
+                        http_status = e.status, "the check run cannot be updated; creating a new one");
                 }
                 Err(e) => return Err(e),
             }
