@@ -381,16 +381,16 @@ impl Responder {
                 };
                 let prefix = if raw.starts_with("/api/v3") { "/api/v3" } else { "" };
                 let base = format!("{}{prefix}", s.uri);
-                if let Some((code, mut body, link)) = checks::answer(
-                    &mut s.runs,
+                let call = checks::Call {
                     caller,
-                    req.method.as_str(),
-                    &full,
+                    method: req.method.as_str(),
+                    repo: &full,
                     rest,
-                    &query,
-                    body.as_ref(),
-                    &base,
-                ) {
+                    query: &query,
+                    body: body.as_ref(),
+                    base: &base,
+                };
+                if let Some((code, mut body, link)) = checks::answer(&mut s.runs, call) {
                     if let (Some(link), Some(m)) = (link, body.as_object_mut()) {
                         m.insert(LINK.into(), Value::String(link));
                     }

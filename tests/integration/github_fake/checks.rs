@@ -130,18 +130,31 @@ pub fn view(r: &Run, base: &str) -> Value {
     })
 }
 
-/// Answers a check-run request on `repo` (`rest`: the path after `/repos/o/r/`),
-/// or `None` when it is not one.
-pub fn answer(
-    runs: &mut Runs,
-    caller: Caller,
-    method: &str,
-    repo: &str,
-    rest: &[&str],
-    query: &[(String, String)],
-    body: Option<&Value>,
-    base: &str,
-) -> Option<(u16, Value, Option<String>)> {
+/// A request on a repository's check runs.
+pub struct Call<'a> {
+    pub caller: Caller,
+    pub method: &'a str,
+    /// `owner/repo`.
+    pub repo: &'a str,
+    /// The path after `/repos/{owner}/{repo}/`.
+    pub rest: &'a [&'a str],
+    pub query: &'a [(String, String)],
+    pub body: Option<&'a Value>,
+    /// The API base, for links.
+    pub base: &'a str,
+}
+
+/// Answers a check-run request, or `None` when it is not one.
+pub fn answer(runs: &mut Runs, call: Call<'_>) -> Option<(u16, Value, Option<String>)> {
+    let Call {
+        caller,
+        method,
+        repo,
+        rest,
+        query,
+        body,
+        base,
+    } = call;
     let what = format!("{method} {}", rest.join("/"));
     let null = Value::Null;
     let body = body.unwrap_or(&null);
