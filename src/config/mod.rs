@@ -600,4 +600,40 @@ mod tests {
             .validate();
         assert!(token.is_ok());
     }
+    /// GitHub lets only Apps write check runs: `--github-checks` with a GitHub token
+    /// is refused where the repository is given; other providers keep statuses.
+    #[test]
+    fn github_checks_need_an_app_on_github_only() {
+        let key = format!(
+            "--github-app-private-key={}",
+            include_str!("../../tests/fixtures/github-app/app-key.pem")
+        );
+        let validated = |list: &[&str]| args(list).unwrap().validate();
+        let err = validated(&[
+            "--git-url=https://github.com/o/r",
+            "--github-token=ghp_x",
+            "--github-checks",
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("--git-url") && err.contains("only GitHub Apps") && !err.contains("ghp_x"),
+            "{err}"
+        );
+        let c = validated(&[
+            "--git-url=https://github.com/o/r",
+            "--github-app-id=1",
+            key.as_str(),
+            "--github-checks",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.github_checks);
+        let gitlab = validated(&[
+            "--git-url=https://gitlab.com/o/r",
+            "--gitlab-token=glpat-x",
+            "--github-checks",
+        ]);
+        assert!(gitlab.is_ok(), "{:?}", gitlab.err().map(|e| e.to_string()));
+    }
 }
