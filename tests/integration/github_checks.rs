@@ -2,8 +2,8 @@
 //! rules (tests/github_fake/checks.rs) and checks every request against GitHub's
 //! OpenAPI description: the notifier, the daemon across a `kill -9`, and the CLI.
 
-mod github_fake;
-mod support;
+use crate::github_fake;
+use crate::support;
 
 use github_fake::app::{APP_ID, AppGitHub, INSTALLATION, key_pem};
 use github_fake::checks::OUTPUT_LIMIT;
@@ -311,27 +311,30 @@ fn key_file() -> std::path::PathBuf {
     f
 }
 
-async fn daemon(gh: &AppGitHub, state: std::path::PathBuf, key: &std::path::Path) -> Daemon {
-    let id = APP_ID.to_string();
-    Daemon::start_in(
-        state,
-        &[
-            "--git-url",
-            "https://github.com/acme/app",
-            "--instance",
-            "dev",
-            "--api-url",
-            &gh.uri(),
-            "--github-checks",
-            "--target-url",
-            "https://flux.example/dev",
-        ],
-        &[
-            ("GITHUB_APP_ID", &id),
-            ("GITHUB_APP_PRIVATE_KEY_FILE", key.to_str().unwrap()),
-        ],
-    )
-    .await
+/// The daemon with the App and `--github-checks`; as a child process when the test
+/// kills it.
+async fn daemon(gh: &AppGitHub, state: std::path::PathBuf, key: &std::path::Path, child: bool) -> Daemon {
+    let uri = gh.uri();
+    let args = [
+        "--git-url",
+        "https://github.com/acme/app",
+        "--instance",
+        "dev",
+        "--api-url",
+        uri.as_str(),
+        "--github-checks",
+        "--target-url",
+        "https://flux.example/dev",
+    ];
+    let env = [
+        ("GITHUB_APP_ID", APP_ID),
+        ("GITHUB_APP_PRIVATE_KEY_FILE", key.to_str().unwrap()),
+    ];
+    if child {
+        Daemon::spawn_in(state, &args, &env).await
+    } else {
+        Daemon::start_in(state, &args, &env).await
+    }
 }
 
 async fn forward(d: &Daemon, file: &str) {
@@ -380,7 +383,7 @@ async fn after_a_kill_9_between_create_and_update_the_same_run_is_updated() {
     let gh = AppGitHub::start().await;
     let key = key_file();
     let state = support::temp_dir("checks-crash");
-    let mut d = daemon(&gh, state.clone(), &key).await;
+    let mut d = daemon(&gh, state.clone(), &key, true).await;
     forward(&d, "kustomization-progressing-apply.json").await;
     wait_until("the run is created", &d, || !gh.runs().is_empty()).await;
     // The write has landed and its handle is in the outbox log.
@@ -393,7 +396,7 @@ async fn after_a_kill_9_between_create_and_update_the_same_run_is_updated() {
     d.wait_exit().await;
     let listed = gh.run_listings();
 
-    let d = daemon(&gh, state, &key).await;
+    let d = daemon(&gh, state, &key, true).await;
     forward(&d, "kustomization-reconciliation-succeeded.json").await;
     wait_until("the run completes", &d, || {
         gh.runs().iter().any(|r| r.status == "completed")
@@ -419,7 +422,7 @@ async fn after_a_kill_9_between_create_and_update_the_same_run_is_updated() {
 async fn the_summary_of_a_failed_kustomization_and_of_a_failed_sync() {
     let gh = AppGitHub::start().await;
     let key = key_file();
-    let d = daemon(&gh, support::temp_dir("checks-summary"), &key).await;
+    let d = daemon(&gh, support::temp_dir("checks-summary"), &key, false).await;
     forward(&d, "kustomization-reconciliation-failed-apply.json").await;
     let (code, _) = post_as_fluxd(&d.url("/v6/events"), compact("v1/event-sync-errors.json"), None).await;
     assert_eq!(code, 202);
