@@ -164,6 +164,21 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_summary_is_cut_to_what_the_store_keeps() {
+        let mut u = update("d".into(), None, "c");
+        let long = "ü".repeat(MAX_SUMMARY_BYTES);
+        u.status.summary = Some(long.clone());
+        u.bound().unwrap();
+        let s = u.status.summary.as_deref().unwrap();
+        assert!(
+            s.len() <= MAX_SUMMARY_BYTES && s.ends_with(TRUNCATED),
+            "{}",
+            s.len()
+        );
+        assert!(long.starts_with(s.strip_suffix(TRUNCATED).unwrap()));
+    }
+
+    #[test]
     fn what_fits_is_kept_as_it_is() {
         let exact = "x".repeat(MAX_DESCRIPTION_BYTES);
         let url = Some(format!("https://ci.example/{}", "p".repeat(200)));

@@ -363,6 +363,21 @@ mod tests {
         assert_eq!(op_of(Record::decode(&bytes).unwrap()), Some(handle));
     }
 
+    /// Whatever an update holds, once bounded it makes a record the store takes.
+    #[test]
+    fn a_bounded_update_with_the_longest_summary_fits_a_record() {
+        use crate::update::{MAX_DESCRIPTION_BYTES, MAX_SUMMARY_BYTES, MAX_TARGET_URL_BYTES};
+        let mut u = super::super::tests::update('a', "c", State::Failed);
+        u.status.description = "d".repeat(MAX_DESCRIPTION_BYTES * 2);
+        u.status.summary = Some("s".repeat(MAX_SUMMARY_BYTES * 2));
+        u.status.target_url = Some("u".repeat(MAX_TARGET_URL_BYTES));
+        u.bound().unwrap();
+        assert!(fits(&u));
+        let mut framed = Framed::default();
+        let at = UNIX_EPOCH + Duration::from_secs(1);
+        framed.push_all(&[Op::Pending(u, at)]).unwrap();
+    }
+
     /// An update with a summary is a record kind of its own, after the others; one
     /// without is the same `Pending` record older builds wrote.
     #[test]
