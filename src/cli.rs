@@ -149,6 +149,15 @@ pub async fn run(args: CliArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 
     // The daemon's target section, read the same way; the CLI only reads, so it
     // always needs the provider's credential.
     let target = args.target.validate(false, &mut problems);
+    let action = match args.action {
+        Action::Sync => "sync",
+        Action::Workload => "workload",
+    };
+    let check = Check::new(format!("flux-status/{instance}/{action}"));
+    let check_runs = target
+        .git_url
+        .as_ref()
+        .is_some_and(|t| crate::config::target::writes_check_runs(target.github_checks, t));
     let notifier: Option<Arc<dyn Notifier>> = match target.git_url {
         Some(Target::Provider {
             provider,
@@ -156,6 +165,13 @@ pub async fn run(args: CliArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 
             api_url,
             credential,
         }) => match notifiers::http::client(&target.http) {
+            // Check runs of the one check asked for (`check_name`), or all for --all.
+            Ok(client) if check_runs => {
+                let only = (!args.all).then(|| check.clone());
+                notifiers::github::checks::notifier(client, &git_url, api_url.as_deref(), credential, only)
+                    .map_err(|e| problems.push("--git-url", e.to_string()))
+                    .ok()
+            }
             Ok(client) => provider
                 .notifier(client, &git_url, api_url.as_deref(), credential)
                 .map_err(|e| problems.push("--git-url", e.to_string()))
@@ -171,12 +187,6 @@ pub async fn run(args: CliArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 
         let _ = writeln!(err, "flux-status-cli: {}", ConfigError::from(problems));
         return exit::USAGE;
     };
-    let action = match args.action {
-        Action::Sync => "sync",
-        Action::Workload => "workload",
-    };
-    let check = Check::new(format!("flux-status/{instance}/{action}"));
-
     let deadline = Instant::now() + args.timeout;
     let mut last_seen: Option<ReadStatus> = None;
     loop {

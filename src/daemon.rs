@@ -50,9 +50,12 @@ fn repo_id(url: &GitUrl) -> RepoId {
     format!("{}/{}", url.host, url.repo_segments().join("/")).into()
 }
 
+/// The notifier for `target`; with `github_checks`, a GitHub repository's is the
+/// check-run one.
 pub fn build_notifier(
     target: &Target,
     http: &HttpConfig,
+    github_checks: bool,
 ) -> Result<(RepoId, Arc<dyn Notifier>), DaemonError> {
     match target {
         Target::DryRun { git_url, provider } => {
@@ -69,9 +72,18 @@ pub fn build_notifier(
             credential,
         } => {
             let client = notifiers::http::client(http).map_err(|e| DaemonError::Notifier(e.to_string()))?;
-            let notifier = provider
-                .notifier(client, git_url, api_url.as_deref(), credential.clone())
-                .map_err(|e| DaemonError::Notifier(e.to_string()))?;
+            let notifier = if crate::config::target::writes_check_runs(github_checks, target) {
+                notifiers::github::checks::notifier(
+                    client,
+                    git_url,
+                    api_url.as_deref(),
+                    credential.clone(),
+                    None,
+                )
+            } else {
+                provider.notifier(client, git_url, api_url.as_deref(), credential.clone())
+            }
+            .map_err(|e| DaemonError::Notifier(e.to_string()))?;
             Ok((repo_id(git_url), notifier))
         }
     }
@@ -114,13 +126,14 @@ pub async fn serve(
     let mut routes = HashMap::new();
     let mut notifiers = Vec::new();
     for target in config.targets() {
-        let (repo, notifier) = build_notifier(target, &config.http)?;
+        let (repo, notifier) = build_notifier(target, &config.http, config.github_checks)?;
         if routes.contains_key(&repo) {
             return Err(DaemonError::Notifier(format!(
                 "repository {repo} is configured twice"
             )));
         }
-        info!(provider = notifier.name(), repo = %repo, instance = %config.instance, "using notifier");
+        let check_runs = crate::config::target::writes_check_runs(config.github_checks, target);
+        info!(provider = notifier.name(), repo = %repo, instance = %config.instance, check_runs, "using notifier");
         notifiers.push(notifier.clone());
         routes.insert(
             repo,
@@ -247,6 +260,7 @@ pub async fn serve(
         v1: V1Events {
             ctx: V1Context {
                 repo: v1_repo,
+                instance: config.instance.clone(),
                 check: crate::fluxv1::map::sync_check(&config.instance),
                 status_range: config.status_range,
                 target_url: config.target_url.clone(),

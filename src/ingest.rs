@@ -202,6 +202,7 @@ mod tests {
             v1: V1Events {
                 ctx: V1Context {
                     repo: "github.com/o/r".into(),
+                    instance: "dev".into(),
                     check: sync_check("dev"),
                     status_range: 3,
                     target_url: None,

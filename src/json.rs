@@ -13,6 +13,15 @@ pub fn from_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> serde_json::Result<T
     }
 }
 
+/// A field kept only when it is a string, for what an event shows but nothing
+/// depends on (a time): a value of another type is none, never a refused event.
+pub fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ pub mod listener;
 pub mod mapping;
 pub mod metrics;
 pub mod ops;
+pub mod report;
 pub mod repos;
 pub mod telemetry;
 pub mod update;

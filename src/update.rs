@@ -46,6 +46,9 @@ impl StatusUpdate {
 /// check-run summaries stop at 65,535 characters), so a cut here is never what a
 /// reader sees, while one huge error text cannot make a record the outbox log refuses.
 pub const MAX_DESCRIPTION_BYTES: usize = 64 << 10;
+/// What an update keeps of its summary: GitHub's 65,535 characters at up to four
+/// bytes each; the check-run notifier cuts to the characters GitHub takes.
+pub const MAX_SUMMARY_BYTES: usize = 256 << 10;
 /// Ends a description cut to [`MAX_DESCRIPTION_BYTES`].
 pub const TRUNCATED: &str = " …[truncated]";
 /// A longer target URL is dropped, not cut: a cut link leads nowhere, and GitLab
@@ -94,16 +97,12 @@ impl StatusUpdate {
             return Err(Oversized::Repo(self.repo.len()));
         }
         let mut cut = Cut::default();
-        let description = &mut self.status.description;
-        if description.len() > MAX_DESCRIPTION_BYTES {
-            cut.description_from = Some(description.len());
-            let mut end = MAX_DESCRIPTION_BYTES - TRUNCATED.len();
-            while !description.is_char_boundary(end) {
-                end -= 1;
-            }
-            description.truncate(end);
-            description.push_str(TRUNCATED);
-            description.shrink_to_fit();
+        let before = self.status.description.len();
+        if cut_bytes(&mut self.status.description, MAX_DESCRIPTION_BYTES) {
+            cut.description_from = Some(before);
+        }
+        if let Some(summary) = &mut self.status.summary {
+            cut_bytes(summary, MAX_SUMMARY_BYTES);
         }
         if let Some(url) = &self.status.target_url
             && url.len() > MAX_TARGET_URL_BYTES
@@ -113,6 +112,22 @@ impl StatusUpdate {
         }
         Ok(cut)
     }
+}
+
+/// Cuts `text` to `max` bytes on a character boundary, ending in [`TRUNCATED`];
+/// returns whether it did.
+fn cut_bytes(text: &mut String, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
+    }
+    let mut end = max - TRUNCATED.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(TRUNCATED);
+    text.shrink_to_fit();
+    true
 }
 
 #[cfg(test)]
@@ -129,6 +144,7 @@ mod tests {
                 state: State::Failed,
                 description,
                 target_url,
+                summary: None,
             },
         }
     }
@@ -145,6 +161,21 @@ mod tests {
         assert!(d.ends_with(TRUNCATED));
         assert!(long.starts_with(d.strip_suffix(TRUNCATED).unwrap()));
         assert_eq!(cut.description_from, Some(long.len()));
+    }
+
+    #[test]
+    fn a_huge_summary_is_cut_to_what_the_store_keeps() {
+        let mut u = update("d".into(), None, "c");
+        let long = "ü".repeat(MAX_SUMMARY_BYTES);
+        u.status.summary = Some(long.clone());
+        u.bound().unwrap();
+        let s = u.status.summary.as_deref().unwrap();
+        assert!(
+            s.len() <= MAX_SUMMARY_BYTES && s.ends_with(TRUNCATED),
+            "{}",
+            s.len()
+        );
+        assert!(long.starts_with(s.strip_suffix(TRUNCATED).unwrap()));
     }
 
     #[test]

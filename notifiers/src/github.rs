@@ -5,6 +5,7 @@
 //! GitHub App installation ([`app`], [`installation`]).
 
 pub mod app;
+pub mod checks;
 pub mod installation;
 
 use crate::credential::{CredentialSource, with_token};

@@ -185,6 +185,9 @@ pub struct CommitStatus {
     /// Full text; each notifier truncates it to its provider's limit.
     pub description: String,
     pub target_url: Option<String>,
+    /// Markdown detail for a provider that shows more than one line (a GitHub check
+    /// run's summary); `None` when the status has none. Providers with one line ignore it.
+    pub summary: Option<String>,
 }
 
 /// A status read back from a provider, already mapped to our states.

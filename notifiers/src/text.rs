@@ -39,9 +39,35 @@ pub fn one_line_truncated(s: &str, max_chars: usize) -> String {
     out
 }
 
+/// `s` cut to at most `max_chars` characters (on a character boundary, newlines
+/// kept), ending in `note` when anything was cut; the note counts toward the limit.
+pub fn cut_with_note(s: &str, max_chars: usize, note: &str) -> String {
+    if s.chars().count() <= max_chars {
+        return s.to_string();
+    }
+    let keep = max_chars.saturating_sub(note.chars().count());
+    let end = s.char_indices().nth(keep).map_or(s.len(), |(i, _)| i);
+    let mut out = String::with_capacity(end + note.len());
+    out.push_str(&s[..end]);
+    out.push_str(note);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::one_line_truncated as t;
+
+    #[test]
+    fn long_text_is_cut_on_a_character_boundary_with_its_note() {
+        use super::cut_with_note as cut;
+        assert_eq!(cut("ab\ncd", 5, "!"), "ab\ncd");
+        assert_eq!(cut("€€€€€€", 5, "[cut]"), "[cut]");
+        assert_eq!(cut("€€€€€€", 5, "…"), "€€€€…");
+        assert_eq!(
+            cut(&"é".repeat(70_000), 65_535, "\n_cut_").chars().count(),
+            65_535
+        );
+    }
 
     #[test]
     fn short_text_is_only_folded() {

@@ -143,6 +143,7 @@ fn status() -> CommitStatus {
         state: State::Succeeded,
         description: "synced".into(),
         target_url: None,
+        summary: None,
     }
 }
 

@@ -119,6 +119,8 @@ pub struct Config {
     pub max_event_bytes: usize,
     pub delivery: DeliveryConfig,
     pub http: HttpConfig,
+    /// `--github-checks`: GitHub repositories get check runs, not commit statuses.
+    pub github_checks: bool,
     pub shutdown_timeout: Duration,
     /// `None`: `--poll-workloads=false`.
     pub workloads: Option<WorkloadPolling>,
@@ -267,6 +269,15 @@ impl Args {
                 .chain(rules.iter().map(|r| (r.at.as_str(), &r.target))),
             &mut problems,
         );
+        let checks = target.github_checks;
+        for (at, t) in target
+            .git_url
+            .iter()
+            .map(|t| ("--git-url", t))
+            .chain(rules.iter().map(|r| (r.at.as_str(), &r.target)))
+        {
+            target::check_runs_need_an_app(checks, at, t, &mut problems);
+        }
         let delivery = self.delivery.validate(target.http.timeout, &mut problems);
         let workloads = self.workloads.validate(&mut problems);
         problems.or_ok(Config {
@@ -285,6 +296,7 @@ impl Args {
             max_event_bytes: ingest.max_event_bytes,
             delivery: delivery.delivery,
             http: target.http,
+            github_checks: checks,
             shutdown_timeout: delivery.shutdown_timeout,
             workloads,
             log_format: self.log_format,
@@ -587,5 +599,41 @@ mod tests {
             .unwrap()
             .validate();
         assert!(token.is_ok());
+    }
+    /// GitHub lets only Apps write check runs: `--github-checks` with a GitHub token
+    /// is refused where the repository is given; other providers keep statuses.
+    #[test]
+    fn github_checks_need_an_app_on_github_only() {
+        let key = format!(
+            "--github-app-private-key={}",
+            include_str!("../../tests/fixtures/github-app/app-key.pem")
+        );
+        let validated = |list: &[&str]| args(list).unwrap().validate();
+        let err = validated(&[
+            "--git-url=https://github.com/o/r",
+            "--github-token=ghp_x",
+            "--github-checks",
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("--git-url") && err.contains("only GitHub Apps") && !err.contains("ghp_x"),
+            "{err}"
+        );
+        let c = validated(&[
+            "--git-url=https://github.com/o/r",
+            "--github-app-id=1",
+            key.as_str(),
+            "--github-checks",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.github_checks);
+        let gitlab = validated(&[
+            "--git-url=https://gitlab.com/o/r",
+            "--gitlab-token=glpat-x",
+            "--github-checks",
+        ]);
+        assert!(gitlab.is_ok(), "{:?}", gitlab.err().map(|e| e.to_string()));
     }
 }

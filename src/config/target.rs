@@ -80,6 +80,10 @@ pub struct TargetArgs {
     /// PEM bundle of extra CAs for self-hosted providers.
     #[arg(long, env = "FLUX_STATUS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// On GitHub, write each check as a check run (updated in place, with a Markdown
+    /// summary) instead of a commit status. Writing needs GitHub App authentication.
+    #[arg(long, env = "FLUX_STATUS_GITHUB_CHECKS")]
+    pub github_checks: bool,
 }
 
 /// Where statuses go.
@@ -121,6 +125,8 @@ impl Target {
 /// `--git-url`'s repository when given.
 pub struct TargetSection {
     pub http: HttpConfig,
+    /// `--github-checks`.
+    pub github_checks: bool,
     pub credentials: Credentials,
     pub git_url: Option<Target>,
 }
@@ -150,9 +156,36 @@ impl TargetArgs {
         });
         TargetSection {
             http,
+            github_checks: self.github_checks,
             credentials,
             git_url,
         }
+    }
+}
+
+/// Whether `target` is written as GitHub check runs under `--github-checks`.
+pub fn writes_check_runs(github_checks: bool, target: &Target) -> bool {
+    github_checks
+        && matches!(target, Target::Provider { provider, .. } if provider.spec().name == notifiers::github::NAME)
+}
+
+/// `--github-checks` with a GitHub repository that has a token, not an App: GitHub
+/// lets only Apps create check runs, so every write would be refused.
+pub fn check_runs_need_an_app(github_checks: bool, at: &str, target: &Target, problems: &mut Problems) {
+    if writes_check_runs(github_checks, target)
+        && matches!(
+            target,
+            Target::Provider {
+                credential: Credential::Token(_),
+                ..
+            }
+        )
+    {
+        problems.push(
+            at,
+            "--github-checks writes check runs, which GitHub lets only GitHub Apps create: \
+             authenticate as an App (--github-app-id and --github-app-private-key-file) instead of a token",
+        );
     }
 }
 

@@ -60,6 +60,7 @@ fn update(state: State) -> StatusUpdate {
             state,
             description: format!("{state}"),
             target_url: None,
+            summary: None,
         },
     }
 }

@@ -555,6 +555,7 @@ mod tests {
                 state,
                 description: format!("{state}"),
                 target_url: None,
+                summary: None,
             },
         }
     }

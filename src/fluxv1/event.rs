@@ -48,6 +48,8 @@ pub struct SyncEvent {
     pub errors: Vec<ResourceError>,
     pub initial_sync: bool,
     pub has_metadata: bool,
+    /// fluxd's `endedAt`, shown in a check run's summary.
+    pub ended_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -102,6 +104,9 @@ struct Envelope<'a> {
     kind: Option<String>,
     #[serde(borrow, default)]
     metadata: Option<&'a RawValue>,
+    /// When the sync ended, as fluxd wrote it; anything but a string is none.
+    #[serde(rename = "endedAt", default, deserialize_with = "crate::json::string_or_none")]
+    ended_at: Option<String>,
 }
 
 /// A sync's metadata (a wrong shape is invalid metadata).
@@ -149,7 +154,7 @@ pub fn parse(body: &[u8]) -> Result<V1Event, EventError> {
                 })?,
                 None => Metadata::default(),
             };
-            sync_event(raw.service_ids, meta, metadata.is_some())
+            sync_event(raw.service_ids, meta, metadata.is_some(), raw.ended_at)
         }
         "commit" => V1Event::Commit {
             revision: revision(metadata, &["revision"]),
@@ -173,7 +178,12 @@ fn revision(metadata: Option<&RawValue>, keys: &[&str]) -> Option<String> {
         .map(str::to_string)
 }
 
-fn sync_event(service_ids: Option<Vec<String>>, meta: Metadata, has_metadata: bool) -> V1Event {
+fn sync_event(
+    service_ids: Option<Vec<String>>,
+    meta: Metadata,
+    has_metadata: bool,
+    ended_at: Option<String>,
+) -> V1Event {
     let commits = match (meta.commits, meta.revisions) {
         (Some(c), _) => c,
         (None, Some(revs)) => revs
@@ -191,6 +201,7 @@ fn sync_event(service_ids: Option<Vec<String>>, meta: Metadata, has_metadata: bo
         errors: meta.errors.unwrap_or_default(),
         initial_sync: meta.initial_sync,
         has_metadata,
+        ended_at,
     })
 }
 

@@ -11,6 +11,8 @@ const NAMED_RESOURCES: usize = 3;
 #[derive(Debug, Clone)]
 pub struct V1Context {
     pub repo: RepoId,
+    /// `--instance`, named in a check run's summary.
+    pub instance: String,
     /// `flux-status/<instance>/sync`, built once.
     pub check: Check,
     /// Also status up to this many older commits of a sync's range.
@@ -51,6 +53,7 @@ fn map_sync(sync: &SyncEvent, ctx: &V1Context) -> Mapped {
         (State::Failed, failure_description(&sync.errors))
     };
     let check = &ctx.check;
+    let summary = super::report::sync_summary(&ctx.instance, sync, state);
     let status = |sha: Sha, description: String| StatusUpdate {
         repo: ctx.repo.clone(),
         status: CommitStatus {
@@ -59,6 +62,7 @@ fn map_sync(sync: &SyncEvent, ctx: &V1Context) -> Mapped {
             state,
             description,
             target_url: ctx.target_url.clone(),
+            summary: Some(summary.clone()),
         },
     };
     let mut mapped = Mapped::default();
@@ -117,6 +121,7 @@ mod tests {
     fn ctx(range: usize) -> V1Context {
         V1Context {
             repo: "github.com/o/r".into(),
+            instance: "dev".into(),
             check: sync_check("dev"),
             status_range: range,
             target_url: None,

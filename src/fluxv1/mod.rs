@@ -6,6 +6,7 @@ pub mod event;
 pub mod judge;
 pub mod map;
 pub mod poller;
+pub mod report;
 pub mod route;
 pub mod rpc;
 pub mod workloads;

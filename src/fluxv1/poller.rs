@@ -8,7 +8,7 @@
 //! commit is left pending. The poll is saved in the state store and resumed after a
 //! restart.
 
-use super::workloads::Workloads;
+use super::workloads::{Workload, Workloads};
 use crate::delivery::Delivery;
 use crate::delivery::store::millis;
 use crate::fluxv1::judge::{self as judge, Verdict};
@@ -80,6 +80,9 @@ struct Poll {
     posted: Option<String>,
     not_ready: Vec<String>,
     last_error: Option<String>,
+    /// The workloads in scope at the last look, for the check run's summary (not
+    /// saved: a resumed poll has them again after its first look).
+    in_scope: Option<Vec<Workload>>,
 }
 
 impl Poll {
@@ -99,6 +102,7 @@ impl Poll {
             looks: 0,
             posted: None,
             not_ready: Vec::new(),
+            in_scope: None,
             last_error: None,
         }
     }
@@ -257,7 +261,7 @@ impl Poller {
             );
             let updates = overflow
                 .into_iter()
-                .map(|sha| self.update(sha, State::Canceled, description.clone()))
+                .map(|sha| self.update(sha, State::Canceled, description.clone(), None))
                 .collect();
             self.post(updates).await;
         }
@@ -276,6 +280,13 @@ impl Poller {
             Ok((list, transport)) => {
                 poll.last_error = None;
                 let a = judge::assess(&poll.service_ids, &list);
+                poll.in_scope = Some(
+                    judge::scope(&poll.service_ids, &list)
+                        .1
+                        .into_iter()
+                        .cloned()
+                        .collect(),
+                );
                 debug!(sha = %poll.head, transport = transport.as_str(), listed = list.len(),
                     in_scope = a.scope.len(), basis = ?a.basis, verdict = ?a.verdict, "workloads listed");
                 match a.verdict {
@@ -319,10 +330,12 @@ impl Poller {
             Some(before) => waiting.is_some() && *before != description,
         };
         if repost {
+            let summary = self.summary(poll, &description);
             self.post(vec![self.update(
                 poll.head.clone(),
                 State::Pending,
                 description.clone(),
+                summary,
             )])
             .await;
             poll.posted = Some(description);
@@ -337,16 +350,31 @@ impl Poller {
         info!(sha = %poll.head, state = %state, description = %description, superseded = poll.superseded.len(),
             seconds = elapsed.as_secs_f64(), "workload poll finished");
         let short = poll.head.short();
-        let mut updates = vec![self.update(poll.head.clone(), state, description.clone())];
-        updates.extend(
-            poll.superseded
-                .iter()
-                .map(|sha| self.update(sha.clone(), state, judge::as_part_of(&description, short))),
-        );
+        let summary = self.summary(poll, &description);
+        let mut updates = vec![self.update(poll.head.clone(), state, description.clone(), summary.clone())];
+        updates.extend(poll.superseded.iter().map(|sha| {
+            self.update(
+                sha.clone(),
+                state,
+                judge::as_part_of(&description, short),
+                summary.clone(),
+            )
+        }));
         self.post(updates).await;
     }
 
-    fn update(&self, sha: Sha, state: State, description: String) -> StatusUpdate {
+    /// The workloads of the last look as a check run's summary.
+    fn summary(&self, poll: &Poll, description: &str) -> Option<String> {
+        let scope: Vec<&Workload> = poll.in_scope.as_ref()?.iter().collect();
+        Some(super::report::workload_summary(
+            &self.cfg.instance,
+            poll.head.as_str(),
+            description,
+            &scope,
+        ))
+    }
+
+    fn update(&self, sha: Sha, state: State, description: String, summary: Option<String>) -> StatusUpdate {
         StatusUpdate {
             repo: self.cfg.repo.clone(),
             status: CommitStatus {
@@ -355,6 +383,7 @@ impl Poller {
                 state,
                 description,
                 target_url: self.cfg.target_url.clone(),
+                summary,
             },
         }
     }

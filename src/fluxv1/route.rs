@@ -121,6 +121,7 @@ mod tests {
         V1Events {
             ctx: V1Context {
                 repo: "github.com/o/r".into(),
+                instance: "dev".into(),
                 check: map::sync_check("dev"),
                 status_range: 3,
                 target_url: None,

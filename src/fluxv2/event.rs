@@ -36,6 +36,9 @@ pub struct Event<'a> {
     pub reason: Cow<'a, str>,
     #[serde(default, borrow)]
     pub metadata: Metadata<'a>,
+    /// When the controller emitted it, as written; shown in a check run's summary.
+    #[serde(default, deserialize_with = "crate::json::string_or_none")]
+    pub timestamp: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

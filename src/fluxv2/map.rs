@@ -208,6 +208,7 @@ pub fn map(ev: &Event, ctx: &V2Context) -> Mapped {
                 state,
                 description,
                 target_url: ctx.target_url.clone(),
+                summary: Some(super::report::summary(ev, revision, state)),
             },
         }],
         skips: Vec::new(),

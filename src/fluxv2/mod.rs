@@ -5,5 +5,6 @@
 
 pub mod event;
 pub mod map;
+pub mod report;
 pub mod route;
 pub mod signature;

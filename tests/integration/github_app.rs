@@ -39,6 +39,7 @@ fn status(description: &str) -> CommitStatus {
         state: State::Succeeded,
         description: description.to_string(),
         target_url: None,
+        summary: None,
     }
 }
 

@@ -9,6 +9,7 @@ mod durability;
 mod fluxv1_github;
 mod fluxv2;
 mod github_app;
+mod github_checks;
 mod github_fake;
 mod harness;
 mod hostile_input;

@@ -130,6 +130,7 @@ fn status(state: State) -> CommitStatus {
             "x".repeat(400)
         ),
         target_url: Some(TARGET.into()),
+        summary: None,
     }
 }
 

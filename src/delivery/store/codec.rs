@@ -84,6 +84,14 @@ pub(super) enum Record<'a> {
         key: KeyRecord<'a>,
         handle: Option<&'a str>,
     },
+    /// [`Record::Pending`] of an update with a summary (a check run's Markdown): a
+    /// variant of its own, so that logs written before summaries existed still read.
+    PendingSummary {
+        #[serde(borrow)]
+        update: UpdateRecord<'a>,
+        at: u64,
+        summary: &'a str,
+    },
 }
 
 impl<'a> Record<'a> {
@@ -116,9 +124,16 @@ fn update_record(u: &StatusUpdate) -> UpdateRecord<'_> {
 
 pub(super) fn record(op: &Op) -> Record<'_> {
     match op {
-        Op::Pending(u, at) => Record::Pending {
-            update: update_record(u),
-            at: millis(*at),
+        Op::Pending(u, at) => match &u.status.summary {
+            None => Record::Pending {
+                update: update_record(u),
+                at: millis(*at),
+            },
+            Some(summary) => Record::PendingSummary {
+                update: update_record(u),
+                at: millis(*at),
+                summary,
+            },
         },
         Op::Done(k) => Record::Done(key_record(k)),
         Op::InFlight(k) => Record::InFlight(key_record(k)),
@@ -154,6 +169,7 @@ fn update_of(r: UpdateRecord<'_>) -> Option<StatusUpdate> {
             state,
             description: r.description.to_string(),
             target_url: r.target_url.map(str::to_string),
+            summary: None,
         },
     })
 }
@@ -163,6 +179,11 @@ pub(super) fn op_of(r: Record<'_>) -> Option<Op> {
     Some(match r {
         Record::Pending { update, at } => {
             Op::Pending(update_of(update)?, UNIX_EPOCH + Duration::from_millis(at))
+        }
+        Record::PendingSummary { update, at, summary } => {
+            let mut u = update_of(update)?;
+            u.status.summary = Some(summary.to_string());
+            Op::Pending(u, UNIX_EPOCH + Duration::from_millis(at))
         }
         Record::Done(k) => Op::Done(key_of(k)?),
         Record::InFlight(k) => Op::InFlight(key_of(k)?),
@@ -188,7 +209,9 @@ pub type Slot = [u8; 16];
 pub(super) fn slot(r: &Record<'_>) -> (Slot, bool) {
     use sha2::Digest;
     let (kind, key, sets) = match r {
-        Record::Pending { update, .. } => (0u8, Some(&update.key), true),
+        Record::Pending { update, .. } | Record::PendingSummary { update, .. } => {
+            (0u8, Some(&update.key), true)
+        }
         Record::Done(k) => (0, Some(k), false),
         Record::InFlight(k) => (1, Some(k), true),
         Record::Landed(k) => (1, Some(k), false),
@@ -302,6 +325,7 @@ pub fn fits(u: &StatusUpdate) -> bool {
         u.status.state.as_str().len(),
         u.status.description.len(),
         u.status.target_url.as_ref().map_or(0, String::len),
+        u.status.summary.as_ref().map_or(0, String::len),
     ];
     // Each string's length is a varint of at most 10 bytes; tags and the u64 take 32.
     strings.iter().map(|n| n + 10).sum::<usize>() + 32 <= MAX_RECORD
@@ -337,5 +361,35 @@ mod tests {
         let handle = Op::Handle(key, Handle::new("check-run/42"));
         let bytes = postcard::to_allocvec(&record(&handle)).unwrap();
         assert_eq!(op_of(Record::decode(&bytes).unwrap()), Some(handle));
+    }
+
+    /// Whatever an update holds, once bounded it makes a record the store takes.
+    #[test]
+    fn a_bounded_update_with_the_longest_summary_fits_a_record() {
+        use crate::update::{MAX_DESCRIPTION_BYTES, MAX_SUMMARY_BYTES, MAX_TARGET_URL_BYTES};
+        let mut u = super::super::tests::update('a', "c", State::Failed);
+        u.status.description = "d".repeat(MAX_DESCRIPTION_BYTES * 2);
+        u.status.summary = Some("s".repeat(MAX_SUMMARY_BYTES * 2));
+        u.status.target_url = Some("u".repeat(MAX_TARGET_URL_BYTES));
+        u.bound().unwrap();
+        assert!(fits(&u));
+        let mut framed = Framed::default();
+        let at = UNIX_EPOCH + Duration::from_secs(1);
+        framed.push_all(&[Op::Pending(u, at)]).unwrap();
+    }
+
+    /// An update with a summary is a record kind of its own, after the others; one
+    /// without is the same `Pending` record older builds wrote.
+    #[test]
+    fn a_summary_is_kept_in_its_own_record_kind() {
+        let mut u = super::super::tests::update('a', "c", State::Failed);
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let plain = postcard::to_allocvec(&record(&Op::Pending(u.clone(), at))).unwrap();
+        assert_eq!(plain[0], 0);
+        u.status.summary = Some("| resource | error |\n|---|---|\n| a | b \\| c |".into());
+        let op = Op::Pending(u, at);
+        let bytes = postcard::to_allocvec(&record(&op)).unwrap();
+        assert_eq!(bytes[0], 8);
+        assert_eq!(op_of(Record::decode(&bytes).unwrap()), Some(op));
     }
 }

@@ -25,6 +25,7 @@ pub(super) fn update(c: char, check: &str, state: State) -> StatusUpdate {
             state,
             description: format!("{state} on {c}"),
             target_url: (c == 'b').then(|| "https://ci.example/b".to_string()),
+            summary: None,
         },
     }
 }

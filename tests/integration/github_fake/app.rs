@@ -5,6 +5,7 @@
 //! on. Every request is checked against the official spec.
 #![allow(dead_code)]
 
+use super::checks::{self, Caller, Run, Runs};
 use crate::support::openapi::Spec;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -55,7 +56,16 @@ struct State {
     secrets: Vec<String>,
     /// Paths as received, prefix included.
     paths: Vec<String>,
+    /// Check runs, and what was refused about them.
+    runs: Runs,
+    /// Personal access tokens: they reach every repository, but are no App.
+    pats: Vec<String>,
+    /// The server's own URI, for the links it answers with.
+    uri: String,
 }
+
+/// A body's key the responder turns into a `Link` header (check-run pages).
+const LINK: &str = "__link";
 
 #[derive(Clone)]
 pub struct AppGitHub {
@@ -90,6 +100,7 @@ impl AppGitHub {
             public_key: STANDARD.decode(body).unwrap(),
         };
         Mock::given(any()).respond_with(responder).mount(&server).await;
+        state.lock().unwrap().uri = server.uri();
         AppGitHub {
             server: Arc::new(server),
             state,
@@ -143,6 +154,50 @@ impl AppGitHub {
 
     pub fn paths(&self) -> Vec<String> {
         self.with(|s| s.paths.clone())
+    }
+
+    /// `token` is a personal access token: it reads and writes statuses, but GitHub
+    /// refuses it check-run writes.
+    pub fn add_pat(&self, token: &str) {
+        self.with(|s| s.pats.push(token.to_string()));
+    }
+
+    /// Every check run, oldest first.
+    pub fn runs(&self) -> Vec<Run> {
+        self.with(|s| s.runs.runs.clone())
+    }
+
+    /// Check-run requests refused (403 and 422), as `METHOD path: message`.
+    pub fn run_refusals(&self) -> Vec<String> {
+        self.with(|s| s.runs.refusals.clone())
+    }
+
+    /// Check-run listings received.
+    pub fn run_listings(&self) -> usize {
+        self.with(|s| s.runs.listings)
+    }
+
+    /// A run made by another App (`app`), as if that App had written it.
+    pub fn seed_run(&self, repo: &str, sha: &str, name: &str, app: u64, completed: bool) -> u64 {
+        self.with(|s| {
+            let id = 4_000_000 + s.runs.runs.len() as u64 + 1;
+            s.runs.runs.push(Run {
+                id,
+                repo: repo.into(),
+                sha: sha.into(),
+                name: name.into(),
+                app,
+                status: if completed { "completed" } else { "in_progress" }.into(),
+                conclusion: completed.then(|| "success".into()),
+                started_at: None,
+                completed_at: None,
+                details_url: None,
+                title: format!("seeded by app {app}"),
+                summary: String::new(),
+                writes: Vec::new(),
+            });
+            id
+        })
     }
 }
 
@@ -306,7 +361,7 @@ impl Responder {
                     None => (404, json!({"message": "Not Found"})),
                 }
             }
-            ("GET" | "POST", ["repos", owner, repo, rest @ ..]) => {
+            ("GET" | "POST" | "PATCH", ["repos", owner, repo, rest @ ..]) => {
                 let full = format!("{owner}/{repo}");
                 let valid = s.tokens.get(&credential).is_some_and(|t| {
                     t.expires > now
@@ -314,8 +369,32 @@ impl Responder {
                             .get(&t.installation)
                             .is_some_and(|r| r.contains(&full))
                 });
-                if !valid {
+                let pat = s.pats.contains(&credential);
+                if !valid && !pat {
                     return refuse(&mut s, "Bad credentials");
+                }
+                // Every installation here is the one App's.
+                let caller = if valid {
+                    Caller::App(APP_ID.parse().unwrap_or_default())
+                } else {
+                    Caller::Token
+                };
+                let prefix = if raw.starts_with("/api/v3") { "/api/v3" } else { "" };
+                let base = format!("{}{prefix}", s.uri);
+                let call = checks::Call {
+                    caller,
+                    method: req.method.as_str(),
+                    repo: &full,
+                    rest,
+                    query: &query,
+                    body: body.as_ref(),
+                    base: &base,
+                };
+                if let Some((code, mut body, link)) = checks::answer(&mut s.runs, call) {
+                    if let (Some(link), Some(m)) = (link, body.as_object_mut()) {
+                        m.insert(LINK.into(), Value::String(link));
+                    }
+                    return (code, body);
                 }
                 match (req.method.as_str(), rest) {
                     ("GET", []) => (200, json!({"id": 1, "name": repo, "full_name": full})),
@@ -364,12 +443,16 @@ fn fastrand_token() -> String {
 
 impl Respond for Responder {
     fn respond(&self, req: &Request) -> ResponseTemplate {
-        let (code, body) = self.answer(req);
+        let (code, mut body) = self.answer(req);
+        let link = body.as_object_mut().and_then(|m| m.remove(LINK));
         let offset = self.state.lock().unwrap().clock_offset;
         let date = UNIX_EPOCH + Duration::from_secs(now_secs(offset));
-        ResponseTemplate::new(code)
+        let mut t = ResponseTemplate::new(code)
             .insert_header("date", httpdate::fmt_http_date(date).as_str())
-            .insert_header("x-ratelimit-remaining", "4999")
-            .set_body_json(body)
+            .insert_header("x-ratelimit-remaining", "4999");
+        if let Some(Value::String(link)) = link {
+            t = t.insert_header("link", link.as_str());
+        }
+        t.set_body_json(body)
     }
 }

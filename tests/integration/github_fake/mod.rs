@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod checks;
 
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet, VecDeque};
