@@ -650,6 +650,19 @@ async fn main() {
         .build()
         .unwrap();
     let total = 40_000u64;
+    // `BENCH_FIXED_RATE=N`: only N windows at the fixed rate, budget off, for a quick A/B
+    // of the event-to-provider latency between two builds.
+    if let Some(windows) = std::env::var("BENCH_FIXED_RATE")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        let d = start_daemon(&client, &bin, &state_dir, fake_addr, false).await;
+        for w in 0..windows {
+            fixed_rate(&client, &fake, d.ingest, 100 + w).await;
+        }
+        stop(d);
+        return;
+    }
 
     // Run 1, as shipped: GitHub's write budget holds writes to 80 a minute, so a
     // flood is accepted into the durable outbox and written at the budget's pace.
