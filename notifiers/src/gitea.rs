@@ -166,29 +166,12 @@ pub(crate) fn connect(spec: &'static ProviderSpec, c: Connect<'_>) -> Result<Arc
     }))
 }
 
-/// Our state in Gitea's words. Gitea has no "canceled": `error` (the deploy did not
-/// complete, for a reason other than its own failure) is the closest both servers
-/// know; `skipped` exists on Gitea 1.27 only, and `warning` would pass for a
-/// success with a remark.
-pub fn state(s: State) -> &'static str {
-    match s {
-        State::Pending => "pending",
-        State::Succeeded => "success",
-        State::Failed => "failure",
-        State::Canceled => "error",
-    }
-}
-
-/// A status read back: `error` is a failure too; `warning` and `skipped` are never
-/// ours, and are left out.
-pub fn read_state(s: &str) -> Option<State> {
-    match s {
-        "pending" => Some(State::Pending),
-        "success" => Some(State::Succeeded),
-        "failure" | "error" => Some(State::Failed),
-        _ => None,
-    }
-}
+// Gitea and Forgejo take GitHub's status words. They have no "canceled" either:
+// `error` (the deploy did not complete, for a reason other than its own failure) is
+// the closest both servers know; `skipped` exists on Gitea 1.27 only, and `warning`
+// would pass for a success with a remark. On reading back, `error` is a failure too,
+// and `warning` and `skipped` are never ours.
+pub use crate::github::{read_state, state};
 
 pub struct Gitea {
     /// `gitea` or `forgejo`: the spec that built it.

@@ -11,7 +11,7 @@ use crate::http::{self, HttpResponse, sensitive_header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::NAME;
 
@@ -250,43 +250,32 @@ fn clock_skew(headers: &reqwest::header::HeaderMap) -> Option<i64> {
 /// `2016-07-11T22:14:10Z`, with optional fractional seconds and offset.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let s = s.trim();
-    let (date, time) = s.split_once(['T', 't', ' '])?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
-    let (clock, offset) = match time.find(['Z', 'z', '+', '-']) {
-        Some(i) => time.split_at(i),
-        None => return None,
-    };
-    let mut c = clock.splitn(3, ':');
-    let (h, mi) = (c.next()?.parse::<i64>().ok()?, c.next()?.parse::<i64>().ok()?);
-    let sec = c.next()?.split('.').next()?.parse::<i64>().ok()?;
-    let offset_s = match offset {
-        "Z" | "z" => 0,
-        o => {
-            let sign = if o.starts_with('-') { -1 } else { 1 };
-            let (oh, om) = o[1..].split_once(':')?;
-            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
-        }
-    };
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || sec > 60 {
-        return None;
+    if s.ends_with(['Z', 'z']) {
+        return humantime::parse_rfc3339_weak(s).ok();
     }
-    // Days since 1970-01-01 in the proleptic Gregorian calendar (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
-    u64::try_from(secs)
-        .ok()
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    // humantime reads UTC only: an offset (`+01:00`) is applied here.
+    let i = s.len().checked_sub(6)?;
+    let (local, offset) = (s.get(..i)?, s.get(i..)?);
+    let sign = match offset.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (h, m) = offset[1..].split_once(':')?;
+    let secs: i64 = sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60);
+    let utc = humantime::parse_rfc3339_weak(&format!("{local}Z")).ok()?;
+    let shift = Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        utc.checked_sub(shift)
+    } else {
+        utc.checked_add(shift)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn expiry_times_parse_as_github_writes_them() {
