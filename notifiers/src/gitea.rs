@@ -12,11 +12,11 @@ use crate::http::{self, sensitive_header};
 use crate::provider::{Connect, CredentialSpec, ProviderSpec, TextLimits, WriteBudget};
 use crate::{
     Check, CommitStatus, Handle, MAX_PAGES, Notifier, NotifyError, ReadStatus, Reason, Receipt, Retry, Sha,
-    State, text,
+    State,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::sync::Arc;
 
 pub const NAME: &str = "gitea";
@@ -171,6 +171,7 @@ pub(crate) fn connect(spec: &'static ProviderSpec, c: Connect<'_>) -> Result<Arc
 // the closest both servers know; `skipped` exists on Gitea 1.27 only, and `warning`
 // would pass for a success with a remark. On reading back, `error` is a failure too,
 // and `warning` and `skipped` are never ours.
+use crate::github::CreateStatus;
 pub use crate::github::{read_state, state};
 
 pub struct Gitea {
@@ -203,15 +204,6 @@ struct Permissions {
     push: bool,
 }
 
-#[derive(Serialize)]
-struct CreateStatus<'a> {
-    state: &'static str,
-    context: &'a str,
-    description: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    target_url: Option<&'a str>,
-}
-
 fn auth(req: reqwest::RequestBuilder, token: &SecretString) -> Result<reqwest::RequestBuilder, NotifyError> {
     let value = sensitive_header(&format!("token {}", token.expose_secret()))?;
     Ok(req
@@ -240,12 +232,7 @@ impl Notifier for Gitea {
     }
 
     async fn write(&self, status: &CommitStatus, _: Option<&Handle>) -> Result<Receipt, NotifyError> {
-        let body = CreateStatus {
-            state: state(status.state),
-            context: status.check.as_str(),
-            description: text::one_line_truncated(&status.description, DESCRIPTION_LIMIT),
-            target_url: status.target_url.as_deref(),
-        };
+        let body = CreateStatus::of(status, DESCRIPTION_LIMIT);
         let url = format!("{}/statuses/{}", self.repo_url, status.sha);
         with_token(&*self.credential, |token| {
             let req = auth(self.client.post(&url), &token).map(|r| r.json(&body));
@@ -338,7 +325,7 @@ mod tests {
     fn the_description_limit_fits_a_mysql_text_column_in_any_characters() {
         // Four-byte characters are the widest utf8mb4 stores.
         let widest = "😀".repeat(DESCRIPTION_LIMIT + 10);
-        let cut = text::one_line_truncated(&widest, DESCRIPTION_LIMIT);
+        let cut = crate::text::one_line_truncated(&widest, DESCRIPTION_LIMIT);
         assert!(cut.len() <= 65_535, "{} bytes", cut.len());
         assert_eq!(cut.chars().count(), DESCRIPTION_LIMIT);
         assert_eq!(DESCRIPTION_LIMIT, 16_383);

@@ -140,13 +140,26 @@ struct Listed {
     description: Option<String>,
 }
 
+/// A commit status as GitHub takes it, and Gitea and Forgejo, which copied its API.
 #[derive(Serialize)]
-struct CreateStatus<'a> {
+pub(crate) struct CreateStatus<'a> {
     state: &'static str,
     context: &'a str,
     description: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     target_url: Option<&'a str>,
+}
+
+impl<'a> CreateStatus<'a> {
+    /// The description folded to one line and cut to `description_limit`.
+    pub(crate) fn of(status: &'a CommitStatus, description_limit: usize) -> Self {
+        CreateStatus {
+            state: state(status.state),
+            context: status.check.as_str(),
+            description: text::one_line_truncated(&status.description, description_limit),
+            target_url: status.target_url.as_deref(),
+        }
+    }
 }
 
 impl GitHub {
@@ -212,12 +225,7 @@ impl Notifier for GitHub {
     }
 
     async fn write(&self, status: &CommitStatus, _: Option<&Handle>) -> Result<Receipt, NotifyError> {
-        let body = CreateStatus {
-            state: state(status.state),
-            context: status.check.as_str(),
-            description: text::one_line_truncated(&status.description, DESCRIPTION_LIMIT),
-            target_url: status.target_url.as_deref(),
-        };
+        let body = CreateStatus::of(status, DESCRIPTION_LIMIT);
         let url = format!("{}/statuses/{}", self.repo_url, status.sha);
         with_token(&*self.credential, |token| {
             let req = Self::auth(self.client.post(&url), &token).map(|r| r.json(&body));
