@@ -104,6 +104,10 @@ impl StatusUpdate {
         if let Some(summary) = &mut self.status.summary {
             cut_bytes(summary, MAX_SUMMARY_BYTES);
         }
+        // A branch name is short; one that is not was never a branch.
+        if self.status.git_ref.as_ref().is_some_and(|r| r.len() > MAX_CHECK_BYTES) {
+            self.status.git_ref = None;
+        }
         if let Some(url) = &self.status.target_url
             && url.len() > MAX_TARGET_URL_BYTES
         {
@@ -145,6 +149,7 @@ mod tests {
                 description,
                 target_url,
                 summary: None,
+                git_ref: None,
             },
         }
     }

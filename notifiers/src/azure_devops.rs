@@ -54,6 +54,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         let r = repo_path(url)?;
         Ok(format!("{}/{}/{}", r.collection_url, r.project, r.repo))
     },
+    deployments: None,
     build: |c| {
         Ok(Arc::new(AzureDevOps::with_credential(
             c.client,

@@ -25,6 +25,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
     limits: gitea::LIMITS,
     budget: gitea::BUDGET,
     repo_key: |url| gitea::repo_key(&SPEC, url),
+    deployments: None,
     build: |c| gitea::connect(&SPEC, c),
 };
 

@@ -60,6 +60,8 @@ pub enum GitUrlError {
     MissingPath,
     #[error("{0} has no App authentication: give it a token")]
     NoApps(&'static str),
+    #[error("{0} has no deployments to environments flux-status can write (--deployments)")]
+    NoDeployments(&'static str),
     #[error("{provider} repository path must look like {expected}, got {got:?}")]
     UnexpectedPath {
         provider: &'static str,

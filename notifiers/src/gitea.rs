@@ -49,6 +49,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
     limits: LIMITS,
     budget: BUDGET,
     repo_key: |url| repo_key(&SPEC, url),
+    deployments: None,
     build: |c| connect(&SPEC, c),
 };
 

@@ -71,6 +71,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         let (owner, repo) = repo_path(url)?;
         Ok(format!("{}/{owner}/{repo}", default_api_url(url)))
     },
+    deployments: None,
     build: |c| {
         Ok(Arc::new(GitHub::with_credential(
             c.client,

@@ -47,6 +47,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         requests_per_hour: None,
     },
     repo_key: |url| Ok(format!("{}/{}", default_api_url(url), repo_path(url)?)),
+    deployments: None,
     build: |c| {
         Ok(Arc::new(GitLab::with_credential(
             c.client,

@@ -8,6 +8,7 @@
 pub mod azure_devops;
 pub mod bitbucket;
 pub mod credential;
+pub mod deployment;
 pub mod dry_run;
 pub mod error;
 pub mod forgejo;

@@ -7,6 +7,7 @@
 //! daemon's flags, `--help`, `--config` and the CLI iterate over.
 
 use crate::git_url::{GitUrl, GitUrlError};
+use crate::deployment::Environment;
 use crate::{AppCredential, Credential, CredentialSource, Notifier, PROVIDERS, StaticToken};
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -33,6 +34,9 @@ pub struct ProviderSpec {
     /// The repository a git URL names, as one string that is the same for every form
     /// of URL naming it (https, ssh, scp); an error when the provider cannot address it.
     pub repo_key: fn(&GitUrl) -> Result<String, GitUrlError>,
+    /// Its deployments notifier (`--deployments`), for providers that have
+    /// deployments to environments; see [`crate::deployment`].
+    pub deployments: Option<fn(Connect<'_>, &Environment) -> Result<Arc<dyn Notifier>, GitUrlError>>,
     /// Its notifier: writes, the start-up credential check
     /// ([`Notifier::check_credentials`]) and reading statuses back for the CLI
     /// ([`Notifier::list_statuses`]).
@@ -217,7 +221,53 @@ impl Provider {
         api_url: Option<&str>,
         credential: impl Into<Credential>,
     ) -> Result<Arc<dyn Notifier>, GitUrlError> {
-        let credential: Arc<dyn CredentialSource> = match credential.into() {
+        let credential = self.credential_source(&client, url, api_url, credential.into())?;
+        self.connect(Connect {
+            client,
+            git_url: url,
+            api_url,
+            credential,
+        })
+    }
+
+    /// Whether this provider has deployments to environments.
+    pub fn has_deployments(self) -> bool {
+        self.0.deployments.is_some()
+    }
+
+    /// The deployments notifier for `url` (`--deployments`): each status it is given
+    /// is a deployment of the commit to the environment its check names. An error
+    /// for a provider without deployments.
+    pub fn deployments(
+        self,
+        client: reqwest::Client,
+        url: &GitUrl,
+        api_url: Option<&str>,
+        credential: impl Into<Credential>,
+        environment: &Environment,
+    ) -> Result<Arc<dyn Notifier>, GitUrlError> {
+        let build = self.0.deployments.ok_or(GitUrlError::NoDeployments(self.0.title))?;
+        let credential = self.credential_source(&client, url, api_url, credential.into())?;
+        build(
+            Connect {
+                client,
+                git_url: url,
+                api_url,
+                credential,
+            },
+            environment,
+        )
+    }
+
+    /// Where a notifier's tokens come from: the one given, or an App's.
+    fn credential_source(
+        self,
+        client: &reqwest::Client,
+        url: &GitUrl,
+        api_url: Option<&str>,
+        credential: Credential,
+    ) -> Result<Arc<dyn CredentialSource>, GitUrlError> {
+        Ok(match credential {
             Credential::Token(token) => Arc::new(StaticToken::new(token)),
             Credential::App(app) => {
                 let spec = self.0.app.as_ref().ok_or(GitUrlError::NoApps(self.0.title))?;
@@ -228,12 +278,6 @@ impl Provider {
                     app,
                 })?
             }
-        };
-        self.connect(Connect {
-            client,
-            git_url: url,
-            api_url,
-            credential,
         })
     }
 

@@ -188,6 +188,9 @@ pub struct CommitStatus {
     /// Markdown detail for a provider that shows more than one line (a GitHub check
     /// run's summary); `None` when the status has none. Providers with one line ignore it.
     pub summary: Option<String>,
+    /// The branch (or tag) the commit was deployed from, when the event says it: a
+    /// GitLab deployment's `ref`. Only deployments use it.
+    pub git_ref: Option<String>,
 }
 
 /// A status read back from a provider, already mapped to our states.

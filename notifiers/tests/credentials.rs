@@ -144,6 +144,7 @@ fn status() -> CommitStatus {
         description: "synced".into(),
         target_url: None,
         summary: None,
+        git_ref: None,
     }
 }
 

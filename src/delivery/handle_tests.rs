@@ -61,6 +61,7 @@ fn update(state: State) -> StatusUpdate {
             description: format!("{state}"),
             target_url: None,
             summary: None,
+            git_ref: None,
         },
     }
 }

@@ -556,6 +556,7 @@ mod tests {
                 description: format!("{state}"),
                 target_url: None,
                 summary: None,
+                git_ref: None,
             },
         }
     }

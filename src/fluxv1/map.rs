@@ -63,6 +63,7 @@ fn map_sync(sync: &SyncEvent, ctx: &V1Context) -> Mapped {
             description,
             target_url: ctx.target_url.clone(),
             summary: Some(summary.clone()),
+            git_ref: None,
         },
     };
     let mut mapped = Mapped::default();

@@ -384,6 +384,7 @@ impl Poller {
                 description,
                 target_url: self.cfg.target_url.clone(),
                 summary,
+                git_ref: None,
             },
         }
     }

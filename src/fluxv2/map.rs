@@ -209,6 +209,7 @@ pub fn map(ev: &Event, ctx: &V2Context) -> Mapped {
                 description,
                 target_url: ctx.target_url.clone(),
                 summary: Some(super::report::summary(ev, revision, state)),
+                git_ref: None,
             },
         }],
         skips: Vec::new(),

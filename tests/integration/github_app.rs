@@ -40,6 +40,7 @@ fn status(description: &str) -> CommitStatus {
         description: description.to_string(),
         target_url: None,
         summary: None,
+        git_ref: None,
     }
 }
 

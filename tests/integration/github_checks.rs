@@ -44,6 +44,7 @@ fn status(state: State, summary: Option<String>) -> CommitStatus {
         description: format!("Sync {state}"),
         target_url: Some("https://flux.example/dev".into()),
         summary,
+        git_ref: None,
     }
 }
 

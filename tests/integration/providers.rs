@@ -131,6 +131,7 @@ fn status(state: State) -> CommitStatus {
         ),
         target_url: Some(TARGET.into()),
         summary: None,
+        git_ref: None,
     }
 }
 

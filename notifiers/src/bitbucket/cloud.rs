@@ -51,6 +51,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         let (ws, repo) = repo_path(url)?;
         Ok(format!("{DEFAULT_API}/{ws}/{repo}"))
     },
+    deployments: None,
     build: |c| {
         Ok(Arc::new(BitbucketCloud::with_credential(
             c.client,

@@ -57,6 +57,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         // The host, not the API base: an ssh URL does not tell the context path.
         Ok(format!("{}/{}/{}", url.host, r.project, r.slug))
     },
+    deployments: None,
     build: |c| {
         Ok(Arc::new(BitbucketServer::with_credential(
             c.client,

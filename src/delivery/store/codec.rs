@@ -92,6 +92,15 @@ pub(super) enum Record<'a> {
         at: u64,
         summary: &'a str,
     },
+    /// [`Record::Pending`] of an update that names its branch (a deployment's), with
+    /// its summary if it has one.
+    PendingRef {
+        #[serde(borrow)]
+        update: UpdateRecord<'a>,
+        at: u64,
+        summary: Option<&'a str>,
+        git_ref: &'a str,
+    },
 }
 
 impl<'a> Record<'a> {
@@ -124,15 +133,21 @@ fn update_record(u: &StatusUpdate) -> UpdateRecord<'_> {
 
 pub(super) fn record(op: &Op) -> Record<'_> {
     match op {
-        Op::Pending(u, at) => match &u.status.summary {
-            None => Record::Pending {
+        Op::Pending(u, at) => match (&u.status.summary, &u.status.git_ref) {
+            (None, None) => Record::Pending {
                 update: update_record(u),
                 at: millis(*at),
             },
-            Some(summary) => Record::PendingSummary {
+            (Some(summary), None) => Record::PendingSummary {
                 update: update_record(u),
                 at: millis(*at),
                 summary,
+            },
+            (summary, Some(git_ref)) => Record::PendingRef {
+                update: update_record(u),
+                at: millis(*at),
+                summary: summary.as_deref(),
+                git_ref,
             },
         },
         Op::Done(k) => Record::Done(key_record(k)),
@@ -170,6 +185,7 @@ fn update_of(r: UpdateRecord<'_>) -> Option<StatusUpdate> {
             description: r.description.to_string(),
             target_url: r.target_url.map(str::to_string),
             summary: None,
+            git_ref: None,
         },
     })
 }
@@ -183,6 +199,17 @@ pub(super) fn op_of(r: Record<'_>) -> Option<Op> {
         Record::PendingSummary { update, at, summary } => {
             let mut u = update_of(update)?;
             u.status.summary = Some(summary.to_string());
+            Op::Pending(u, UNIX_EPOCH + Duration::from_millis(at))
+        }
+        Record::PendingRef {
+            update,
+            at,
+            summary,
+            git_ref,
+        } => {
+            let mut u = update_of(update)?;
+            u.status.summary = summary.map(str::to_string);
+            u.status.git_ref = Some(git_ref.to_string());
             Op::Pending(u, UNIX_EPOCH + Duration::from_millis(at))
         }
         Record::Done(k) => Op::Done(key_of(k)?),
@@ -209,7 +236,9 @@ pub type Slot = [u8; 16];
 pub(super) fn slot(r: &Record<'_>) -> (Slot, bool) {
     use sha2::Digest;
     let (kind, key, sets) = match r {
-        Record::Pending { update, .. } | Record::PendingSummary { update, .. } => {
+        Record::Pending { update, .. }
+        | Record::PendingSummary { update, .. }
+        | Record::PendingRef { update, .. } => {
             (0u8, Some(&update.key), true)
         }
         Record::Done(k) => (0, Some(k), false),

@@ -26,6 +26,7 @@ pub(super) fn update(c: char, check: &str, state: State) -> StatusUpdate {
             description: format!("{state} on {c}"),
             target_url: (c == 'b').then(|| "https://ci.example/b".to_string()),
             summary: None,
+            git_ref: None,
         },
     }
 }
@@ -283,7 +284,12 @@ pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
     let upd =
         (key.clone(), state).prop_map(|((c, x), s)| update((b'a' + c) as char, ["x", "y"][x as usize], s));
     prop_oneof![
-        (upd.clone(), 0..1000u64).prop_map(|(u, ms)| Op::Pending(u, t(ms))),
+        // Each kind of pending record: plain, with a summary, a branch, or both.
+        (upd.clone(), 0..1000u64, any::<(bool, bool)>()).prop_map(|(mut u, ms, (summary, git_ref))| {
+            u.status.summary = summary.then(|| format!("## {}\n\n| a | b |", u.status.state));
+            u.status.git_ref = git_ref.then(|| "main".to_string());
+            Op::Pending(u, t(ms))
+        }),
         upd.clone().prop_map(|u| Op::Done(u.key())),
         upd.clone().prop_map(|u| Op::InFlight(u.key())),
         upd.clone().prop_map(|u| Op::Landed(u.key())),
