@@ -1,9 +1,11 @@
 //! Wiring: build the notifier, bind the listeners, run until told to stop, drain.
 
 use crate::auth::IngestAuth;
+use crate::config::deployments::DeploymentConfig;
 use crate::config::{Config, Target};
 use crate::delivery::store::{Persister, Recovered, Store, StoreEvent};
 use crate::delivery::{Delivery, Route};
+use crate::deployments::Deployments;
 use crate::fluxv1::daemon::Websocket;
 use crate::fluxv1::map::V1Context;
 use crate::fluxv1::poller::{Poller, PollerConfig};
@@ -89,6 +91,46 @@ pub fn build_notifier(
     }
 }
 
+/// The deployments notifier for `target` under `--deployments`; `None` when its
+/// provider has no deployments flux-status writes (logged, not refused, so that one
+/// such repository does not keep deployments from the others).
+pub fn build_deployments(
+    target: &Target,
+    http: &HttpConfig,
+    deployments: &DeploymentConfig,
+) -> Result<Option<Arc<dyn Notifier>>, DaemonError> {
+    match target {
+        Target::DryRun { git_url, provider } => Ok(Some(Arc::new(notifiers::dry_run::DryRun::deployments(
+            repo_id(git_url).to_string(),
+            *provider,
+            deployments.options.clone(),
+        )))),
+        Target::Provider {
+            provider,
+            git_url,
+            api_url,
+            credential,
+        } => {
+            if !provider.has_deployments() {
+                warn!(provider = provider.as_str(), repo = %repo_id(git_url),
+                    "--deployments: this provider has no deployments flux-status writes; its repository gets statuses only");
+                return Ok(None);
+            }
+            let client = notifiers::http::client(http).map_err(|e| DaemonError::Notifier(e.to_string()))?;
+            provider
+                .deployments(
+                    client,
+                    git_url,
+                    api_url.as_deref(),
+                    credential.clone(),
+                    &deployments.options,
+                )
+                .map(Some)
+                .map_err(|e| DaemonError::Notifier(e.to_string()))
+        }
+    }
+}
+
 /// The sockets the daemon serves on. Bound apart from [`serve`] so that whoever binds
 /// knows the addresses: the tests bind `127.0.0.1:0` and read the ports from here.
 pub struct Listeners {
@@ -125,6 +167,7 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::new());
     let mut routes = HashMap::new();
     let mut notifiers = Vec::new();
+    let mut deployed = Vec::new();
     for target in config.targets() {
         let (repo, notifier) = build_notifier(target, &config.http, config.github_checks)?;
         if routes.contains_key(&repo) {
@@ -135,6 +178,19 @@ pub async fn serve(
         let check_runs = crate::config::target::writes_check_runs(config.github_checks, target);
         info!(provider = notifier.name(), repo = %repo, instance = %config.instance, check_runs, "using notifier");
         notifiers.push(notifier.clone());
+        if let Some(d) = &config.deployments
+            && let Some(deployer) = build_deployments(target, &config.http, d)?
+        {
+            info!(provider = deployer.name(), repo = %repo, environment = %d.environment, "writing deployments");
+            routes.insert(
+                crate::deployments::route(&repo),
+                Route {
+                    notifier: deployer,
+                    limits: config.limits(target),
+                },
+            );
+            deployed.push(repo.clone());
+        }
         routes.insert(
             repo,
             Route {
@@ -143,6 +199,10 @@ pub async fn serve(
             },
         );
     }
+    let deployments = config
+        .deployments
+        .as_ref()
+        .map(|d| Arc::new(Deployments::new(&d.environment, d.git_branch.clone(), deployed)));
     let repo_of = |t: &Target| match t {
         Target::DryRun { git_url, .. } | Target::Provider { git_url, .. } => repo_id(git_url),
     };
@@ -233,6 +293,7 @@ pub async fn serve(
                 target_url: config.target_url.clone(),
                 interval: polling.interval,
                 timeout: polling.timeout,
+                deployments: deployments.clone(),
             };
             let (handle, task) = Poller::start(
                 cfg,
@@ -256,6 +317,7 @@ pub async fn serve(
                 config.listeners.body_timeout,
                 config.listeners.body_bytes_in_flight,
             ),
+            deployments,
         },
         v1: V1Events {
             ctx: V1Context {
@@ -264,6 +326,7 @@ pub async fn serve(
                 check: crate::fluxv1::map::sync_check(&config.instance),
                 status_range: config.status_range,
                 target_url: config.target_url.clone(),
+                rollout_checked: config.workloads.is_some(),
             },
             max_event_bytes: config.max_event_bytes,
             poller,

@@ -206,6 +206,7 @@ mod tests {
                     check: sync_check("dev"),
                     status_range: 3,
                     target_url: None,
+                    rollout_checked: false,
                 },
                 max_event_bytes: 1024 * 1024,
                 poller: None,

@@ -13,6 +13,7 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod delivery;
+pub mod deployments;
 pub mod fluxv1;
 pub mod fluxv2;
 pub mod ingest;

@@ -1,6 +1,6 @@
 //! The unit everything agrees on: one desired status on one commit of one repository.
 
-use notifiers::{Check, CommitStatus, Sha};
+use notifiers::{Check, CommitStatus, Sha, State};
 use std::sync::Arc;
 
 /// Which configured repository (and so which notifier) an update is for.
@@ -15,6 +15,26 @@ pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 pub struct StatusUpdate {
     pub repo: RepoId,
     pub status: CommitStatus,
+    /// What the status says of its commit's deployment (`--deployments`), read by
+    /// [`crate::deployments`] before the update is stored; never stored itself.
+    pub deploy: Option<Deploy>,
+}
+
+/// What one status says of the deployment of its commit to the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deploy {
+    /// One part of the deploy says where it stands: a Flux v2 object, or fluxd's
+    /// sync. A sync that `awaits_rollout` succeeded and leaves the verdict to the
+    /// workload check.
+    Part {
+        part: Check,
+        /// How a description names the part when several deploy one commit.
+        label: String,
+        state: State,
+        awaits_rollout: bool,
+    },
+    /// fluxd's workload check on the commit: decides the sync part that awaits it.
+    Rollout { part: Check, state: State },
 }
 
 /// Updates with the same key coalesce: only the newest state is worth sending.
@@ -105,7 +125,12 @@ impl StatusUpdate {
             cut_bytes(summary, MAX_SUMMARY_BYTES);
         }
         // A branch name is short; one that is not was never a branch.
-        if self.status.git_ref.as_ref().is_some_and(|r| r.len() > MAX_CHECK_BYTES) {
+        if self
+            .status
+            .git_ref
+            .as_ref()
+            .is_some_and(|r| r.len() > MAX_CHECK_BYTES)
+        {
             self.status.git_ref = None;
         }
         if let Some(url) = &self.status.target_url
@@ -137,10 +162,10 @@ fn cut_bytes(text: &mut String, max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notifiers::State;
 
     fn update(description: String, target_url: Option<String>, check: &str) -> StatusUpdate {
         StatusUpdate {
+            deploy: None,
             repo: "github.com/o/r".into(),
             status: CommitStatus {
                 sha: Sha::parse(&"a".repeat(40)).unwrap(),

@@ -24,7 +24,11 @@ impl DryRun {
 
     /// A dry run of `--deployments`: each status is a deployment to the environment
     /// its check names.
-    pub fn deployments(repo: impl Into<String>, provider: Option<Provider>, environment: Environment) -> Self {
+    pub fn deployments(
+        repo: impl Into<String>,
+        provider: Option<Provider>,
+        environment: Environment,
+    ) -> Self {
         DryRun {
             deployments: Some(environment),
             ..DryRun::new(repo, provider)

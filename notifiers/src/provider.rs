@@ -6,8 +6,8 @@
 //! would fall back to a default), and flag names, hosts and limits are data the
 //! daemon's flags, `--help`, `--config` and the CLI iterate over.
 
-use crate::git_url::{GitUrl, GitUrlError};
 use crate::deployment::Environment;
+use crate::git_url::{GitUrl, GitUrlError};
 use crate::{AppCredential, Credential, CredentialSource, Notifier, PROVIDERS, StaticToken};
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -36,12 +36,15 @@ pub struct ProviderSpec {
     pub repo_key: fn(&GitUrl) -> Result<String, GitUrlError>,
     /// Its deployments notifier (`--deployments`), for providers that have
     /// deployments to environments; see [`crate::deployment`].
-    pub deployments: Option<fn(Connect<'_>, &Environment) -> Result<Arc<dyn Notifier>, GitUrlError>>,
+    pub deployments: Option<BuildDeployments>,
     /// Its notifier: writes, the start-up credential check
     /// ([`Notifier::check_credentials`]) and reading statuses back for the CLI
     /// ([`Notifier::list_statuses`]).
     pub build: fn(Connect<'_>) -> Result<Arc<dyn Notifier>, GitUrlError>,
 }
+
+/// Builds a provider's deployments notifier for one repository.
+pub type BuildDeployments = fn(Connect<'_>, &Environment) -> Result<Arc<dyn Notifier>, GitUrlError>;
 
 /// How a provider's credential is given: a flag (also from an env variable) or a file.
 pub struct CredentialSpec {
@@ -246,7 +249,10 @@ impl Provider {
         credential: impl Into<Credential>,
         environment: &Environment,
     ) -> Result<Arc<dyn Notifier>, GitUrlError> {
-        let build = self.0.deployments.ok_or(GitUrlError::NoDeployments(self.0.title))?;
+        let build = self
+            .0
+            .deployments
+            .ok_or(GitUrlError::NoDeployments(self.0.title))?;
         let credential = self.credential_source(&client, url, api_url, credential.into())?;
         build(
             Connect {

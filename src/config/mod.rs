@@ -10,6 +10,7 @@
 
 pub mod credentials;
 pub mod delivery;
+pub mod deployments;
 pub mod ingest;
 pub mod repos;
 pub mod target;
@@ -87,6 +88,9 @@ pub struct Args {
     #[command(flatten)]
     pub workloads: workloads::WorkloadArgs,
 
+    #[command(flatten)]
+    pub deployments: deployments::DeploymentArgs,
+
     #[arg(long, env = "FLUX_STATUS_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 
@@ -124,6 +128,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `None`: `--poll-workloads=false`.
     pub workloads: Option<WorkloadPolling>,
+    /// `None`: no `--deployments`.
+    pub deployments: Option<deployments::DeploymentConfig>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub listeners: ListenerConfig,
@@ -280,6 +286,7 @@ impl Args {
         }
         let delivery = self.delivery.validate(target.http.timeout, &mut problems);
         let workloads = self.workloads.validate(&mut problems);
+        let deployments = self.deployments.validate(&instance, &mut problems);
         problems.or_ok(Config {
             fallback: target.git_url,
             rules: rules.into_iter().map(|r| (r.target, r.objects)).collect(),
@@ -299,6 +306,7 @@ impl Args {
             github_checks: checks,
             shutdown_timeout: delivery.shutdown_timeout,
             workloads,
+            deployments,
             log_format: self.log_format,
             log_level: if self.debug {
                 "debug".into()

@@ -53,6 +53,7 @@ impl Notifier for Objects {
 
 fn update(state: State) -> StatusUpdate {
     StatusUpdate {
+        deploy: None,
         repo: "r".into(),
         status: CommitStatus {
             sha: Sha::parse(&"c".repeat(40)).unwrap(),

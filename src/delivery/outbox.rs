@@ -548,6 +548,7 @@ mod tests {
 
     fn update(sha_byte: char, check: &str, state: State) -> StatusUpdate {
         StatusUpdate {
+            deploy: None,
             repo: "r".into(),
             status: CommitStatus {
                 sha: Sha::parse(&sha_byte.to_string().repeat(40)).unwrap(),

@@ -2,7 +2,7 @@
 
 use super::event::{ResourceError, SyncEvent, V1Event};
 use crate::mapping::{Mapped, Skip, name_a_few};
-use crate::update::{RepoId, StatusUpdate};
+use crate::update::{Deploy, RepoId, StatusUpdate};
 use notifiers::{Check, CommitStatus, Sha, State};
 
 /// How many failed resources a description names before "and N more".
@@ -18,6 +18,9 @@ pub struct V1Context {
     /// Also status up to this many older commits of a sync's range.
     pub status_range: usize,
     pub target_url: Option<String>,
+    /// `--poll-workloads`: a sync that succeeded is deployed once its workloads
+    /// rolled out, so the workload check decides its deployment.
+    pub rollout_checked: bool,
 }
 
 pub fn sync_check(instance: &str) -> Check {
@@ -56,6 +59,7 @@ fn map_sync(sync: &SyncEvent, ctx: &V1Context) -> Mapped {
     let summary = super::report::sync_summary(&ctx.instance, sync, state);
     let status = |sha: Sha, description: String| StatusUpdate {
         repo: ctx.repo.clone(),
+        deploy: None,
         status: CommitStatus {
             sha,
             check: check.clone(),
@@ -83,7 +87,15 @@ fn map_sync(sync: &SyncEvent, ctx: &V1Context) -> Mapped {
             }),
         }
     }
-    mapped.updates.insert(0, status(head_sha, description));
+    // The environment runs the head; the older commits are in it, not deployed apart.
+    let mut head = status(head_sha, description);
+    head.deploy = Some(Deploy::Part {
+        part: check.clone(),
+        label: "fluxd".into(),
+        state,
+        awaits_rollout: state == State::Succeeded && ctx.rollout_checked,
+    });
+    mapped.updates.insert(0, head);
     mapped
 }
 
@@ -126,6 +138,7 @@ mod tests {
             check: sync_check("dev"),
             status_range: range,
             target_url: None,
+            rollout_checked: false,
         }
     }
 

@@ -11,9 +11,10 @@
 use super::workloads::{Workload, Workloads};
 use crate::delivery::Delivery;
 use crate::delivery::store::millis;
+use crate::deployments::Deployments;
 use crate::fluxv1::judge::{self as judge, Verdict};
 use crate::metrics::Metrics;
-use crate::update::{RepoId, StatusUpdate};
+use crate::update::{Deploy, RepoId, StatusUpdate};
 use notifiers::{CommitStatus, Sha, State};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct PollerConfig {
     pub interval: Duration,
     /// `None`: wait until the workloads settle or a newer sync takes over.
     pub timeout: Option<Duration>,
+    /// `--deployments`: a rollout's outcome decides its commit's deployment.
+    pub deployments: Option<Arc<Deployments>>,
 }
 
 /// A sync whose workloads are to be checked.
@@ -376,6 +379,10 @@ impl Poller {
 
     fn update(&self, sha: Sha, state: State, description: String, summary: Option<String>) -> StatusUpdate {
         StatusUpdate {
+            deploy: Some(Deploy::Rollout {
+                part: crate::fluxv1::map::sync_check(&self.cfg.instance),
+                state,
+            }),
             repo: self.cfg.repo.clone(),
             status: CommitStatus {
                 sha,
@@ -391,7 +398,10 @@ impl Poller {
 
     /// Queues statuses, retrying while the outbox is full or the store failing: a
     /// workload status is never dropped for want of room.
-    async fn post(&self, updates: Vec<StatusUpdate>) {
+    async fn post(&self, mut updates: Vec<StatusUpdate>) {
+        if let Some(d) = &self.cfg.deployments {
+            d.add(&mut updates);
+        }
         loop {
             match self.delivery.accept(updates.clone()).await {
                 Ok(_) => return,

@@ -125,6 +125,7 @@ mod tests {
                 check: map::sync_check("dev"),
                 status_range: 3,
                 target_url: None,
+                rollout_checked: false,
             },
             max_event_bytes,
             poller: None,

@@ -171,10 +171,42 @@ pub fn parse_revision(rev: &str) -> Result<Sha, RevisionError> {
     })
 }
 
+/// The branch (or tag) a revision names: `main` of `main@sha1:…`,
+/// `refs/heads/main@sha1:…` and the older `main/<sha>`; `None` when it names none.
+pub fn revision_branch(rev: &str) -> Option<&str> {
+    let name = match rev.rsplit_once('@') {
+        Some((name, _)) => name,
+        // Before Flux 2.0: `<branch>/<sha>`.
+        None => rev.rsplit_once('/').map_or("", |(name, _)| name),
+    };
+    let name = name
+        .strip_prefix("refs/heads/")
+        .or_else(|| name.strip_prefix("refs/tags/"))
+        .unwrap_or(name);
+    (!name.is_empty() && name != "HEAD" && !name.starts_with("sha1:")).then_some(name)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn the_branch_of_a_revision() {
+        let sha = "5394cb7f48332b2de7c17dd8b8384bbc84b7e738";
+        let cases = [
+            (format!("main@sha1:{sha}"), Some("main")),
+            (format!("refs/heads/release/1.x@sha1:{sha}"), Some("release/1.x")),
+            (format!("refs/tags/v1.2.0@sha1:{sha}"), Some("v1.2.0")),
+            (format!("feature/x/{sha}"), Some("feature/x")),
+            (format!("sha1:{sha}"), None),
+            (format!("HEAD@sha1:{sha}"), None),
+            (sha.to_string(), None),
+        ];
+        for (rev, want) in cases {
+            assert_eq!(revision_branch(&rev), want, "{rev}");
+        }
+    }
 
     #[test]
     fn every_upstream_revision_vector() {

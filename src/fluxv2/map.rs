@@ -6,9 +6,9 @@
 //! never from durations in the message, so notification-controller's re-sent
 //! success (every interval) is the same status and costs no API call.
 
-use super::event::{Event, ObjectRef, parse_revision};
+use super::event::{Event, ObjectRef, parse_revision, revision_branch};
 use crate::mapping::{Mapped, RevisionError, Skip};
-use crate::update::{RepoId, StatusUpdate};
+use crate::update::{Deploy, RepoId, StatusUpdate};
 use notifiers::{Check, CommitStatus, State};
 use std::sync::Arc;
 
@@ -199,17 +199,25 @@ pub fn map(ev: &Event, ctx: &V2Context) -> Mapped {
         }
         _ => words,
     };
+    let check = check_name(ev, ctx);
+    let o = &ev.involved_object;
     Mapped {
         updates: vec![StatusUpdate {
             repo,
+            deploy: Some(Deploy::Part {
+                part: check.clone(),
+                label: format!("{} {}/{}", o.kind, o.namespace, o.name),
+                state,
+                awaits_rollout: false,
+            }),
             status: CommitStatus {
                 sha,
-                check: check_name(ev, ctx),
+                check,
                 state,
                 description,
                 target_url: ctx.target_url.clone(),
                 summary: Some(super::report::summary(ev, revision, state)),
-                git_ref: None,
+                git_ref: revision_branch(revision).map(str::to_string),
             },
         }],
         skips: Vec::new(),

@@ -8,6 +8,7 @@ pub mod outcome;
 
 use crate::auth::IngestAuth;
 use crate::delivery::Delivery;
+use crate::deployments::Deployments;
 use crate::mapping::Skip;
 use crate::metrics::{Metrics, SkipLabels};
 use crate::update::StatusUpdate;
@@ -25,6 +26,8 @@ pub struct Intake {
     pub auth: IngestAuth,
     /// Deadline and memory bound for reading event bodies.
     pub bodies: BodyGate,
+    /// `--deployments`: what each event's statuses make of their commits' deployments.
+    pub deployments: Option<Arc<Deployments>>,
 }
 
 /// Which credential an event route needs (see [`crate::auth`]).
@@ -89,7 +92,10 @@ impl Intake {
 
     /// Makes an event's updates durable in the outbox. Refused when the outbox is full
     /// or the store is failing (the sender retries), or an update cannot be stored.
-    pub async fn persist(&self, kind: &'static str, updates: Vec<StatusUpdate>) -> Result<(), Rejection> {
+    pub async fn persist(&self, kind: &'static str, mut updates: Vec<StatusUpdate>) -> Result<(), Rejection> {
+        if let Some(d) = &self.deployments {
+            d.add(&mut updates);
+        }
         match self.delivery.accept(updates).await {
             Ok(_) => Ok(()),
             Err(error) => Err(Rejection::NotStored { kind, error }),
@@ -129,6 +135,7 @@ pub(crate) mod testing {
                 hmac.map(|k| SecretBox::new(Box::new(k.to_vec()))),
             ),
             bodies: BodyGate::new(Duration::from_secs(30), 1024 * 1024),
+            deployments: None,
         }
     }
 

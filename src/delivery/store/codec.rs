@@ -177,6 +177,7 @@ fn key_of(r: KeyRecord<'_>) -> Option<Key> {
 fn update_of(r: UpdateRecord<'_>) -> Option<StatusUpdate> {
     let state = State::ALL.into_iter().find(|s| s.as_str() == r.state)?;
     Some(StatusUpdate {
+        deploy: None,
         repo: r.key.repo.into(),
         status: CommitStatus {
             sha: Sha::parse(r.key.sha).ok()?,
@@ -238,9 +239,7 @@ pub(super) fn slot(r: &Record<'_>) -> (Slot, bool) {
     let (kind, key, sets) = match r {
         Record::Pending { update, .. }
         | Record::PendingSummary { update, .. }
-        | Record::PendingRef { update, .. } => {
-            (0u8, Some(&update.key), true)
-        }
+        | Record::PendingRef { update, .. } => (0u8, Some(&update.key), true),
         Record::Done(k) => (0, Some(k), false),
         Record::InFlight(k) => (1, Some(k), true),
         Record::Landed(k) => (1, Some(k), false),

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub(super) fn update(c: char, check: &str, state: State) -> StatusUpdate {
     StatusUpdate {
+        deploy: None,
         repo: "github.com/o/r".into(),
         status: CommitStatus {
             sha: Sha::parse(&c.to_string().repeat(40)).unwrap(),
