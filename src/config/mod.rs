@@ -644,4 +644,74 @@ mod tests {
         ]);
         assert!(gitlab.is_ok(), "{:?}", gitlab.err().map(|e| e.to_string()));
     }
+
+    #[test]
+    fn deployments_go_to_the_instance_unless_an_environment_is_named() {
+        let validated = |list: &[&str]| {
+            let base = [
+                "--dry-run",
+                "--git-url=https://github.com/o/r",
+                "--instance=prod-eu",
+            ];
+            args(&[&base[..], list].concat()).unwrap().validate()
+        };
+        let c = validated(&["--deployments"]).unwrap_or_else(|e| panic!("{e}"));
+        let d = c.deployments.unwrap();
+        assert_eq!(d.environment, "prod-eu");
+        assert!(!d.options.production && d.options.url.is_none() && d.git_branch.is_none());
+        let d = validated(&[
+            "--deployments",
+            "--environment=production",
+            "--environment-url=https://app.example.com",
+            "--production",
+            "--git-branch=master",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .deployments
+        .unwrap();
+        assert_eq!(d.environment, "production");
+        assert_eq!(d.options.url.as_deref(), Some("https://app.example.com"));
+        assert!(d.options.production);
+        assert_eq!(d.git_branch.as_deref(), Some("master"));
+        assert!(
+            validated(&[])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .deployments
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn deployment_flags_are_refused_when_they_would_do_nothing_or_are_wrong() {
+        let problems = |list: &[&str]| -> Vec<String> {
+            let base = ["--dry-run", "--git-url=https://github.com/o/r"];
+            match args(&[&base[..], list].concat()).unwrap().validate() {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.into_iter().map(|p| p.to_string()).collect(),
+            }
+        };
+        assert_eq!(
+            problems(&["--environment=production", "--production"]),
+            vec![
+                "--environment: has no effect without --deployments",
+                "--production: has no effect without --deployments"
+            ]
+        );
+        let wrong = problems(&[
+            "--deployments",
+            "--environment= ",
+            "--environment-url=app.example.com",
+            "--git-branch=two words",
+        ]);
+        let at: Vec<&str> = wrong.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            at,
+            vec!["--environment", "--environment-url", "--git-branch"],
+            "{wrong:?}"
+        );
+        assert_eq!(
+            problems(&["--deployments", &format!("--environment={}", "e".repeat(256))]).len(),
+            1
+        );
+    }
 }

@@ -276,6 +276,38 @@ mod tests {
     }
 
     #[test]
+    fn only_the_head_speaks_for_the_deployment_and_a_success_awaits_its_rollout() {
+        let deploy = |name: &str, rollout_checked: bool| -> Vec<Option<Deploy>> {
+            let ctx = V1Context {
+                rollout_checked,
+                ..ctx(5)
+            };
+            map(&fixture(name), &ctx)
+                .updates
+                .into_iter()
+                .map(|u| u.deploy)
+                .collect()
+        };
+        let part = |state, awaits_rollout| {
+            Some(Deploy::Part {
+                part: sync_check("dev"),
+                label: "fluxd".into(),
+                state,
+                awaits_rollout,
+            })
+        };
+        assert_eq!(
+            deploy("event-sync.json", true),
+            vec![part(State::Succeeded, true), None]
+        );
+        assert_eq!(deploy("event-sync.json", false)[0], part(State::Succeeded, false));
+        assert_eq!(
+            deploy("event-sync-errors.json", true)[0],
+            part(State::Failed, false)
+        );
+    }
+
+    #[test]
     fn status_range_is_bounded_by_n() {
         let m = map(&fixture("event-sync-initial.json"), &ctx(0));
         assert_eq!(m.updates.len(), 1);

@@ -316,6 +316,28 @@ mod tests {
     }
 
     #[test]
+    fn the_object_speaks_for_its_commits_deployment_with_its_branch() {
+        let u = &map(
+            &fixture("forwarded/kustomization-health-check-failed.json"),
+            &ctx(),
+        )
+        .updates[0];
+        let Some(Deploy::Part {
+            part,
+            label,
+            state,
+            awaits_rollout,
+        }) = &u.deploy
+        else {
+            panic!("{:?}", u.deploy)
+        };
+        assert_eq!(part, &u.status.check);
+        assert_eq!((*state, *awaits_rollout), (State::Failed, false));
+        assert_eq!(label, "Kustomization flux-system/apps");
+        assert_eq!(u.status.git_ref.as_deref(), Some("main"));
+    }
+
+    #[test]
     fn failures_carry_reason_and_first_line() {
         let u = &map(
             &fixture("forwarded/kustomization-health-check-failed.json"),
