@@ -130,7 +130,8 @@ pub fn view(r: &Run, base: &str) -> Value {
     })
 }
 
-/// A request on a repository's check runs.
+/// A request on a repository's check runs (or deployments).
+#[derive(Clone, Copy)]
 pub struct Call<'a> {
     pub caller: Caller,
     pub method: &'a str,
