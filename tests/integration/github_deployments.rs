@@ -78,6 +78,15 @@ fn status(sha: &str, environment: &str, state: State) -> CommitStatus {
     }
 }
 
+/// The handle of a first, pending write.
+async fn pending(n: &Arc<dyn Notifier>, sha: &str, environment: &str) -> Handle {
+    let receipt = n
+        .write(&status(sha, environment, State::Pending), None)
+        .await
+        .unwrap();
+    receipt.handle.expect("the deployment's id")
+}
+
 fn assert_clean(gh: &AppGitHub) {
     assert_eq!(gh.violations(), Vec::<String>::new(), "requests off the spec");
 }
@@ -109,13 +118,17 @@ async fn pending_commit_status(gh: &AppGitHub) {
 async fn pending_then_success_is_one_deployment_with_in_progress_then_success() {
     let (gh, n) = start().await;
     let first = n.write(&status(SHA, "dev", State::Pending), None).await.unwrap();
-    let handle = first.handle.expect("the deployment's id");
+    let handle = first.handle.clone().expect("the deployment's id");
     let done = n
         .write(&status(SHA, "dev", State::Succeeded), Some(&handle))
         .await
         .unwrap();
     assert_eq!(done.handle.as_ref(), Some(&handle));
-    assert_eq!(first.budget.remaining, Some(4999), "budget from the answer's headers");
+    assert_eq!(
+        first.budget.remaining,
+        Some(4999),
+        "budget from the answer's headers"
+    );
 
     let all = gh.deployments();
     assert_eq!(all.len(), 1, "{all:?}");
@@ -147,7 +160,10 @@ async fn every_state_has_its_deployment_status_and_production_is_marked() {
     let n = deployer(&gh, pat(), true);
     let mut handle: Option<Handle> = None;
     for state in State::ALL {
-        let r = n.write(&status(SHA, "prod", state), handle.as_ref()).await.unwrap();
+        let r = n
+            .write(&status(SHA, "prod", state), handle.as_ref())
+            .await
+            .unwrap();
         handle = r.handle;
     }
     let all = gh.deployments();
@@ -176,10 +192,18 @@ async fn the_fake_answers_409_to_a_deployment_without_required_contexts_while_a_
     // Naming the pending context is no better; naming none bypasses the checks.
     let mut named = plain.clone();
     named["required_contexts"] = json!(["flux-status/dev/sync"]);
-    assert_eq!(raw(&gh, reqwest::Method::POST, "deployments", Some(named)).await.0, 409);
+    assert_eq!(
+        raw(&gh, reqwest::Method::POST, "deployments", Some(named))
+            .await
+            .0,
+        409
+    );
     let mut none = plain;
     none["required_contexts"] = json!([]);
-    assert_eq!(raw(&gh, reqwest::Method::POST, "deployments", Some(none)).await.0, 201);
+    assert_eq!(
+        raw(&gh, reqwest::Method::POST, "deployments", Some(none)).await.0,
+        201
+    );
     assert_eq!(gh.deployments().len(), 1);
     assert_clean(&gh);
 }
@@ -238,19 +262,19 @@ async fn descriptions_are_cut_to_140_characters_which_the_fake_enforces() {
     )
     .await;
     assert_eq!(code, 422);
-    assert_eq!(gh.deployment_refusals().len(), 2, "{:?}", gh.deployment_refusals());
+    assert_eq!(
+        gh.deployment_refusals().len(),
+        2,
+        "{:?}",
+        gh.deployment_refusals()
+    );
     assert_clean(&gh);
 }
 
 #[tokio::test]
 async fn a_new_notifier_given_the_handle_updates_the_same_deployment() {
     let (gh, n) = start().await;
-    let handle = n
-        .write(&status(SHA, "dev", State::Pending), None)
-        .await
-        .unwrap()
-        .handle
-        .unwrap();
+    let handle = pending(&n, SHA, "dev").await;
     drop(n);
     let listings = gh.deployment_listings();
     let restarted = deployer(&gh, pat(), false);
@@ -275,9 +299,16 @@ async fn with_no_handle_the_deployment_of_the_commit_in_the_environment_is_adopt
     // GitHub made it, and its id was lost (a crash before it was kept).
     n.write(&status(SHA, "dev", State::Pending), None).await.unwrap();
     // Deployments of another commit, and of another environment, are not it.
-    n.write(&status(OTHER_SHA, "dev", State::Pending), None).await.unwrap();
-    n.write(&status(SHA, "staging", State::Pending), None).await.unwrap();
-    let r = n.write(&status(SHA, "dev", State::Succeeded), None).await.unwrap();
+    n.write(&status(OTHER_SHA, "dev", State::Pending), None)
+        .await
+        .unwrap();
+    n.write(&status(SHA, "staging", State::Pending), None)
+        .await
+        .unwrap();
+    let r = n
+        .write(&status(SHA, "dev", State::Succeeded), None)
+        .await
+        .unwrap();
     let ours = gh.deployments_of(SHA, "dev");
     assert_eq!(ours.len(), 1, "no second deployment: {ours:?}");
     assert_eq!(ours[0].states(), ["in_progress", "success"]);
@@ -292,12 +323,7 @@ async fn with_no_handle_the_deployment_of_the_commit_in_the_environment_is_adopt
 #[tokio::test]
 async fn the_handle_of_a_deleted_deployment_gives_way_to_a_new_one() {
     let (gh, n) = start().await;
-    let handle = n
-        .write(&status(SHA, "dev", State::Pending), None)
-        .await
-        .unwrap()
-        .handle
-        .unwrap();
+    let handle = pending(&n, SHA, "dev").await;
     let old: u64 = handle.as_str().parse().unwrap();
     gh.delete_deployment(old);
     let r = n
@@ -356,7 +382,11 @@ async fn list_statuses_reads_back_the_newest_state_per_environment() {
     let (gh, n) = start().await;
     let mut dev = None;
     for state in [State::Pending, State::Succeeded] {
-        dev = n.write(&status(SHA, "dev", state), dev.as_ref()).await.unwrap().handle;
+        dev = n
+            .write(&status(SHA, "dev", state), dev.as_ref())
+            .await
+            .unwrap()
+            .handle;
     }
     let mut staging = None;
     for state in [State::Pending, State::Failed] {
@@ -375,7 +405,9 @@ async fn list_statuses_reads_back_the_newest_state_per_environment() {
     )
     .await;
     assert_eq!(code, 201);
-    n.write(&status(OTHER_SHA, "dev", State::Failed), None).await.unwrap();
+    n.write(&status(OTHER_SHA, "dev", State::Failed), None)
+        .await
+        .unwrap();
 
     let read: Vec<(String, State, String)> = n
         .list_statuses(&Sha::parse(SHA).unwrap())
@@ -389,14 +421,13 @@ async fn list_statuses_reads_back_the_newest_state_per_environment() {
         ("staging", State::Failed, "Sync failed"),
         ("dev", State::Succeeded, "Sync succeeded"),
     ];
-    assert_eq!(
-        read,
-        want.map(|(c, s, d)| (c.to_string(), s, d.to_string()))
-    );
+    assert_eq!(read, want.map(|(c, s, d)| (c.to_string(), s, d.to_string())));
 
     // A newer deploy to dev succeeds: GitHub's auto_inactive makes the older one
     // inactive, read back as superseded.
-    n.write(&status(OTHER_SHA, "dev", State::Succeeded), None).await.unwrap();
+    n.write(&status(OTHER_SHA, "dev", State::Succeeded), None)
+        .await
+        .unwrap();
     let read = n.list_statuses(&Sha::parse(SHA).unwrap()).await.unwrap();
     let dev = read.iter().find(|s| s.check.as_str() == "dev").unwrap();
     assert_eq!(dev.state, State::Canceled);
@@ -501,16 +532,28 @@ async fn the_fake_keeps_github_rules_on_statuses_and_auto_inactive() {
     // A production deploy and a non-production one of dev succeeded; a newer one
     // succeeds: only the older non-production one becomes inactive.
     let prod = deployer(&gh, pat(), true);
-    prod.write(&status(SHA, "dev", State::Succeeded), None).await.unwrap();
-    n.write(&status(THIRD_SHA, "dev", State::Succeeded), None).await.unwrap();
-    n.write(&status(OTHER_SHA, "dev", State::Succeeded), None).await.unwrap();
+    prod.write(&status(SHA, "dev", State::Succeeded), None)
+        .await
+        .unwrap();
+    n.write(&status(THIRD_SHA, "dev", State::Succeeded), None)
+        .await
+        .unwrap();
+    n.write(&status(OTHER_SHA, "dev", State::Succeeded), None)
+        .await
+        .unwrap();
     let older = &gh.deployments_of(THIRD_SHA, "dev")[0];
     assert_eq!(older.states(), ["success", "inactive"]);
     assert_eq!(gh.deployments_of(SHA, "dev")[0].states(), ["success"]);
     assert_eq!(gh.deployments_of(OTHER_SHA, "dev")[0].states(), ["success"]);
     // The answers have GitHub's shape.
     let spec = Spec::load("github");
-    let (code, listed) = raw(&gh, reqwest::Method::GET, &format!("deployments?sha={THIRD_SHA}"), None).await;
+    let (code, listed) = raw(
+        &gh,
+        reqwest::Method::GET,
+        &format!("deployments?sha={THIRD_SHA}"),
+        None,
+    )
+    .await;
     let op = spec.operation("GET", "/repos/acme/app/deployments").unwrap();
     op.validate_response(code, &listed).unwrap();
     let path = format!("/repos/acme/app/deployments/{}/statuses", older.id);

@@ -125,20 +125,13 @@ impl Deployments {
         }
     }
 
-    /// A write: the answer if it is a success, classified otherwise; once more with a
-    /// fresh token if GitHub refused the one sent.
+    /// A write: the answer if it is a success (read as any answer is), classified
+    /// otherwise; once more with a fresh token if GitHub refused the one sent.
     async fn post(&self, url: &str, body: &(impl Serialize + Sync)) -> Result<HttpResponse, NotifyError> {
         let gh = &self.github;
         with_token(&*gh.credential, |token| {
             let req = GitHub::auth(gh.client.post(url), &token).map(|r| r.json(body));
-            async move {
-                let resp = http::send(NAME, req?).await?;
-                if resp.is_success() {
-                    Ok(resp)
-                } else {
-                    Err(http::classify(NAME, &resp))
-                }
-            }
+            async move { http::read(NAME, req?).await }
         })
         .await
     }
@@ -175,10 +168,7 @@ impl Deployments {
 
     /// The newest status of deployment `id`, as our state; pending when it has none.
     async fn latest(&self, id: u64) -> Result<Option<(State, String)>, NotifyError> {
-        let url = format!(
-            "{}/deployments/{id}/statuses?per_page=1",
-            self.github.repo_url
-        );
+        let url = format!("{}/deployments/{id}/statuses?per_page=1", self.github.repo_url);
         let listed: Vec<ListedStatus> = self.get(&url).await?.json(NAME)?;
         Ok(match listed.into_iter().next() {
             None => Some((State::Pending, String::new())),

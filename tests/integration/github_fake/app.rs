@@ -479,7 +479,10 @@ impl Respond for Responder {
         let (code, mut body) = self.answer(req);
         let link = body.as_object_mut().and_then(|m| m.remove(LINK));
         if link.is_some() {
-            body = body.as_object_mut().and_then(|m| m.remove(BODY)).unwrap_or_default();
+            body = body
+                .as_object_mut()
+                .and_then(|m| m.remove(BODY))
+                .unwrap_or_default();
         }
         let headers = body.as_object_mut().and_then(|m| m.remove(deployments::HEADERS));
         let offset = self.state.lock().unwrap().clock_offset;

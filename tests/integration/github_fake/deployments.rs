@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use super::app::Written;
-use super::checks::{Call, Run};
+use super::checks::{Call, Run, next_page};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 
@@ -105,7 +105,12 @@ impl Checks<'_> {
                 newest.push((context, state));
             }
         };
-        for w in self.statuses.iter().rev().filter(|w| w.repo == repo && w.sha == sha) {
+        for w in self
+            .statuses
+            .iter()
+            .rev()
+            .filter(|w| w.repo == repo && w.sha == sha)
+        {
             let context = w.body["context"].as_str().unwrap_or("default").to_string();
             note(context, w.body["state"].as_str().unwrap_or("").to_string());
         }
@@ -143,7 +148,11 @@ fn invalid(d: &mut Deploys, what: &str, resource: &str, field: &str, message: &s
 }
 
 fn not_found() -> Answer {
-    (404, json!({"message": "Not Found", "documentation_url": DOCS}), None)
+    (
+        404,
+        json!({"message": "Not Found", "documentation_url": DOCS}),
+        None,
+    )
 }
 
 fn is_sha(s: &str) -> bool {
@@ -192,32 +201,13 @@ fn page(call: &Call<'_>, path: &str, items: Vec<Value>) -> Answer {
     let per_page: usize = q("per_page").and_then(|v| v.parse().ok()).unwrap_or(30);
     let page: usize = q("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
     let total = items.len();
-    let shown: Vec<Value> = items.into_iter().skip((page - 1) * per_page).take(per_page).collect();
-    let link = (page * per_page < total).then(|| {
-        let mut next: Vec<String> = call
-            .query
-            .iter()
-            .filter(|(k, _)| k != "page")
-            .map(|(k, v)| format!("{k}={}", percent(v)))
-            .collect();
-        next.push(format!("page={}", page + 1));
-        format!(
-            "<{}/repos/{}/{path}?{}>; rel=\"next\"",
-            call.base,
-            call.repo,
-            next.join("&")
-        )
-    });
+    let shown: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
+    let link = next_page(call, path, page * per_page < total, page);
     (200, Value::Array(shown), link)
-}
-
-fn percent(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            b => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Answers a deployments request, or `None` when it is not one.
@@ -262,12 +252,9 @@ pub fn answer(d: &mut Deploys, checks: Checks<'_>, call: Call<'_>) -> Option<Ans
                 let m = format!("No ref found for: {git_ref}");
                 return Some(invalid(d, &what, "Deployment", "ref", &m));
             };
-            let only: Option<Vec<String>> = body["required_contexts"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            });
+            let only: Option<Vec<String>> = body["required_contexts"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect());
             let unsettled = checks.unsettled(repo, &sha, only.as_deref());
             if !unsettled.is_empty() {
                 let message = format!("Conflict: Commit status checks failed for {git_ref}.");
