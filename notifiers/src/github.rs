@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod checks;
+pub mod deployments;
 pub mod installation;
 
 use crate::credential::{CredentialSource, with_token};
@@ -71,7 +72,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         let (owner, repo) = repo_path(url)?;
         Ok(format!("{}/{owner}/{repo}", default_api_url(url)))
     },
-    deployments: None,
+    deployments: Some(deployments::notifier),
     build: |c| {
         Ok(Arc::new(GitHub::with_credential(
             c.client,

@@ -10,6 +10,7 @@ mod fluxv1_github;
 mod fluxv2;
 mod github_app;
 mod github_checks;
+mod github_deployments;
 mod github_fake;
 mod harness;
 mod hostile_input;

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use super::checks::{self, Caller, Run, Runs};
+use super::deployments::{self, Deployment, Deploys, Scripted};
 use crate::support::openapi::Spec;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -58,14 +59,18 @@ struct State {
     paths: Vec<String>,
     /// Check runs, and what was refused about them.
     runs: Runs,
+    /// Deployments and their statuses.
+    deploys: Deploys,
     /// Personal access tokens: they reach every repository, but are no App.
     pats: Vec<String>,
     /// The server's own URI, for the links it answers with.
     uri: String,
 }
 
-/// A body's key the responder turns into a `Link` header (check-run pages).
+/// Keys of a wrapped answer: the responder sends `BODY` with `LINK` as its `Link`
+/// header (pages of lists).
 const LINK: &str = "__link";
+const BODY: &str = "__body";
 
 #[derive(Clone)]
 pub struct AppGitHub {
@@ -175,6 +180,43 @@ impl AppGitHub {
     /// Check-run listings received.
     pub fn run_listings(&self) -> usize {
         self.with(|s| s.runs.listings)
+    }
+
+    /// Every deployment with its statuses, oldest first.
+    pub fn deployments(&self) -> Vec<Deployment> {
+        self.with(|s| s.deploys.deployments.clone())
+    }
+
+    /// The deployments of `sha` to `environment`, oldest first.
+    pub fn deployments_of(&self, sha: &str, environment: &str) -> Vec<Deployment> {
+        let mut all = self.deployments();
+        all.retain(|d| d.sha == sha && d.environment == environment);
+        all
+    }
+
+    /// Deployment requests refused (409, 422), as `METHOD path: message`.
+    pub fn deployment_refusals(&self) -> Vec<String> {
+        self.with(|s| s.deploys.refusals.clone())
+    }
+
+    /// Deployment listings received.
+    pub fn deployment_listings(&self) -> usize {
+        self.with(|s| s.deploys.listings)
+    }
+
+    /// Deletes deployment `id`, statuses and all, as a user can.
+    pub fn delete_deployment(&self, id: u64) {
+        self.with(|s| s.deploys.deployments.retain(|d| d.id != id));
+    }
+
+    /// The next deployment writes get these answers, one each, and are not applied.
+    pub fn script_deployment_writes(&self, answers: impl IntoIterator<Item = Scripted>) {
+        self.with(|s| s.deploys.script.extend(answers));
+    }
+
+    /// `branch` names `sha`, so a deployment may give it as its `ref`.
+    pub fn add_ref(&self, branch: &str, sha: &str) {
+        self.with(|s| s.deploys.refs.insert(branch.into(), sha.into()));
     }
 
     /// A run made by another App (`app`), as if that App had written it.
@@ -373,11 +415,19 @@ impl Responder {
                     body: body.as_ref(),
                     base: &base,
                 };
-                if let Some((code, mut body, link)) = checks::answer(&mut s.runs, call) {
-                    if let (Some(link), Some(m)) = (link, body.as_object_mut()) {
-                        m.insert(LINK.into(), Value::String(link));
-                    }
-                    return (code, body);
+                let st = &mut *s;
+                let answered = checks::answer(&mut st.runs, call).or_else(|| {
+                    let verified = deployments::Checks {
+                        statuses: &st.statuses,
+                        runs: &st.runs.runs,
+                    };
+                    deployments::answer(&mut st.deploys, verified, call)
+                });
+                if let Some((code, body, link)) = answered {
+                    return match link {
+                        Some(link) => (code, json!({LINK: link, BODY: body})),
+                        None => (code, body),
+                    };
                 }
                 match (req.method.as_str(), rest) {
                     ("GET", []) => (200, json!({"id": 1, "name": repo, "full_name": full})),
@@ -428,6 +478,13 @@ impl Respond for Responder {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let (code, mut body) = self.answer(req);
         let link = body.as_object_mut().and_then(|m| m.remove(LINK));
+        if link.is_some() {
+            body = body
+                .as_object_mut()
+                .and_then(|m| m.remove(BODY))
+                .unwrap_or_default();
+        }
+        let headers = body.as_object_mut().and_then(|m| m.remove(deployments::HEADERS));
         let offset = self.state.lock().unwrap().clock_offset;
         let date = UNIX_EPOCH + Duration::from_secs(now_secs(offset));
         let mut t = ResponseTemplate::new(code)
@@ -435,6 +492,11 @@ impl Respond for Responder {
             .insert_header("x-ratelimit-remaining", "4999");
         if let Some(Value::String(link)) = link {
             t = t.insert_header("link", link.as_str());
+        }
+        if let Some(Value::Object(headers)) = headers {
+            for (k, v) in headers {
+                t = t.insert_header(k.as_str(), v.as_str().unwrap_or_default());
+            }
         }
         t.set_body_json(body)
     }

@@ -130,7 +130,8 @@ pub fn view(r: &Run, base: &str) -> Value {
     })
 }
 
-/// A request on a repository's check runs.
+/// A request on a repository's check runs (or deployments).
+#[derive(Clone, Copy)]
 pub struct Call<'a> {
     pub caller: Caller,
     pub method: &'a str,
@@ -247,21 +248,31 @@ pub fn answer(runs: &mut Runs, call: Call<'_>) -> Option<(u16, Value, Option<Str
                 .take(per_page)
                 .map(|r| view(r, base))
                 .collect();
-            let link = (page * per_page < total).then(|| {
-                let mut next: Vec<String> = query
-                    .iter()
-                    .filter(|(k, _)| k != "page")
-                    .map(|(k, v)| format!("{k}={}", percent(v)))
-                    .collect();
-                next.push(format!("page={}", page + 1));
-                format!(
-                    "<{base}/repos/{repo}/commits/{sha}/check-runs?{}>; rel=\"next\"",
-                    next.join("&")
-                )
-            });
+            let path = format!("commits/{sha}/check-runs");
+            let link = next_page(&call, &path, page * per_page < total, page);
             (200, json!({"total_count": total, "check_runs": page_runs}), link)
         }
         _ => return None,
+    })
+}
+
+/// The `Link` to page `page + 1` of the list at `path` (under the repository), with
+/// the query it was asked with, when there is one.
+pub fn next_page(call: &Call<'_>, path: &str, more: bool, page: usize) -> Option<String> {
+    more.then(|| {
+        let mut next: Vec<String> = call
+            .query
+            .iter()
+            .filter(|(k, _)| k != "page")
+            .map(|(k, v)| format!("{k}={}", percent(v)))
+            .collect();
+        next.push(format!("page={}", page + 1));
+        format!(
+            "<{}/repos/{}/{path}?{}>; rel=\"next\"",
+            call.base,
+            call.repo,
+            next.join("&")
+        )
     })
 }
 

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod checks;
+pub mod deployments;
 
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet, VecDeque};
