@@ -5,6 +5,7 @@
 mod auth;
 mod cli;
 mod crash;
+mod deployments;
 mod durability;
 mod fluxv1_github;
 mod fluxv2;

@@ -214,6 +214,11 @@ impl AppGitHub {
         self.with(|s| s.deploys.script.extend(answers));
     }
 
+    /// Answers the next deployment status writes get instead of being applied.
+    pub fn script_deployment_status_writes(&self, answers: impl IntoIterator<Item = Scripted>) {
+        self.with(|s| s.deploys.status_script.extend(answers));
+    }
+
     /// `branch` names `sha`, so a deployment may give it as its `ref`.
     pub fn add_ref(&self, branch: &str, sha: &str) {
         self.with(|s| s.deploys.refs.insert(branch.into(), sha.into()));

@@ -78,6 +78,8 @@ pub struct Deploys {
     /// Branch → SHA, for refs that are not SHAs.
     pub refs: HashMap<String, String>,
     pub script: VecDeque<Scripted>,
+    /// Answers only the next status writes get (the deployment itself is made).
+    pub status_script: VecDeque<Scripted>,
     /// Ids are never reused, a deleted deployment's included.
     next_id: u64,
     next_status: u64,
@@ -223,7 +225,13 @@ pub fn answer(d: &mut Deploys, checks: Checks<'_>, call: Call<'_>) -> Option<Ans
     };
     let q = |k: &str| call.query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let is_write = call.method == "POST" && call.rest.first() == Some(&"deployments");
-    if is_write && let Some(s) = d.script.pop_front() {
+    let is_status_write = is_write && call.rest.get(2) == Some(&"statuses");
+    let scripted = match is_write {
+        true => d.script.pop_front(),
+        false => None,
+    }
+    .or_else(|| is_status_write.then(|| d.status_script.pop_front()).flatten());
+    if let Some(s) = scripted {
         let mut b = s.body;
         if let Some(m) = b.as_object_mut() {
             let headers: serde_json::Map<String, Value> = s

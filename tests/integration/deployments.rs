@@ -1,0 +1,224 @@
+//! `--deployments` through the daemon: Flux events in, one deployment per commit and
+//! environment out, across a `kill -9`. Against the fakes that keep each provider's
+//! deployment rules and check every request against its OpenAPI description.
+
+use crate::github_fake;
+use crate::support;
+use github_fake::app::AppGitHub;
+use github_fake::deployments::Scripted;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use support::{Daemon, fixture};
+
+const PAT: &str = "ghp_deployments";
+const SHA: &str = "731f7eaddfb6af01cb2173e18f0f75b0ba780ef1";
+const ENV: &str = "production";
+const ENV_URL: &str = "https://app.example.com";
+const LOG_URL: &str = "https://flux.example/prod";
+/// Longer than the harness's default: a restarted daemon first waits out
+/// `--settle-after` before it reads back a write whose outcome it never learned.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+async fn github() -> AppGitHub {
+    let gh = AppGitHub::start().await;
+    gh.add_pat(PAT);
+    gh
+}
+
+async fn daemon(gh: &AppGitHub, state: std::path::PathBuf, child: bool) -> Daemon {
+    let uri = gh.uri();
+    let args = [
+        "--git-url",
+        "https://github.com/acme/app",
+        "--instance",
+        "prod-eu",
+        "--api-url",
+        uri.as_str(),
+        "--target-url",
+        LOG_URL,
+        "--deployments",
+        "--environment",
+        ENV,
+        "--environment-url",
+        ENV_URL,
+        "--production",
+        "--retry-initial",
+        "200ms",
+        "--settle-after",
+        "1s",
+    ];
+    let env = [("GITHUB_TOKEN", PAT)];
+    if child {
+        Daemon::spawn_in(state, &args, &env).await
+    } else {
+        Daemon::start_in(state, &args, &env).await
+    }
+}
+
+/// A Flux v2 event as kustomize-controller sends it, about the object `name`.
+async fn forward(d: &Daemon, file: &str, name: &str) {
+    let mut event: Value = serde_json::from_slice(&fixture(&format!("v2/controller-to-nc/{file}"))).unwrap();
+    event["involvedObject"]["name"] = json!(name);
+    let resp = support::http()
+        .post(d.url("/"))
+        .header("Content-Type", "application/json")
+        .header("Gotk-Component", "kustomize-controller")
+        .body(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{file}");
+}
+
+async fn wait_until(what: &str, d: &Daemon, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}; logs: {:#?}", d.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The states of the one deployment of `SHA` to `ENV`; fails on a second one.
+fn states(gh: &AppGitHub) -> Vec<String> {
+    let all = gh.deployments_of(SHA, ENV);
+    assert!(
+        all.len() <= 1,
+        "one deployment per commit and environment: {all:#?}"
+    );
+    all.first()
+        .map(|d| d.states().into_iter().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn assert_clean(gh: &AppGitHub) {
+    assert_eq!(gh.violations(), Vec::<String>::new(), "requests off the spec");
+}
+
+#[tokio::test]
+async fn a_flux_v2_deploy_is_one_deployment_from_in_progress_to_success() {
+    let gh = github().await;
+    let d = daemon(&gh, support::temp_dir("deploy-v2"), false).await;
+    forward(&d, "kustomization-progressing-apply.json", "apps").await;
+    wait_until("in progress", &d, || states(&gh) == ["in_progress"]).await;
+    forward(&d, "kustomization-reconciliation-succeeded.json", "apps").await;
+    wait_until("succeeded", &d, || states(&gh) == ["in_progress", "success"]).await;
+
+    let deployment = gh.deployments_of(SHA, ENV).remove(0);
+    let body = &deployment.body;
+    assert_eq!(body["ref"], SHA);
+    assert_eq!(body["environment"], ENV);
+    assert_eq!(body["required_contexts"], json!([]));
+    assert_eq!(body["auto_merge"], false);
+    assert_eq!(body["production_environment"], true);
+    let done = deployment.statuses.last().unwrap();
+    assert_eq!(done.environment_url.as_deref(), Some(ENV_URL));
+    assert_eq!(done.log_url.as_deref(), Some(LOG_URL));
+    assert_eq!(done.description, "Reconciliation succeeded");
+    // The commit status is written beside it, under its own check.
+    let check = "flux-status/prod-eu/kustomization/flux-system/apps";
+    wait_until("the commit status", &d, || {
+        gh.statuses()
+            .iter()
+            .any(|s| s.body["context"] == check && s.body["state"] == "success")
+    })
+    .await;
+    assert_eq!(gh.deployment_refusals(), Vec::<String>::new());
+    assert_clean(&gh);
+}
+
+#[tokio::test]
+async fn one_failing_object_fails_the_commits_deployment_whichever_reports_last() {
+    let gh = github().await;
+    let d = daemon(&gh, support::temp_dir("deploy-fold"), false).await;
+    forward(&d, "kustomization-reconciliation-succeeded.json", "infra").await;
+    wait_until("infra deployed", &d, || states(&gh) == ["success"]).await;
+    forward(&d, "kustomization-reconciliation-failed-apply.json", "apps").await;
+    wait_until("apps failed", &d, || {
+        states(&gh).last().map(String::as_str) == Some("failure")
+    })
+    .await;
+    let failed = gh.deployments_of(SHA, ENV)[0]
+        .statuses
+        .last()
+        .unwrap()
+        .description
+        .clone();
+    assert!(
+        failed.starts_with("Kustomization flux-system/apps: Reconciliation failed"),
+        "{failed}"
+    );
+    assert!(failed.chars().count() <= 140, "{failed}");
+    // infra's success, sent again, does not hide apps' failure.
+    forward(&d, "kustomization-reconciliation-succeeded.json", "infra").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(states(&gh).last().map(String::as_str), Some("failure"));
+    // apps recovers: the deployment succeeds.
+    forward(&d, "kustomization-reconciliation-succeeded.json", "apps").await;
+    wait_until("apps recovered", &d, || {
+        states(&gh).last().map(String::as_str) == Some("success")
+    })
+    .await;
+    assert_clean(&gh);
+}
+
+/// The deployment's id reached the outbox before the kill: the restart updates it
+/// without looking it up.
+#[tokio::test]
+async fn after_a_kill_9_the_kept_id_updates_the_same_deployment() {
+    let gh = github().await;
+    let state = support::temp_dir("deploy-kill-kept");
+    let mut d = daemon(&gh, state.clone(), true).await;
+    forward(&d, "kustomization-progressing-apply.json", "apps").await;
+    wait_until("in progress", &d, || states(&gh) == ["in_progress"]).await;
+    d.wait_log(|l| l.to_string().contains("#deployments") && l.to_string().contains("commit status written"))
+        .await;
+    // The handle follows the write's log line into the same group commit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    d.signal("KILL");
+    d.wait_exit().await;
+    let listed = gh.deployment_listings();
+
+    let d = daemon(&gh, state, false).await;
+    forward(&d, "kustomization-reconciliation-succeeded.json", "apps").await;
+    wait_until("succeeded", &d, || states(&gh) == ["in_progress", "success"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(states(&gh), ["in_progress", "success"]);
+    assert_eq!(
+        gh.deployment_listings(),
+        listed,
+        "updated by the kept id, not a lookup"
+    );
+    assert_clean(&gh);
+}
+
+/// GitHub made the deployment, but its status failed and the process died before the
+/// next try, so no id was kept: the restart finds the commit's deployment and
+/// updates it rather than make a second.
+#[tokio::test]
+async fn after_a_kill_9_between_creating_a_deployment_and_its_status_there_is_still_one() {
+    let gh = github().await;
+    gh.script_deployment_status_writes([Scripted {
+        code: 502,
+        body: json!({"message": "Server Error"}),
+        headers: Vec::new(),
+    }]);
+    let state = support::temp_dir("deploy-kill-between");
+    let mut d = daemon(&gh, state.clone(), true).await;
+    forward(&d, "kustomization-progressing-apply.json", "apps").await;
+    wait_until("the deployment is made, its status refused", &d, || {
+        gh.deployments_of(SHA, ENV).len() == 1
+    })
+    .await;
+    d.signal("KILL");
+    d.wait_exit().await;
+
+    let d = daemon(&gh, state, false).await;
+    forward(&d, "kustomization-reconciliation-succeeded.json", "apps").await;
+    wait_until("succeeded", &d, || {
+        states(&gh).last().map(String::as_str) == Some("success")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gh.deployments().len(), 1, "{:#?}", gh.deployments());
+    assert_clean(&gh);
+}
