@@ -635,3 +635,56 @@ async fn a_poll_under_way_resumes_after_a_restart() {
             .is_some()
     );
 }
+
+/// `--deployments` with the workload check: the sync's commit is in progress until its
+/// workloads roll out, then deployed; one deployment, against a GitHub that keeps
+/// deployments as GitHub does.
+#[tokio::test]
+async fn with_deployments_a_sync_is_deployed_once_its_workloads_roll_out() {
+    let gh = crate::github_fake::app::AppGitHub::start().await;
+    gh.add_pat(TOKEN);
+    let http = HttpApi::start(Answer::List(json!([workload(PODINFO, "updating")]))).await;
+    let (api, flux) = (
+        format!("--api-url={}", gh.uri()),
+        format!("--flux={}", http.flag()),
+    );
+    let args = [
+        "--git-url=git@github.com:acme/app.git",
+        "--instance=dev",
+        api.as_str(),
+        flux.as_str(),
+        "--poll-workloads",
+        "--poll-interval=200ms",
+        "--poll-timeout=30s",
+        "--deployments",
+        "--git-branch=master",
+    ];
+    let d = Daemon::start_in(support::temp_dir("v1-deploy"), &args, &[("GITHUB_TOKEN", TOKEN)]).await;
+    let states = || -> Vec<String> {
+        let all = gh.deployments_of(A, "dev");
+        assert!(all.len() <= 1, "one deployment per commit: {all:#?}");
+        all.first()
+            .map(|d| d.states().into_iter().map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    post_sync(&d, A, &[PODINFO]).await;
+    wait_until("in progress while the workloads roll out", || {
+        states().first().map(String::as_str) == Some("in_progress")
+    })
+    .await;
+    // The sync has succeeded, yet the deployment waits for the rollout.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(states().iter().all(|s| s == "in_progress"), "{:?}", states());
+    http.script.set(Answer::List(json!([workload(PODINFO, "ready")])));
+    wait_until("deployed", || {
+        states().last().map(String::as_str) == Some("success")
+    })
+    .await;
+    let deployment = gh.deployments_of(A, "dev").remove(0);
+    assert_eq!(deployment.body["ref"], A, "GitHub deploys the commit itself");
+    assert_eq!(
+        deployment.statuses.last().unwrap().description,
+        "1 workload ready"
+    );
+    assert_eq!(gh.violations(), Vec::<String>::new(), "requests off the spec");
+}
