@@ -86,7 +86,11 @@ async fn pending_then_success_is_one_deployment_running_then_success() {
     let gl = GitLabDeployments::start().await;
     let n = notifier(&gl);
     let receipt = n.write(&deploy(State::Pending), None).await.unwrap();
-    assert_eq!(receipt.budget.remaining, Some(1999), "budget from RateLimit-Remaining");
+    assert_eq!(
+        receipt.budget.remaining,
+        Some(1999),
+        "budget from RateLimit-Remaining"
+    );
     let open = receipt.handle.unwrap();
     let done = write(&n, State::Succeeded, Some(&open)).await;
 
@@ -96,7 +100,11 @@ async fn pending_then_success_is_one_deployment_running_then_success() {
     assert_eq!((d.sha.as_str(), d.git_ref.as_str(), d.tag), (SHA, "main", false));
     assert_eq!(d.environment, ENV);
     assert_eq!(d.history, strings(&["created", "running", "success"]));
-    assert_eq!(open.as_str(), d.id.to_string(), "the handle is the id, not the iid");
+    assert_eq!(
+        open.as_str(),
+        d.id.to_string(),
+        "the handle is the id, not the iid"
+    );
     assert_eq!(done.as_str(), format!("{}:finished", d.id));
     let project = PROJECT.replace('/', "%2F");
     assert!(
@@ -152,9 +160,18 @@ async fn a_resync_after_success_makes_a_new_deployment_because_gitlab_refuses_ru
     let first = gl.deployments()[0].id;
 
     // GitLab will not take a finished deployment back to running.
-    let (code, body) = raw(&gl, reqwest::Method::PUT, &format!("deployments/{first}"), json!({"status": "running"})).await;
+    let (code, body) = raw(
+        &gl,
+        reqwest::Method::PUT,
+        &format!("deployments/{first}"),
+        json!({"status": "running"}),
+    )
+    .await;
     assert_eq!(code, 400);
-    assert_eq!(body, json!({"message": {"status": ["cannot transition via \"run\""]}}));
+    assert_eq!(
+        body,
+        json!({"message": {"status": ["cannot transition via \"run\""]}})
+    );
 
     // The same commit synced again: a new deployment, the first one left as it was.
     let reopened = write(&n, State::Pending, Some(&done)).await;
@@ -190,6 +207,22 @@ async fn a_final_state_for_a_finished_deployment_does_what_gitlab_allows() {
         history(&gl),
         vec![strings(&["created", "running", "success", "failed"])]
     );
+    assert_clean(&gl);
+}
+
+#[tokio::test]
+async fn a_deleted_deployment_is_made_again_so_the_deploy_shows() {
+    let gl = GitLabDeployments::start().await;
+    let n = notifier(&gl);
+    let open = write(&n, State::Pending, None).await;
+    let first = gl.deployments()[0].id;
+    gl.delete(first);
+    let done = write(&n, State::Succeeded, Some(&open)).await;
+    let ds = gl.deployments();
+    assert_eq!(ds.len(), 1, "{ds:?}");
+    assert_ne!(ds[0].id, first);
+    assert_eq!(ds[0].history, strings(&["created", "running", "success"]));
+    assert_eq!(done.as_str(), format!("{}:finished", ds[0].id));
     assert_clean(&gl);
 }
 
@@ -230,7 +263,11 @@ async fn without_a_handle_the_commits_open_deployment_is_adopted_not_doubled() {
 
     let of_sha: Vec<_> = gl.deployments().into_iter().filter(|d| d.sha == SHA).collect();
     assert_eq!(of_sha.len(), 2, "the CI job's and ours: {of_sha:?}");
-    assert_eq!(of_sha[0].history, strings(&["running"]), "the CI job's is untouched");
+    assert_eq!(
+        of_sha[0].history,
+        strings(&["running"]),
+        "the CI job's is untouched"
+    );
     assert_eq!(of_sha[1].history, strings(&["created", "running", "success"]));
     assert!(
         gl.requests()
@@ -266,7 +303,11 @@ async fn the_ref_is_the_branch_or_else_the_sha() {
     gone.check = Check::new("qa");
     gone.git_ref = Some("deleted-branch".into());
     let e = n.write(&gone, None).await.unwrap_err();
-    assert_eq!((e.status, e.reason, e.retry), (Some(400), Reason::Invalid, Retry::Permanent), "{e}");
+    assert_eq!(
+        (e.status, e.reason, e.retry),
+        (Some(400), Reason::Invalid, Retry::Permanent),
+        "{e}"
+    );
     assert!(e.message.contains("The branch or tag does not exist"), "{e}");
     assert_clean(&gl);
 }
@@ -283,7 +324,10 @@ async fn list_statuses_reads_the_commits_latest_deployment_per_environment() {
     for _ in 0..110 {
         gl.seed(OTHER_SHA, "main", "dev", "success", false);
     }
-    let read = notifier(&gl).list_statuses(&Sha::parse(SHA).unwrap()).await.unwrap();
+    let read = notifier(&gl)
+        .list_statuses(&Sha::parse(SHA).unwrap())
+        .await
+        .unwrap();
     let got: Vec<(String, State, i64)> = read
         .iter()
         .map(|s| (s.check.to_string(), s.state, s.id))
@@ -307,9 +351,16 @@ async fn a_429_with_ratelimit_headers_is_rate_limited_and_makes_nothing() {
     let n = notifier(&gl);
     gl.throttle(1);
     let e = n.write(&deploy(State::Pending), None).await.unwrap_err();
-    assert_eq!((e.status, e.reason, e.retry), (Some(429), Reason::RateLimited, Retry::RateLimited), "{e}");
+    assert_eq!(
+        (e.status, e.reason, e.retry),
+        (Some(429), Reason::RateLimited, Retry::RateLimited),
+        "{e}"
+    );
     let wait = e.retry_after.expect("the wait from RateLimit-Reset");
-    assert!(wait > Duration::from_secs(1) && wait <= Duration::from_secs(32), "{wait:?}");
+    assert!(
+        wait > Duration::from_secs(1) && wait <= Duration::from_secs(32),
+        "{wait:?}"
+    );
     assert!(gl.deployments().is_empty());
     // Once the limit is lifted, the retry makes exactly one deployment.
     write(&n, State::Pending, None).await;
@@ -321,7 +372,10 @@ async fn a_429_with_ratelimit_headers_is_rate_limited_and_makes_nothing() {
 async fn a_bad_token_is_refused_at_the_credential_check() {
     let gl = GitLabDeployments::start().await;
     notifier(&gl).check_credentials().await.unwrap();
-    let e = notifier_with(&gl, "glpat-wrong").check_credentials().await.unwrap_err();
+    let e = notifier_with(&gl, "glpat-wrong")
+        .check_credentials()
+        .await
+        .unwrap_err();
     assert_eq!((e.status, e.reason), (Some(401), Reason::Unauthorized), "{e}");
     assert!(!e.to_string().contains("glpat-wrong"));
 }
@@ -329,12 +383,32 @@ async fn a_bad_token_is_refused_at_the_credential_check() {
 #[tokio::test]
 async fn the_fake_answers_bad_bodies_as_gitlab_does() {
     let gl = GitLabDeployments::start().await;
-    let (code, body) = raw(&gl, reqwest::Method::POST, "deployments", json!({"environment": "dev", "ref": "main", "tag": false, "status": "running"})).await;
+    let (code, body) = raw(
+        &gl,
+        reqwest::Method::POST,
+        "deployments",
+        json!({"environment": "dev", "ref": "main", "tag": false, "status": "running"}),
+    )
+    .await;
     assert_eq!((code, body), (400, json!({"error": "sha is missing"})));
-    let (code, body) = raw(&gl, reqwest::Method::POST, "deployments",
-        json!({"environment": "dev", "sha": SHA, "ref": "main", "tag": false, "status": "pending"})).await;
-    assert_eq!((code, body), (400, json!({"error": "status does not have a valid value"})));
-    let (code, _) = raw(&gl, reqwest::Method::PUT, "deployments/12345", json!({"status": "success"})).await;
+    let (code, body) = raw(
+        &gl,
+        reqwest::Method::POST,
+        "deployments",
+        json!({"environment": "dev", "sha": SHA, "ref": "main", "tag": false, "status": "pending"}),
+    )
+    .await;
+    assert_eq!(
+        (code, body),
+        (400, json!({"error": "status does not have a valid value"}))
+    );
+    let (code, _) = raw(
+        &gl,
+        reqwest::Method::PUT,
+        "deployments/12345",
+        json!({"status": "success"}),
+    )
+    .await;
     assert_eq!(code, 404);
     // Both bodies break the spec too, and the fake says so.
     assert_eq!(gl.violations().len(), 2, "{:?}", gl.violations());

@@ -56,6 +56,8 @@ struct State {
     refusals: Vec<String>,
     /// The next this many requests get 429.
     throttle: usize,
+    /// Deployments ever made: ids are never reused, deleted ones included.
+    made: u64,
 }
 
 #[derive(Clone)]
@@ -132,15 +134,21 @@ impl GitLabDeployments {
         self.with(|s| s.throttle = n);
     }
 
+    /// Deletes deployment `id`, as `DELETE …/deployments/:id` (or a retention
+    /// cleanup) would.
+    pub fn delete(&self, id: u64) {
+        self.with(|s| s.deployments.retain(|d| d.id != id));
+    }
+
     /// A deployment made outside the notifier (by a CI job when `ci`), as GitLab
     /// would hold it; returns its id.
     pub fn seed(&self, sha: &str, git_ref: &str, environment: &str, status: &str, ci: bool) -> u64 {
         self.with(|s| {
             environment_id(s, environment);
-            let id = next_id(s);
+            let (id, iid) = next_id(s);
             s.deployments.push(Deployment {
                 id,
-                iid: s.deployments.len() as u64 + 1,
+                iid,
                 sha: sha.into(),
                 git_ref: git_ref.into(),
                 tag: false,
@@ -154,9 +162,10 @@ impl GitLabDeployments {
     }
 }
 
-/// Ids far from iids, so a client that mixes them up is caught.
-fn next_id(s: &State) -> u64 {
-    9000 + s.deployments.len() as u64 * 7 + 1
+/// The next (id, iid); ids far from iids, so a client that mixes them up is caught.
+fn next_id(s: &mut State) -> (u64, u64) {
+    s.made += 1;
+    (9000 + s.made * 7, s.made)
 }
 
 fn environment_id(s: &mut State, name: &str) -> u64 {
@@ -183,7 +192,12 @@ pub fn transition(from: &str, to: &str) -> Result<(), &'static str> {
 }
 
 fn view(s: &State, d: &Deployment) -> Value {
-    let env_id = s.environments.iter().position(|e| *e == d.environment).unwrap_or(0) + 1;
+    let env_id = s
+        .environments
+        .iter()
+        .position(|e| *e == d.environment)
+        .unwrap_or(0)
+        + 1;
     let at = "2026-12-03T12:00:00.000Z";
     json!({
         "id": d.id, "iid": d.iid, "ref": d.git_ref, "sha": d.sha,
@@ -274,8 +288,9 @@ impl Responder {
                 ],
             );
         }
-        let token = header(req, "private-token")
-            .or_else(|| header(req, "authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string)));
+        let token = header(req, "private-token").or_else(|| {
+            header(req, "authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+        });
         if token.as_deref() != Some(TOKEN) {
             return plain(401, json!({"message": "401 Unauthorized"}));
         }
@@ -331,10 +346,14 @@ fn create(s: &mut State, body: &Value) -> Answer {
         return plain(400, json!({"error": e}));
     }
     let field = |k: &str| body[k].as_str().unwrap_or_default().to_string();
-    let (environment, sha, git_ref, status) = (field("environment"), field("sha"), field("ref"), field("status"));
+    let (environment, sha, git_ref, status) =
+        (field("environment"), field("sha"), field("ref"), field("status"));
     let tag = body["tag"].as_bool().unwrap_or(false);
     if !(s.branches.contains(&git_ref) || is_commit(&git_ref)) {
-        return plain(400, json!({"message": {"ref": ["The branch or tag does not exist"]}}));
+        return plain(
+            400,
+            json!({"message": {"ref": ["The branch or tag does not exist"]}}),
+        );
     }
     if let Some(e) = environment_name_error(&environment) {
         return plain(400, json!({"message": {"name": [e]}}));
@@ -349,13 +368,15 @@ fn create(s: &mut State, body: &Value) -> Answer {
         .iter()
         .rev()
         .find(|d| d.environment == environment && d.status == "success");
-    if let Some(d) = last.filter(|d| d.git_ref == git_ref && d.tag == tag && d.sha == sha && d.status == status) {
+    if let Some(d) =
+        last.filter(|d| d.git_ref == git_ref && d.tag == tag && d.sha == sha && d.status == status)
+    {
         return plain(201, view(s, d));
     }
-    let id = next_id(s);
+    let (id, iid) = next_id(s);
     let mut d = Deployment {
         id,
-        iid: s.deployments.len() as u64 + 1,
+        iid,
         sha,
         git_ref,
         tag,
@@ -402,8 +423,14 @@ fn update(s: &mut State, id: &str, body: &Value) -> Answer {
 
 fn list(s: &State, query: &[(String, String)], uri: &str, path: &str) -> Answer {
     let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let per_page = q("per_page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
-    let page = q("page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let per_page = q("per_page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(20)
+        .clamp(1, 100);
+    let page = q("page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
     let order_by = q("order_by").unwrap_or("id");
     let sort = q("sort").unwrap_or("asc");
     if !["id", "iid", "created_at", "updated_at", "finished_at"].contains(&order_by) {
@@ -458,7 +485,10 @@ fn list(s: &State, query: &[(String, String)], uri: &str, path: &str) -> Answer 
         ("X-Per-Page".into(), per_page.to_string()),
         ("X-Total".into(), total.to_string()),
         ("X-Total-Pages".into(), pages.to_string()),
-        ("X-Next-Page".into(), next.map(|n| n.to_string()).unwrap_or_default()),
+        (
+            "X-Next-Page".into(),
+            next.map(|n| n.to_string()).unwrap_or_default(),
+        ),
         ("Link".into(), links.join(", ")),
     ];
     (200, Value::Array(items), headers)

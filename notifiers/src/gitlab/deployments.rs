@@ -40,7 +40,9 @@ use crate::deployment::Environment;
 use crate::git_url::GitUrlError;
 use crate::http::{self, HttpResponse};
 use crate::provider::Connect;
-use crate::{Budget, Check, CommitStatus, Handle, Notifier, NotifyError, ReadStatus, Reason, Receipt, Sha, State};
+use crate::{
+    Budget, Check, CommitStatus, Handle, Notifier, NotifyError, ReadStatus, Reason, Receipt, Sha, State,
+};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -161,7 +163,11 @@ fn refused_transition(e: &NotifyError) -> bool {
 }
 
 impl Deployments {
-    async fn send(&self, put: Option<u64>, body: &(impl Serialize + Sync)) -> Result<HttpResponse, NotifyError> {
+    async fn send(
+        &self,
+        put: Option<u64>,
+        body: &(impl Serialize + Sync),
+    ) -> Result<HttpResponse, NotifyError> {
         let url = match put {
             Some(id) => format!("{}/deployments/{id}", self.gl.project_url),
             None => format!("{}/deployments", self.gl.project_url),
@@ -282,7 +288,9 @@ impl Notifier for Deployments {
             (State::Pending, Phase::Finished(_)) => self.create_in(status).await,
             (State::Pending, Phase::Created) => match self.update(id, to).await {
                 Ok(resp) => Ok(receipt(id, to, &resp)),
-                Err(e) if refused_transition(&e) || e.reason == Reason::NotFound => self.create_in(status).await,
+                Err(e) if refused_transition(&e) || e.reason == Reason::NotFound => {
+                    self.create_in(status).await
+                }
                 Err(e) => Err(e),
             },
             (State::Canceled, Phase::Finished(_)) => Ok(unchanged(id, to)),
