@@ -4,6 +4,10 @@
 //! the URL-encoded full path, subgroups included. GitLab applies a state as a
 //! transition and answers 400 "Cannot transition status" when the job is already
 //! in that state: that means "already written", not an error.
+//!
+//! Deployments to environments (`--deployments`) are [`deployments`].
+
+pub mod deployments;
 
 use crate::credential::{CredentialSource, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
@@ -14,6 +18,7 @@ use crate::{
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -47,7 +52,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
         requests_per_hour: None,
     },
     repo_key: |url| Ok(format!("{}/{}", default_api_url(url), repo_path(url)?)),
-    deployments: None,
+    deployments: Some(deployments::notifier),
     build: |c| {
         Ok(Arc::new(GitLab::with_credential(
             c.client,
@@ -205,28 +210,16 @@ impl Notifier for GitLab {
     }
 
     async fn check_credentials(&self) -> Result<(), NotifyError> {
-        with_token(&*self.credential, |token| {
-            let req = auth(self.client.get(&self.project_url), &token);
-            async move { http::read(NAME, req?).await }
-        })
-        .await
-        .map(drop)
+        self.get(&self.project_url).await.map(drop)
     }
 
     async fn list_statuses(&self, sha: &Sha) -> Result<Vec<ReadStatus>, NotifyError> {
         let mut out = Vec::new();
-        let mut page = 1;
-        for _ in 0..MAX_PAGES {
-            let url = format!(
-                "{}/repository/commits/{sha}/statuses?order_by=id&sort=desc&per_page=100&page={page}",
-                self.project_url
-            );
-            let resp = with_token(&*self.credential, |token| {
-                let req = auth(self.client.get(&url), &token);
-                async move { http::read(NAME, req?).await }
-            })
-            .await?;
-            let listed: Vec<Listed> = resp.json(NAME)?;
+        let url = format!(
+            "{}/repository/commits/{sha}/statuses?order_by=id&sort=desc&per_page=100",
+            self.project_url
+        );
+        self.pages(&url, MAX_PAGES, |listed: Vec<Listed>| {
             out.extend(listed.into_iter().filter_map(|s| {
                 Some(ReadStatus {
                     check: Check::new(s.name?),
@@ -235,11 +228,43 @@ impl Notifier for GitLab {
                     id: s.id,
                 })
             }));
+            true
+        })
+        .await?;
+        Ok(crate::newest_first(out))
+    }
+}
+
+impl GitLab {
+    /// An authenticated GET, its answer classified.
+    async fn get(&self, url: &str) -> Result<http::HttpResponse, NotifyError> {
+        with_token(&*self.credential, |token| {
+            let req = auth(self.client.get(url), &token);
+            async move { http::read(NAME, req?).await }
+        })
+        .await
+    }
+
+    /// Reads a listing (`url` has a query already) page by page, following
+    /// `X-Next-Page` for at most `max_pages`; `each` takes a page's items and says
+    /// whether to read on.
+    async fn pages<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        max_pages: usize,
+        mut each: impl FnMut(Vec<T>) -> bool,
+    ) -> Result<(), NotifyError> {
+        let mut page = 1;
+        for _ in 0..max_pages {
+            let resp = self.get(&format!("{url}&page={page}")).await?;
+            if !each(resp.json(NAME)?) {
+                break;
+            }
             match http::next_page_number(&resp.headers) {
                 Some(next) if next > page => page = next,
                 _ => break,
             }
         }
-        Ok(crate::newest_first(out))
+        Ok(())
     }
 }

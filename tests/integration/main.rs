@@ -13,6 +13,8 @@ mod github_app;
 mod github_checks;
 mod github_deployments;
 mod github_fake;
+mod gitlab_deployments;
+mod gitlab_fake;
 mod harness;
 mod hostile_input;
 mod layers;
