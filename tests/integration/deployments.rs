@@ -222,3 +222,161 @@ async fn after_a_kill_9_between_creating_a_deployment_and_its_status_there_is_st
     assert_eq!(gh.deployments().len(), 1, "{:#?}", gh.deployments());
     assert_clean(&gh);
 }
+
+mod gitlab {
+    use super::{ENV, PATIENCE, SHA, forward};
+    use crate::gitlab_fake::{GitLabDeployments, TOKEN};
+    use crate::support::{self, Daemon, compact, post_as_fluxd};
+    use std::time::{Duration, Instant};
+
+    async fn daemon(
+        gl: &GitLabDeployments,
+        state: std::path::PathBuf,
+        child: bool,
+        extra: &[&str],
+    ) -> Daemon {
+        let (url, api) = (gl.git_url(), gl.uri());
+        let mut args = vec![
+            "--git-url",
+            url.as_str(),
+            "--provider",
+            "gitlab",
+            "--api-url",
+            api.as_str(),
+            "--instance",
+            "prod-eu",
+            "--deployments",
+            "--environment",
+            ENV,
+            "--retry-initial",
+            "200ms",
+            "--settle-after",
+            "1s",
+        ];
+        args.extend_from_slice(extra);
+        let env = [("GITLAB_TOKEN", TOKEN)];
+        if child {
+            Daemon::spawn_in(state, &args, &env).await
+        } else {
+            Daemon::start_in(state, &args, &env).await
+        }
+    }
+
+    async fn wait_until(what: &str, d: &Daemon, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}; logs: {:#?}", d.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The statuses the one deployment of `sha` to `ENV` held, `created` left out.
+    fn history(gl: &GitLabDeployments, sha: &str) -> Vec<String> {
+        let all: Vec<_> = gl
+            .deployments()
+            .into_iter()
+            .filter(|d| d.sha == sha && d.environment == ENV)
+            .collect();
+        assert!(
+            all.len() <= 1,
+            "one deployment per commit and environment: {all:#?}"
+        );
+        all.first()
+            .map(|d| d.history.iter().filter(|s| *s != "created").cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn assert_clean(gl: &GitLabDeployments) {
+        assert_eq!(gl.violations(), Vec::<String>::new(), "requests off the spec");
+    }
+
+    #[tokio::test]
+    async fn a_flux_v2_deploy_is_one_deployment_of_its_branch() {
+        let gl = GitLabDeployments::start().await;
+        let d = daemon(&gl, support::temp_dir("gl-deploy-v2"), false, &[]).await;
+        forward(&d, "kustomization-progressing-apply.json", "apps").await;
+        wait_until("running", &d, || history(&gl, SHA) == ["running"]).await;
+        forward(&d, "kustomization-reconciliation-succeeded.json", "apps").await;
+        wait_until("succeeded", &d, || history(&gl, SHA) == ["running", "success"]).await;
+        let deployment = gl.deployments().remove(0);
+        assert_eq!(
+            (deployment.git_ref.as_str(), deployment.tag),
+            ("main", false),
+            "the branch of main@sha1:…"
+        );
+        wait_until("the commit status beside it", &d, || {
+            gl.statuses()
+                .iter()
+                .any(|(sha, s)| sha == SHA && s["state"] == "success")
+        })
+        .await;
+        assert_eq!(gl.refusals(), Vec::<String>::new());
+        assert_clean(&gl);
+    }
+
+    #[tokio::test]
+    async fn after_a_kill_9_the_same_deployment_finishes() {
+        let gl = GitLabDeployments::start().await;
+        let state = support::temp_dir("gl-deploy-kill");
+        let mut d = daemon(&gl, state.clone(), true, &[]).await;
+        forward(&d, "kustomization-progressing-apply.json", "apps").await;
+        wait_until("running", &d, || history(&gl, SHA) == ["running"]).await;
+        d.signal("KILL");
+        d.wait_exit().await;
+
+        let d = daemon(&gl, state, false, &[]).await;
+        forward(&d, "kustomization-reconciliation-succeeded.json", "apps").await;
+        wait_until("succeeded", &d, || history(&gl, SHA) == ["running", "success"]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(gl.deployments().len(), 1, "{:#?}", gl.deployments());
+        assert_clean(&gl);
+    }
+
+    /// What a crash after GitLab made the deployment, before its id was kept, leaves:
+    /// a running deployment of the commit and no id. It is finished, not doubled.
+    #[tokio::test]
+    async fn a_running_deployment_whose_id_was_not_kept_is_finished_not_doubled() {
+        let gl = GitLabDeployments::start().await;
+        let id = gl.seed(SHA, "main", ENV, "running", false);
+        let d = daemon(&gl, support::temp_dir("gl-deploy-adopt"), false, &[]).await;
+        forward(&d, "kustomization-reconciliation-succeeded.json", "apps").await;
+        wait_until("succeeded", &d, || {
+            gl.deployments().iter().any(|d| d.status == "success")
+        })
+        .await;
+        let all = gl.deployments();
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert_eq!((all[0].id, all[0].status.as_str()), (id, "success"));
+        assert_clean(&gl);
+    }
+
+    #[tokio::test]
+    async fn a_fluxd_sync_is_deployed_from_the_git_branch_flag() {
+        let gl = GitLabDeployments::start().await;
+        gl.add_branch("master");
+        let d = daemon(
+            &gl,
+            support::temp_dir("gl-deploy-v1"),
+            false,
+            &["--git-branch", "master", "--status-range", "5"],
+        )
+        .await;
+        let (code, _) = post_as_fluxd(&d.url("/v6/events"), compact("v1/event-sync.json"), None).await;
+        assert_eq!(code, 202);
+        let head = "9f2c1bbd5e1dd2c0d2c5bfe1f6a0cbb0a3a9c6e1";
+        wait_until("deployed", &d, || {
+            history(&gl, head).last().map(String::as_str) == Some("success")
+        })
+        .await;
+        let deployment = gl.deployments().remove(0);
+        assert_eq!(deployment.git_ref, "master");
+        // The older commit of the range gets its status, but the environment runs the head.
+        wait_until("both commits' statuses", &d, || gl.statuses().len() == 2).await;
+        assert_eq!(
+            gl.deployments().len(),
+            1,
+            "the head only, not the older commits of the range"
+        );
+        assert_clean(&gl);
+    }
+}

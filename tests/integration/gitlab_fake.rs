@@ -58,6 +58,9 @@ struct State {
     throttle: usize,
     /// Deployments ever made: ids are never reused, deleted ones included.
     made: u64,
+    /// Commit statuses written, as (sha, body), oldest first: the daemon writes them
+    /// beside its deployments.
+    statuses: Vec<(String, Value)>,
 }
 
 #[derive(Clone)]
@@ -123,6 +126,11 @@ impl GitLabDeployments {
     /// 4xx answers, as `METHOD path: body`.
     pub fn refusals(&self) -> Vec<String> {
         self.with(|s| s.refusals.clone())
+    }
+
+    /// Commit statuses written, as (sha, body), oldest first.
+    pub fn statuses(&self) -> Vec<(String, Value)> {
+        self.with(|s| s.statuses.clone())
     }
 
     pub fn add_branch(&self, name: &str) {
@@ -326,6 +334,16 @@ impl Responder {
                 None => plain(404, json!({"message": "404 Not found"})),
             },
             ("GET", ["deployments"]) => list(&s, &query, &self.uri, &raw),
+            ("POST", ["statuses", sha]) => {
+                let id = s.statuses.len() + 1;
+                s.statuses.push((sha.to_string(), body.clone()));
+                plain(
+                    201,
+                    json!({"id": id, "sha": sha, "status": body["state"], "name": body["name"],
+                        "description": body["description"], "target_url": body["target_url"]}),
+                )
+            }
+            ("GET", ["repository", "commits", _, "statuses"]) => plain(200, json!([])),
             _ => plain(404, json!({"error": "404 Not Found"})),
         };
         if (400..500).contains(&code) {
