@@ -22,7 +22,6 @@ use crate::metrics::{Metrics, ResultLabel};
 use crate::ops::{self, Health, Ops};
 use crate::repos::ObjectPattern;
 use crate::update::RepoId;
-use notifiers::http::HttpConfig;
 use notifiers::{GitUrl, Notifier};
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,7 +55,7 @@ fn repo_id(url: &GitUrl) -> RepoId {
 /// check-run one.
 pub fn build_notifier(
     target: &Target,
-    http: &HttpConfig,
+    client: &reqwest::Client,
     github_checks: bool,
 ) -> Result<(RepoId, Arc<dyn Notifier>), DaemonError> {
     match target {
@@ -73,7 +72,7 @@ pub fn build_notifier(
             api_url,
             credential,
         } => {
-            let client = notifiers::http::client(http).map_err(|e| DaemonError::Notifier(e.to_string()))?;
+            let client = client.clone();
             let notifier = if crate::config::target::writes_check_runs(github_checks, target) {
                 notifiers::github::checks::notifier(
                     client,
@@ -96,7 +95,7 @@ pub fn build_notifier(
 /// such repository does not keep deployments from the others).
 pub fn build_deployments(
     target: &Target,
-    http: &HttpConfig,
+    client: &reqwest::Client,
     deployments: &DeploymentConfig,
 ) -> Result<Option<Arc<dyn Notifier>>, DaemonError> {
     match target {
@@ -116,7 +115,7 @@ pub fn build_deployments(
                     "--deployments: this provider has no deployments flux-status writes; its repository gets statuses only");
                 return Ok(None);
             }
-            let client = notifiers::http::client(http).map_err(|e| DaemonError::Notifier(e.to_string()))?;
+            let client = client.clone();
             provider
                 .deployments(
                     client,
@@ -168,8 +167,10 @@ pub async fn serve(
     let mut routes = HashMap::new();
     let mut notifiers = Vec::new();
     let mut deployed = Vec::new();
+    // One client, so every notifier shares its connection pool and CA bundle.
+    let client = notifiers::http::client(&config.http).map_err(|e| DaemonError::Notifier(e.to_string()))?;
     for target in config.targets() {
-        let (repo, notifier) = build_notifier(target, &config.http, config.github_checks)?;
+        let (repo, notifier) = build_notifier(target, &client, config.github_checks)?;
         if routes.contains_key(&repo) {
             return Err(DaemonError::Notifier(format!(
                 "repository {repo} is configured twice"
@@ -179,7 +180,7 @@ pub async fn serve(
         info!(provider = notifier.name(), repo = %repo, instance = %config.instance, check_runs, "using notifier");
         notifiers.push(notifier.clone());
         if let Some(d) = &config.deployments
-            && let Some(deployer) = build_deployments(target, &config.http, d)?
+            && let Some(deployer) = build_deployments(target, &client, d)?
         {
             info!(provider = deployer.name(), repo = %repo, environment = %d.environment, "writing deployments");
             routes.insert(

@@ -224,10 +224,10 @@ async fn after_a_kill_9_between_creating_a_deployment_and_its_status_there_is_st
 }
 
 mod gitlab {
-    use super::{ENV, PATIENCE, SHA, forward};
+    use super::{ENV, SHA, forward, wait_until};
     use crate::gitlab_fake::{GitLabDeployments, TOKEN};
     use crate::support::{self, Daemon, compact, post_as_fluxd};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     async fn daemon(
         gl: &GitLabDeployments,
@@ -259,14 +259,6 @@ mod gitlab {
             Daemon::spawn_in(state, &args, &env).await
         } else {
             Daemon::start_in(state, &args, &env).await
-        }
-    }
-
-    async fn wait_until(what: &str, d: &Daemon, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        while !done() {
-            assert!(Instant::now() < deadline, "{what}; logs: {:#?}", d.logs());
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
