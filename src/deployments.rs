@@ -4,7 +4,9 @@
 //! and then its rollout. A deployment says what the environment runs, so a commit's
 //! deployment is folded from the latest word of every part on it: failed if any
 //! part failed, else in progress while any part runs, else succeeded; canceled only
-//! when every part was superseded. The deployment is one more update in the same
+//! when every part was superseded. Once finished, the deployment is reopened only by
+//! a part that runs again, not by one that starts late. The deployment is one more
+//! update in the same
 //! batch as the statuses, for the repository's deployments route, whose check is the
 //! environment: the outbox coalesces, retries and keeps its handle like any other.
 //!
@@ -45,9 +47,17 @@ impl std::fmt::Debug for Deployments {
 
 #[derive(Default)]
 struct Parts {
-    by_commit: Map<(RepoId, Sha), Vec<Part>>,
+    by_commit: Map<(RepoId, Sha), Commit>,
     /// Oldest first, for forgetting.
     order: VecDeque<(RepoId, Sha)>,
+}
+
+/// What is known of one commit's deploy.
+#[derive(Default)]
+struct Commit {
+    parts: Vec<Part>,
+    /// The last deployment state queued was final.
+    finished: bool,
 }
 
 /// One part's latest word on a commit.
@@ -105,9 +115,17 @@ impl Deployments {
             let (Some(deploy), Some(route)) = (&u.deploy, self.routes.get(&u.repo)) else {
                 continue;
             };
-            let on = parts.of(&u.repo, &u.status.sha);
-            record(on, deploy, &u.status.description);
-            let (state, description) = fold(on);
+            let commit = parts.of(&u.repo, &u.status.sha);
+            let rerun = record(&mut commit.parts, deploy, &u.status.description);
+            let (state, description) = fold(&commit.parts);
+            // A finished deployment is reopened only by a part that runs again (the
+            // commit synced anew), not by one that starts late (a Kustomization that
+            // waited for another) nor by others' words while one still runs: GitLab
+            // makes a new deployment for each reopening.
+            if state == State::Pending && commit.finished && !rerun {
+                continue;
+            }
+            commit.finished = state.is_final();
             let twin = StatusUpdate {
                 repo: route.clone(),
                 status: CommitStatus {
@@ -130,7 +148,7 @@ impl Deployments {
 }
 
 impl Parts {
-    fn of(&mut self, repo: &RepoId, sha: &Sha) -> &mut Vec<Part> {
+    fn of(&mut self, repo: &RepoId, sha: &Sha) -> &mut Commit {
         let key = (repo.clone(), sha.clone());
         if !self.by_commit.contains_key(&key) {
             if self.order.len() >= KEPT
@@ -144,7 +162,8 @@ impl Parts {
     }
 }
 
-fn record(on: &mut Vec<Part>, deploy: &Deploy, description: &str) {
+/// Records what `deploy` says; whether a part that had reported before now runs again.
+fn record(on: &mut Vec<Part>, deploy: &Deploy, description: &str) -> bool {
     let name = match deploy {
         Deploy::Part { part, .. } | Deploy::Rollout { part, .. } => part,
     };
@@ -186,7 +205,9 @@ fn record(on: &mut Vec<Part>, deploy: &Deploy, description: &str) {
     if p.awaits_rollout || matches!(deploy, Deploy::Part { .. }) {
         p.description = description.to_string();
     }
+    let rerun = at.is_some() && p.state() == State::Pending;
     on.push(p);
+    rerun
 }
 
 /// The deployment's state, and its description: the deciding part's, named when
@@ -336,14 +357,46 @@ mod tests {
     #[test]
     fn a_running_object_keeps_the_deployment_in_progress() {
         let d = deployments();
+        state(&d, object('a', "infra", State::Pending, "Progressing"));
+        state(&d, object('a', "apps", State::Pending, "Progressing"));
+        assert_eq!(
+            state(&d, object('a', "infra", State::Succeeded, "ok")),
+            State::Pending
+        );
+        assert_eq!(
+            state(&d, object('a', "apps", State::Succeeded, "ok")),
+            State::Succeeded
+        );
+        // Commits are apart.
+        assert_eq!(
+            state(&d, object('b', "apps", State::Pending, "Progressing")),
+            State::Pending
+        );
+    }
+
+    #[test]
+    fn only_a_part_that_runs_again_reopens_a_finished_deployment() {
+        let d = deployments();
         state(&d, object('a', "infra", State::Succeeded, "ok"));
+        // apps waited for infra: it starts late, and the deployment stays as it is
+        // until apps finishes.
+        assert_eq!(twin(&d, object('a', "apps", State::Pending, "Progressing")), None);
+        assert_eq!(
+            twin(&d, object('a', "infra", State::Succeeded, "ok")),
+            None,
+            "apps still runs"
+        );
+        assert_eq!(
+            state(&d, object('a', "apps", State::Failed, "broken")),
+            State::Failed
+        );
+        // apps reconciled anew: the deploy runs again.
         assert_eq!(
             state(&d, object('a', "apps", State::Pending, "Progressing")),
             State::Pending
         );
-        // Commits are apart.
         assert_eq!(
-            state(&d, object('b', "apps", State::Succeeded, "ok")),
+            state(&d, object('a', "apps", State::Succeeded, "ok")),
             State::Succeeded
         );
     }
