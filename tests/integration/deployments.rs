@@ -306,6 +306,27 @@ mod gitlab {
         assert_clean(&gl);
     }
 
+    /// `apps` depends on `infra`, so it starts once `infra` is ready: still one
+    /// GitLab deployment, failed when `apps` fails.
+    #[tokio::test]
+    async fn a_kustomization_that_starts_late_makes_no_second_deployment() {
+        let gl = GitLabDeployments::start().await;
+        let d = daemon(&gl, support::temp_dir("gl-deploy-late"), false, &[]).await;
+        forward(&d, "kustomization-reconciliation-succeeded.json", "infra").await;
+        wait_until("infra deployed", &d, || {
+            history(&gl, SHA) == ["running", "success"]
+        })
+        .await;
+        forward(&d, "kustomization-progressing-apply.json", "apps").await;
+        forward(&d, "kustomization-reconciliation-failed-apply.json", "apps").await;
+        wait_until("apps failed", &d, || {
+            history(&gl, SHA) == ["running", "success", "failed"]
+        })
+        .await;
+        assert_eq!(gl.deployments().len(), 1, "{:#?}", gl.deployments());
+        assert_clean(&gl);
+    }
+
     #[tokio::test]
     async fn after_a_kill_9_the_same_deployment_finishes() {
         let gl = GitLabDeployments::start().await;
