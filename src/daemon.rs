@@ -1,7 +1,6 @@
 //! Wiring: build the notifier, bind the listeners, run until told to stop, drain.
 
 use crate::auth::IngestAuth;
-use crate::config::deployments::DeploymentConfig;
 use crate::config::{Config, Target};
 use crate::delivery::store::{Persister, Recovered, Store, StoreEvent};
 use crate::delivery::{Delivery, Route};
@@ -22,7 +21,8 @@ use crate::metrics::{Metrics, ResultLabel};
 use crate::ops::{self, Health, Ops};
 use crate::repos::ObjectPattern;
 use crate::update::RepoId;
-use notifiers::{GitUrl, Notifier};
+use crate::writers::{self, Writers, repo_id};
+use notifiers::Notifier;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,90 +44,6 @@ pub enum DaemonError {
     Notifier(String),
     #[error("{0} (give each daemon its own writable volume there, or run with --no-persistence)")]
     Store(#[from] crate::delivery::store::StoreError),
-}
-
-/// `host/path` of a repository, the form used in logs and as its [`RepoId`].
-fn repo_id(url: &GitUrl) -> RepoId {
-    format!("{}/{}", url.host, url.repo_segments().join("/")).into()
-}
-
-/// The notifier for `target`; with `github_checks`, a GitHub repository's is the
-/// check-run one.
-pub fn build_notifier(
-    target: &Target,
-    client: &reqwest::Client,
-    github_checks: bool,
-) -> Result<(RepoId, Arc<dyn Notifier>), DaemonError> {
-    match target {
-        Target::DryRun { git_url, provider } => {
-            let id = repo_id(git_url);
-            Ok((
-                id.clone(),
-                Arc::new(notifiers::dry_run::DryRun::new(id.to_string(), *provider)),
-            ))
-        }
-        Target::Provider {
-            provider,
-            git_url,
-            api_url,
-            credential,
-        } => {
-            let client = client.clone();
-            let notifier = if crate::config::target::writes_check_runs(github_checks, target) {
-                notifiers::github::checks::notifier(
-                    client,
-                    git_url,
-                    api_url.as_deref(),
-                    credential.clone(),
-                    None,
-                )
-            } else {
-                provider.notifier(client, git_url, api_url.as_deref(), credential.clone())
-            }
-            .map_err(|e| DaemonError::Notifier(e.to_string()))?;
-            Ok((repo_id(git_url), notifier))
-        }
-    }
-}
-
-/// The deployments notifier for `target` under `--deployments`; `None` when its
-/// provider has no deployments flux-status writes (logged, not refused, so that one
-/// such repository does not keep deployments from the others).
-pub fn build_deployments(
-    target: &Target,
-    client: &reqwest::Client,
-    deployments: &DeploymentConfig,
-) -> Result<Option<Arc<dyn Notifier>>, DaemonError> {
-    match target {
-        Target::DryRun { git_url, provider } => Ok(Some(Arc::new(notifiers::dry_run::DryRun::deployments(
-            repo_id(git_url).to_string(),
-            *provider,
-            deployments.options.clone(),
-        )))),
-        Target::Provider {
-            provider,
-            git_url,
-            api_url,
-            credential,
-        } => {
-            if !provider.has_deployments() {
-                warn!(provider = provider.as_str(), repo = %repo_id(git_url),
-                    "--deployments: this provider has no deployments flux-status writes; its repository gets statuses only");
-                return Ok(None);
-            }
-            let client = client.clone();
-            provider
-                .deployments(
-                    client,
-                    git_url,
-                    api_url.as_deref(),
-                    credential.clone(),
-                    &deployments.options,
-                )
-                .map(Some)
-                .map_err(|e| DaemonError::Notifier(e.to_string()))
-        }
-    }
 }
 
 /// The sockets the daemon serves on. Bound apart from [`serve`] so that whoever binds
@@ -170,7 +86,12 @@ pub async fn serve(
     // One client, so every notifier shares its connection pool and CA bundle.
     let client = notifiers::http::client(&config.http).map_err(|e| DaemonError::Notifier(e.to_string()))?;
     for target in config.targets() {
-        let (repo, notifier) = build_notifier(target, &client, config.github_checks)?;
+        let Writers {
+            repo,
+            statuses: notifier,
+            deployments: deployer,
+        } = writers::build(target, &client, config.github_checks, config.deployments.as_ref())
+            .map_err(DaemonError::Notifier)?;
         if routes.contains_key(&repo) {
             return Err(DaemonError::Notifier(format!(
                 "repository {repo} is configured twice"
@@ -179,9 +100,7 @@ pub async fn serve(
         let check_runs = crate::config::target::writes_check_runs(config.github_checks, target);
         info!(provider = notifier.name(), repo = %repo, instance = %config.instance, check_runs, "using notifier");
         notifiers.push(notifier.clone());
-        if let Some(d) = &config.deployments
-            && let Some(deployer) = build_deployments(target, &client, d)?
-        {
+        if let (Some(deployer), Some(d)) = (deployer, &config.deployments) {
             info!(provider = deployer.name(), repo = %repo, environment = %d.environment, "writing deployments");
             routes.insert(
                 crate::deployments::route(&repo),
@@ -204,9 +123,7 @@ pub async fn serve(
         .deployments
         .as_ref()
         .map(|d| Arc::new(Deployments::new(&d.environment, d.git_branch.clone(), deployed)));
-    let repo_of = |t: &Target| match t {
-        Target::DryRun { git_url, .. } | Target::Provider { git_url, .. } => repo_id(git_url),
-    };
+    let repo_of = |t: &Target| repo_id(t.git_url());
     let fallback = config.fallback.as_ref().map(repo_of);
     let rules: Vec<(Vec<ObjectPattern>, RepoId)> = config
         .rules

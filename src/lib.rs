@@ -27,3 +27,4 @@ pub mod report;
 pub mod repos;
 pub mod telemetry;
 pub mod update;
+pub mod writers;

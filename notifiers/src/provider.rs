@@ -249,12 +249,8 @@ impl Provider {
         credential: impl Into<Credential>,
         environment: &Environment,
     ) -> Result<Arc<dyn Notifier>, GitUrlError> {
-        let build = self
-            .0
-            .deployments
-            .ok_or(GitUrlError::NoDeployments(self.0.title))?;
         let credential = self.credential_source(&client, url, api_url, credential.into())?;
-        build(
+        self.connect_deployments(
             Connect {
                 client,
                 git_url: url,
@@ -265,8 +261,23 @@ impl Provider {
         )
     }
 
-    /// Where a notifier's tokens come from: the one given, or an App's.
-    fn credential_source(
+    /// The deployments notifier for a repository on this provider, on a credential
+    /// source its status notifier may share.
+    pub fn connect_deployments(
+        self,
+        c: Connect<'_>,
+        environment: &Environment,
+    ) -> Result<Arc<dyn Notifier>, GitUrlError> {
+        let build = self
+            .0
+            .deployments
+            .ok_or(GitUrlError::NoDeployments(self.0.title))?;
+        build(c, environment)
+    }
+
+    /// Where a notifier's tokens come from: the one given, or an App's. One source can
+    /// serve every notifier of a repository, so that an App's token is minted once.
+    pub fn credential_source(
         self,
         client: &reqwest::Client,
         url: &GitUrl,

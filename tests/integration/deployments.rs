@@ -223,6 +223,47 @@ async fn after_a_kill_9_between_creating_a_deployment_and_its_status_there_is_st
     assert_clean(&gh);
 }
 
+/// With a GitHub App, the statuses and the deployments of a repository share one
+/// installation token: minted once, not once per notifier.
+#[tokio::test]
+async fn with_an_app_statuses_and_deployments_share_one_installation_token() {
+    use github_fake::app::{APP_ID, key_pem};
+    let gh = AppGitHub::start().await;
+    let key = support::secret_file("deploy-app-key", &key_pem());
+    let uri = gh.uri();
+    let args = [
+        "--git-url",
+        "https://github.com/acme/app",
+        "--instance",
+        "prod-eu",
+        "--api-url",
+        uri.as_str(),
+        "--deployments",
+        "--environment",
+        ENV,
+    ];
+    let env = [
+        ("GITHUB_APP_ID", APP_ID),
+        ("GITHUB_APP_PRIVATE_KEY_FILE", key.as_str()),
+    ];
+    let d = Daemon::start_in(support::temp_dir("deploy-app"), &args, &env).await;
+    forward(&d, "kustomization-progressing-apply.json", "apps").await;
+    forward(&d, "kustomization-reconciliation-succeeded.json", "apps").await;
+    wait_until("deployed", &d, || {
+        states(&gh).last().map(String::as_str) == Some("success")
+    })
+    .await;
+    let check = "flux-status/prod-eu/kustomization/flux-system/apps";
+    wait_until("the commit status", &d, || {
+        gh.statuses()
+            .iter()
+            .any(|s| s.body["context"] == check && s.body["state"] == "success")
+    })
+    .await;
+    assert_eq!(gh.mints(), 1, "one installation token for both notifiers");
+    assert_clean(&gh);
+}
+
 mod gitlab {
     use super::{ENV, SHA, forward, wait_until};
     use crate::gitlab_fake::{GitLabDeployments, TOKEN};

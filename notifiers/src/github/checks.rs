@@ -6,9 +6,8 @@
 //! newer state for a completed run makes a new one. Only a GitHub App may create
 //! check runs, so this notifier is only ever built on an App's installation tokens.
 
-use super::installation::InstallationTokens;
-use super::{GitHub, NAME, endpoints, repo_path};
-use crate::credential::{Credential, CredentialSource, StaticToken, with_token};
+use super::{GitHub, NAME, SPEC, endpoints, repo_path};
+use crate::credential::{Credential, CredentialSource, with_token};
 use crate::git_url::{GitUrl, GitUrlError};
 use crate::http::{self, HttpResponse};
 use crate::{
@@ -51,15 +50,32 @@ pub fn notifier(
     credential: Credential,
     only: Option<Check>,
 ) -> Result<Arc<dyn Notifier>, GitUrlError> {
-    let (api, repo_url, repo) = endpoints(url, api_url)?;
-    let (credential, app_id): (Arc<dyn CredentialSource>, _) = match credential {
-        Credential::Token(token) => (Arc::new(StaticToken::new(token)), None),
-        Credential::App(app) => {
-            let id = app.app.id().parse().ok();
-            let tokens = InstallationTokens::new(client.clone(), &api, &repo_url, &repo, app);
-            (Arc::new(tokens), id)
-        }
-    };
+    let app_id = app_id(&credential);
+    let source = SPEC
+        .provider()
+        .credential_source(&client, url, api_url, credential)?;
+    connect(client, url, api_url, source, app_id, only)
+}
+
+/// The numeric id of the App a credential is, to find only its runs.
+pub fn app_id(credential: &Credential) -> Option<u64> {
+    match credential {
+        Credential::Token(_) => None,
+        Credential::App(app) => app.app.id().parse().ok(),
+    }
+}
+
+/// [`notifier`] on a credential source it may share with the repository's other
+/// notifiers; `app_id` as [`app_id`] gives it.
+pub fn connect(
+    client: reqwest::Client,
+    url: &GitUrl,
+    api_url: Option<&str>,
+    credential: Arc<dyn CredentialSource>,
+    app_id: Option<u64>,
+    only: Option<Check>,
+) -> Result<Arc<dyn Notifier>, GitUrlError> {
+    let (api, repo_url, _) = endpoints(url, api_url)?;
     let (owner, name) = repo_path(url)?;
     Ok(Arc::new(CheckRuns {
         client,
