@@ -135,7 +135,7 @@ impl Deployments {
                     description,
                     target_url: u.status.target_url.clone(),
                     summary: None,
-                    git_ref: u.status.git_ref.clone().or_else(|| self.git_branch.clone()),
+                    git_ref: branch(deploy).or(self.git_branch.as_deref()).map(str::to_string),
                 },
                 deploy: None,
             };
@@ -210,6 +210,14 @@ fn record(on: &mut Vec<Part>, deploy: &Deploy, description: &str) -> bool {
     rerun
 }
 
+/// The branch the event names, if it names one.
+fn branch(deploy: &Deploy) -> Option<&str> {
+    match deploy {
+        Deploy::Part { git_ref, .. } => git_ref.as_deref(),
+        Deploy::Rollout { .. } => None,
+    }
+}
+
 /// The deployment's state, and its description: the deciding part's, named when
 /// several parts deploy the commit.
 fn fold(on: &[Part]) -> (State, String) {
@@ -257,10 +265,9 @@ mod tests {
             label: format!("Kustomization flux-system/{name}"),
             state,
             awaits_rollout: false,
+            git_ref: Some("main".into()),
         };
-        let mut u = update(c, &check, state, description, Some(deploy));
-        u.status.git_ref = Some("main".into());
-        u
+        update(c, &check, state, description, Some(deploy))
     }
 
     fn sync(c: char, state: State, awaits_rollout: bool) -> StatusUpdate {
@@ -270,6 +277,7 @@ mod tests {
             label: "fluxd".into(),
             state,
             awaits_rollout,
+            git_ref: None,
         };
         update(c, check, state, &format!("sync {state}"), Some(deploy))
     }

@@ -32,6 +32,9 @@ pub enum Deploy {
         label: String,
         state: State,
         awaits_rollout: bool,
+        /// The branch the commit was deployed from, when the event names it: the
+        /// deployment's ref on GitLab.
+        git_ref: Option<String>,
     },
     /// fluxd's workload check on the commit: decides the sync part that awaits it.
     Rollout { part: Check, state: State },

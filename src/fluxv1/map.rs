@@ -94,6 +94,7 @@ fn map_sync(sync: &SyncEvent, ctx: &V1Context) -> Mapped {
         label: "fluxd".into(),
         state,
         awaits_rollout: state == State::Succeeded && ctx.rollout_checked,
+        git_ref: None,
     });
     mapped.updates.insert(0, head);
     mapped
@@ -294,6 +295,7 @@ mod tests {
                 label: "fluxd".into(),
                 state,
                 awaits_rollout,
+                git_ref: None,
             })
         };
         assert_eq!(

@@ -209,6 +209,7 @@ pub fn map(ev: &Event, ctx: &V2Context) -> Mapped {
                 label: format!("{} {}/{}", o.kind, o.namespace, o.name),
                 state,
                 awaits_rollout: false,
+                git_ref: revision_branch(revision).map(str::to_string),
             }),
             status: CommitStatus {
                 sha,
@@ -217,7 +218,7 @@ pub fn map(ev: &Event, ctx: &V2Context) -> Mapped {
                 description,
                 target_url: ctx.target_url.clone(),
                 summary: Some(super::report::summary(ev, revision, state)),
-                git_ref: revision_branch(revision).map(str::to_string),
+                git_ref: None,
             },
         }],
         skips: Vec::new(),
@@ -327,6 +328,7 @@ mod tests {
             label,
             state,
             awaits_rollout,
+            git_ref,
         }) = &u.deploy
         else {
             panic!("{:?}", u.deploy)
@@ -334,7 +336,8 @@ mod tests {
         assert_eq!(part, &u.status.check);
         assert_eq!((*state, *awaits_rollout), (State::Failed, false));
         assert_eq!(label, "Kustomization flux-system/apps");
-        assert_eq!(u.status.git_ref.as_deref(), Some("main"));
+        assert_eq!(git_ref.as_deref(), Some("main"));
+        assert_eq!(u.status.git_ref, None, "a status has no use for the branch");
     }
 
     #[test]
