@@ -90,6 +90,17 @@ fn states(gh: &AppGitHub) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits for the `apps` object's commit status to read success.
+async fn wait_for_apps_success(gh: &AppGitHub, d: &Daemon) {
+    let check = "flux-status/prod-eu/kustomization/flux-system/apps";
+    wait_until("the commit status", d, || {
+        gh.statuses()
+            .iter()
+            .any(|s| s.body["context"] == check && s.body["state"] == "success")
+    })
+    .await;
+}
+
 fn assert_clean(gh: &AppGitHub) {
     assert_eq!(gh.violations(), Vec::<String>::new(), "requests off the spec");
 }
@@ -115,13 +126,7 @@ async fn a_flux_v2_deploy_is_one_deployment_from_in_progress_to_success() {
     assert_eq!(done.log_url.as_deref(), Some(LOG_URL));
     assert_eq!(done.description, "Reconciliation succeeded");
     // The commit status is written beside it, under its own check.
-    let check = "flux-status/prod-eu/kustomization/flux-system/apps";
-    wait_until("the commit status", &d, || {
-        gh.statuses()
-            .iter()
-            .any(|s| s.body["context"] == check && s.body["state"] == "success")
-    })
-    .await;
+    wait_for_apps_success(&gh, &d).await;
     assert_eq!(gh.deployment_refusals(), Vec::<String>::new());
     assert_clean(&gh);
 }
@@ -253,13 +258,7 @@ async fn with_an_app_statuses_and_deployments_share_one_installation_token() {
         states(&gh).last().map(String::as_str) == Some("success")
     })
     .await;
-    let check = "flux-status/prod-eu/kustomization/flux-system/apps";
-    wait_until("the commit status", &d, || {
-        gh.statuses()
-            .iter()
-            .any(|s| s.body["context"] == check && s.body["state"] == "success")
-    })
-    .await;
+    wait_for_apps_success(&gh, &d).await;
     assert_eq!(gh.mints(), 1, "one installation token for both notifiers");
     assert_clean(&gh);
 }
