@@ -184,7 +184,8 @@ pub fn budget(headers: &HeaderMap) -> crate::Budget {
     }
 }
 
-/// Sends a read and returns the answer if it is a success, classified otherwise.
+/// Sends a request and returns the answer if it is a success, classified otherwise:
+/// a read, or a write whose answer the caller reads (an id it made).
 pub async fn read(provider: &'static str, req: RequestBuilder) -> Result<HttpResponse, NotifyError> {
     let resp = send(provider, req).await?;
     if resp.is_success() {

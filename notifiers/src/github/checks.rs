@@ -213,14 +213,7 @@ impl CheckRuns {
                 self.client.patch(url)
             };
             let req = GitHub::auth(req, &token).map(|r| r.json(body));
-            async move {
-                let resp = http::send(NAME, req?).await?;
-                if resp.is_success() {
-                    Ok(resp)
-                } else {
-                    Err(http::classify(NAME, &resp))
-                }
-            }
+            async move { http::read(NAME, req?).await }
         })
         .await
     }

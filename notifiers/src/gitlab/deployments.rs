@@ -178,14 +178,7 @@ impl Deployments {
                 None => self.gl.client.post(&url),
             };
             let req = auth(req, &token).map(|r| r.json(body));
-            async move {
-                let resp = http::send(NAME, req?).await?;
-                if resp.is_success() {
-                    Ok(resp)
-                } else {
-                    Err(http::classify(NAME, &resp))
-                }
-            }
+            async move { http::read(NAME, req?).await }
         })
         .await
     }
